@@ -1,0 +1,68 @@
+"""What a run folder holds besides the checkpoint: metrics JSON, per-epoch CSV, curves PNG, config, log."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+from medtl.metrics import clean
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(clean(data), indent=2) + "\n")
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    tmp = path.with_name(f"{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(clean(history))
+    os.replace(tmp, path)
+
+
+def plot_curves(path: Path, history: list[dict], title: str) -> None:
+    """Loss (train, val) and validation accuracy/AUC per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
+    ax1.plot(epochs, [r["val_loss"] for r in history], label="validation")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax1.legend()
+    ax2.plot(epochs, [r["val_accuracy"] for r in history], label="val accuracy (threshold 0.5)")
+    ax2.plot(epochs, [r["val_auc"] for r in history], label="val ROC-AUC")
+    ax2.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
+    ax2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f"tmp-{path.name}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def format_metrics(name: str, m: dict) -> str:
+    """One line of the headline metrics; undefined values print as 'undefined'."""
+    def f(key: str) -> str:
+        value = clean(m.get(key))
+        return "undefined" if value is None else f"{value:.4f}"
+    keys = ("accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "gmean", "loss")
+    return f"{name}: " + ", ".join(f"{k} {f(k)}" for k in keys)

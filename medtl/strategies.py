@@ -1,0 +1,108 @@
+"""The classifier (backbone + new head) and the transfer strategies that decide what trains.
+
+scratch  random init, everything trains
+linear   pretrained backbone frozen (BatchNorm in eval mode), only the new head trains
+partial  the top N stages of the spec train, the rest is frozen
+full     pretrained init, everything trains
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from medtl.backbones import BackboneSpec, build_backbone, get_spec, resolve_weights
+from medtl.config import ModelConfig
+from medtl.errors import MedtlError
+
+STRATEGIES = ("scratch", "linear", "partial", "full")
+HEADS = ("linear", "mlp")
+
+
+def make_head(in_dim: int, out_dim: int, kind: str, hidden: int, dropout: float) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                             nn.Linear(hidden, out_dim))
+    raise MedtlError(f"unknown head '{kind}'; valid: {', '.join(HEADS)}")
+
+
+class Classifier(nn.Module):
+    """Backbone features followed by the new head. Frozen modules stay in eval mode in train()."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, frozen: tuple[str, ...] = ()):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.frozen = frozen  # backbone module names whose BatchNorm statistics must not move
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen:
+            self.backbone.get_submodule(name).eval()
+        return self
+
+
+def build_classifier(cfg: ModelConfig, num_outputs: int, in_chans: int = 3,
+                     load_weights: bool = True) -> Classifier:
+    """Backbone with weights per `cfg`, new head, and the strategy's frozen parts applied."""
+    spec = get_spec(cfg.backbone)
+    weights = effective_weights(cfg) if load_weights else "none"
+    backbone = build_backbone(spec, weights, in_chans)
+    head = make_head(spec.feature_dim, num_outputs, cfg.head, cfg.hidden, cfg.dropout)
+    model = Classifier(backbone, head)
+    apply_strategy(model, spec, cfg.strategy, cfg.unfreeze_stages)
+    return model
+
+
+def effective_weights(cfg: ModelConfig) -> str:
+    """Scratch always starts from random weights; other strategies need pretrained ones."""
+    if cfg.strategy not in STRATEGIES:
+        raise MedtlError(f"unknown strategy '{cfg.strategy}'; valid: {', '.join(STRATEGIES)}")
+    spec = get_spec(cfg.backbone)
+    if cfg.strategy == "scratch":
+        if cfg.weights not in ("default", "none"):
+            raise MedtlError(f"strategy scratch trains from random weights but --weights {cfg.weights} was given; "
+                             "drop --weights or use --strategy full")
+        return "none"
+    return resolve_weights(spec, cfg.weights)
+
+
+def frozen_modules(spec: BackboneSpec, strategy: str, unfreeze_stages: int) -> tuple[str, ...]:
+    """Names of the backbone modules a strategy freezes ('' is the whole backbone)."""
+    if strategy in ("scratch", "full"):
+        return ()
+    if strategy == "linear":
+        return ("",)
+    if strategy == "partial":
+        n = len(spec.stages)
+        if not 1 <= unfreeze_stages < n:
+            raise MedtlError(f"unfreeze_stages={unfreeze_stages} for '{spec.name}': must be 1..{n - 1} "
+                             f"(it has {n} stages); use --strategy full to train all")
+        return tuple(name for stage in spec.stages[: n - unfreeze_stages] for name in stage)
+    raise MedtlError(f"unknown strategy '{strategy}'; valid: {', '.join(STRATEGIES)}")
+
+
+def apply_strategy(model: Classifier, spec: BackboneSpec, strategy: str, unfreeze_stages: int = 2) -> None:
+    """Set requires_grad by module name. In partial, everything the stages do not list trains
+    except the frozen stages (e.g. pooling); the head always trains."""
+    frozen = frozen_modules(spec, strategy, unfreeze_stages)
+    for p in model.parameters():
+        p.requires_grad = True
+    for name in frozen:
+        for p in model.backbone.get_submodule(name).parameters():
+            p.requires_grad = False
+    model.frozen = frozen
+    model.train(model.training)
+
+
+def param_groups(model: Classifier, lr: float, backbone_lr_scale: float) -> list[dict]:
+    """Optimizer groups: trainable backbone parameters (scaled lr) and the head."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": list(model.head.parameters()), "lr": lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": lr * backbone_lr_scale})
+    return groups

@@ -1,0 +1,178 @@
+"""The training loop: loss, optimizer, schedule, early stopping on validation, best weights kept.
+
+`fit` trains any module on any batches; the cached-feature path (a head on features) and the
+end-to-end path (a whole classifier on images) share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from medtl.config import TrainConfig
+from medtl.errors import MedtlError
+from medtl.metrics import score
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop}
+SCHEDULES = ("cosine", "step", "none")
+MONITORS = ("auc", "loss")
+
+Prepare = Callable[[torch.Tensor], torch.Tensor]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MedtlError("train.device=cuda but no CUDA device is visible; use --set train.device=auto")
+    if name not in ("cpu", "cuda"):
+        raise MedtlError(f"train.device={name!r}; valid: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA only: on this class of CPU (AVX2, no AMX) bf16 is far slower than fp32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+
+
+def make_loss(binary: bool, weights: torch.Tensor | None) -> Callable:
+    """Class-weighted BCE on one logit (binary) or weighted softmax cross-entropy."""
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        w = weights.to(logits.device) if weights is not None else None
+        if binary:
+            sample_w = w[y] if w is not None else None
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1), y.float(), weight=sample_w)
+        return F.cross_entropy(logits, y, weight=w)
+    return loss_fn
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer not in OPTIMIZERS:
+        raise MedtlError(f"train.optimizer={cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer in ("sgd", "rmsprop"):
+        kwargs["momentum"] = cfg.momentum
+    return OPTIMIZERS[cfg.optimizer](groups, **kwargs)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.schedule == "none":
+        return None
+    raise MedtlError(f"train.schedule={cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def to_probs(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, batches: Iterable, prepare: Prepare, device: torch.device,
+            desc: str = "predict", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels over `batches` with the model in eval mode."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in tqdm(batches, desc=desc, leave=False, disable=not progress, unit="batch"):
+        with autocast(device):
+            probs.append(to_probs(model(prepare(x))).cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+@torch.inference_mode()
+def extract(backbone: nn.Module, batches: Iterable, prepare: Prepare, device: torch.device,
+            desc: str, progress: bool) -> np.ndarray:
+    """Backbone features (N, D) float32 over `batches`, backbone in eval mode."""
+    backbone.eval()
+    out = []
+    for x, _ in tqdm(batches, desc=desc, leave=False, disable=not progress, unit="batch"):
+        with autocast(device):
+            out.append(backbone(prepare(x)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def _key(val: dict, monitor: str) -> tuple[float, float]:
+    """Larger is better; AUC ties (common once validation is separable) go to the lower loss."""
+    if monitor == "auc" and not math.isnan(val["auc"]):
+        return (val["auc"], -val["loss"])
+    return (-val["loss"], 0.0) if monitor == "loss" else (-math.inf, -val["loss"])
+
+
+def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare,
+        loss_fn: Callable, cfg: TrainConfig, device: torch.device, classes: list[str],
+        groups: list[dict] | None = None, progress: bool = True) -> tuple[list[dict], dict, int]:
+    """Train with early stopping on validation `cfg.monitor`; returns (history, best state, best epoch).
+
+    The best state is deep-copied: a state_dict() reference would keep changing as training goes on.
+    """
+    if cfg.monitor not in MONITORS:
+        raise MedtlError(f"train.monitor={cfg.monitor!r}; valid: {', '.join(MONITORS)}")
+    opt = make_optimizer(groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
+    sched = make_scheduler(opt, cfg)
+    best, best_state, best_epoch, history = (-math.inf, -math.inf), None, 0, []
+    epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress, unit="epoch")
+    for epoch in epochs:
+        start = time.perf_counter()
+        train_loss = _train_epoch(model, train_batches, prepare, loss_fn, opt, device, progress)
+        probs, y = predict(model, val_batches, prepare, device)
+        val = score(y, probs, classes)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+               "val_auc": val["auc"], "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
+               "val_f1": val["f1"], "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+        history.append(row)
+        if sched is not None:
+            sched.step()
+        value = _key(val, cfg.monitor)
+        if best_state is None or value > best:
+            best, best_epoch = value, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        epochs.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{val['auc']:.3f}", best=best_epoch)
+        log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_auc %.4f (%.1fs)", epoch, cfg.epochs,
+                 train_loss, val["loss"], val["accuracy"], val["auc"], row["seconds"])
+        if epoch - best_epoch >= cfg.patience:
+            log.info("early stop: val %s has not improved for %d epochs (best epoch %d)", cfg.monitor,
+                     cfg.patience, best_epoch)
+            break
+    model.load_state_dict(best_state)
+    return history, best_state, best_epoch
+
+
+def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress) -> float:
+    model.train()
+    total, count = 0.0, 0
+    for x, y in tqdm(batches, desc="train", leave=False, disable=not progress, unit="batch"):
+        y = torch.as_tensor(y).to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(prepare(x))
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach().item() * len(y)
+        count += len(y)
+    return total / max(count, 1)

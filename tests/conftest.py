@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny generated image folders, and the path of the real shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(os.environ.get("MEDTL_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (set MEDTL_SHARED_DATA to the folder of ../shared/data)")
+    return path
+
+
+def make_image(kind: int, rng: np.random.Generator, size: int = 40, mode: str = "L") -> Image.Image:
+    """Class 0: dark with a bright left half; class 1: bright with a bright disc. Noise on top."""
+    yy, xx = np.mgrid[:size, :size]
+    if kind == 0:
+        arr = np.where(xx < size // 2, 170, 40)
+    else:
+        arr = np.where((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2, 230, 90)
+    arr = np.clip(arr + rng.normal(0, 12, arr.shape), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr, mode="L")
+    return img if mode == "L" else img.convert(mode)
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """root/train/{neg,pos} (24 each) and root/test/{neg,pos} (8 each), grayscale PNG."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for split, n in (("train", 24), ("test", 8)):
+        for label, name in enumerate(("neg", "pos")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                make_image(label, rng).save(folder / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("MEDTL_CACHE", str(path))
+    return path
