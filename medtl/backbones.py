@@ -113,7 +113,7 @@ register(BackboneSpec(
 register(BackboneSpec(
     # Google's weights expect [-1, 1] input; with transform_input off that is mean = std = 0.5
     "inception_v3", _tv("inception_v3", aux_logits=False, transform_input=False, init_weights=True), 2048, "fc",
-    "Conv2d_1a_3x3",
+    "Conv2d_1a_3x3.conv",
     (("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
      ("Mixed_5b", "Mixed_5c", "Mixed_5d"), ("Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
      ("Mixed_7a", "Mixed_7b", "Mixed_7c")),

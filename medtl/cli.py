@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -61,7 +62,8 @@ def train(
                  "data.strict": True if strict else None}
     overrides.update(parse_set(set_))
     cfg = apply_overrides(load_config(config), overrides)
-    with logging_redirect_tqdm(loggers=[logging.getLogger("medtl")]):
+    redirect = contextlib.nullcontext() if quiet else logging_redirect_tqdm(loggers=[logging.getLogger("medtl")])
+    with redirect:
         run_dir = run(cfg, progress=not quiet)
     console.print(f"run folder: {run_dir}")
     _print_metrics(run_dir)

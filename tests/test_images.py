@@ -1,0 +1,75 @@
+"""Every image mode loads to 8-bit L or RGB; unreadable files are reported; the image cache is reused."""
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medtl.errors import MedtlError
+from medtl.images import build_store, check_failures, decode, to_uint8
+
+
+def _save(tmp_path, img, name):
+    path = tmp_path / name
+    img.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I", "F", "I;16"])
+def test_every_mode_converts(mode):
+    base = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)
+    img = base.convert(mode) if mode not in ("I;16",) else Image.fromarray(
+        (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16))
+    out = to_uint8(img)
+    assert out.mode in ("L", "RGB") and out.size == (8, 8)
+
+
+def test_sixteen_bit_uses_full_range_and_alpha_goes_over_black(tmp_path):
+    arr16 = np.array([[1000, 2000], [3000, 4000]], dtype=np.uint16)
+    out = np.asarray(to_uint8(Image.fromarray(arr16)))
+    assert out.min() == 0 and out.max() == 255 and out[0, 1] == 85
+    rgba = Image.new("RGBA", (2, 2), (200, 100, 50, 0))
+    assert np.asarray(to_uint8(rgba)).max() == 0  # fully transparent -> black
+    pal = Image.new("P", (4, 4))
+    pal.putpalette([0, 0, 0, 250, 250, 250] + [0] * 762)
+    pal.putpixel((0, 0), 1)
+    path = _save(tmp_path, pal, "pal.png")
+    assert decode(path, 4).shape == (1, 4, 4)  # gray palette decodes to one channel
+
+
+def test_gray_rgb_is_stored_as_one_channel_color_as_three(tmp_path):
+    gray = _save(tmp_path, Image.new("RGB", (10, 10), (7, 7, 7)), "g.png")
+    color = _save(tmp_path, Image.new("RGB", (10, 10), (200, 7, 7)), "c.png")
+    assert decode(gray, 6).shape == (1, 6, 6) and decode(color, 6).shape == (3, 6, 6)
+    store = build_store([gray, color], 6, tmp_path / "cache", progress=False)
+    assert store.array.shape == (2, 3, 6, 6) and (store.array[0] == 7).all()
+
+
+def test_truncated_file_is_reported_and_strict_fails(tmp_path, caplog):
+    good = _save(tmp_path, Image.new("L", (32, 32), 9), "good.png")
+    bad = tmp_path / "bad.jpg"
+    Image.new("L", (64, 64), 3).save(bad)
+    bad.write_bytes(bad.read_bytes()[:200])
+    store = build_store([good, str(bad)], 8, tmp_path / "cache", progress=False)
+    assert list(store.failed) == [str(bad)]
+    with pytest.raises(MedtlError, match="bad.jpg.*drop --strict"):
+        check_failures(store.failed, strict=True)
+    with caplog.at_level(logging.WARNING):
+        check_failures(store.failed, strict=False)
+    assert "skipping 1 unreadable" in caplog.text
+
+
+def test_image_cache_hit_miss_and_corrupt_rebuild(tmp_path, caplog):
+    path = tmp_path / "a.png"
+    Image.new("L", (16, 16), 50).save(path)
+    first = build_store([str(path)], 8, tmp_path / "cache", progress=False)
+    again = build_store([str(path)], 8, tmp_path / "cache", progress=False)
+    assert again.key == first.key
+    Image.new("L", (16, 16), 60).save(path)  # content changed: new key, new values
+    changed = build_store([str(path)], 8, tmp_path / "cache", progress=False)
+    assert changed.key != first.key and int(changed.array[0].max()) == 60
+    (tmp_path / "cache" / "images" / f"{changed.key}.npy").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        rebuilt = build_store([str(path)], 8, tmp_path / "cache", progress=False)
+    assert "rebuilding" in caplog.text and int(rebuilt.array[0].max()) == 60

@@ -1,0 +1,77 @@
+"""Each strategy freezes exactly what it claims, and frozen BatchNorm never moves."""
+
+import pytest
+import torch
+from torch import nn
+
+from medtl.backbones import get_spec
+from medtl.config import ModelConfig
+from medtl.errors import MedtlError
+from medtl.strategies import build_classifier, param_groups
+
+
+def _trainable_modules(model, spec):
+    """For each stage of the spec: True if all its params train, False if none, else 'mixed'."""
+    out = []
+    for stage in spec.stages:
+        flags = [p.requires_grad for name in stage for p in model.backbone.get_submodule(name).parameters()]
+        out.append(all(flags) if all(flags) or not any(flags) else "mixed")
+    return out
+
+
+def test_linear_freezes_whole_backbone_and_keeps_bn_in_eval():
+    model = build_classifier(ModelConfig(backbone="resnet18", strategy="linear", weights="none"), 1)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    model.train()
+    assert all(not m.training for m in model.backbone.modules())
+    bn = model.backbone.bn1
+    before = bn.running_mean.clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(torch.randn(4, 3, 32, 32) * 5 + 3).sum().backward()
+    opt.step()
+    torch.testing.assert_close(bn.running_mean, before)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_partial_trains_exactly_the_top_n_stages(n):
+    spec = get_spec("resnet18")
+    model = build_classifier(ModelConfig(backbone="resnet18", strategy="partial", unfreeze_stages=n,
+                                         weights="none"), 1)
+    flags = _trainable_modules(model, spec)
+    assert flags == [False] * (len(spec.stages) - n) + [True] * n
+    model.train()
+    assert not model.backbone.bn1.training and model.backbone.layer4[0].bn1.training
+    groups = param_groups(model, 1e-3, 0.1)
+    assert groups[1]["lr"] == pytest.approx(1e-4)
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_partial_on_lite_trains_the_head_convolution_too():
+    model = build_classifier(ModelConfig(backbone="efficientnet_lite0", strategy="partial", unfreeze_stages=1), 1)
+    assert model.backbone.conv_head.weight.requires_grad and model.backbone.blocks[6][0].conv_pw.weight.requires_grad
+    assert not model.backbone.blocks[5][0].conv_pw.weight.requires_grad
+
+
+def test_full_and_scratch_train_everything_but_only_full_is_pretrained():
+    full = build_classifier(ModelConfig(backbone="efficientnet_lite0", strategy="full"), 3)
+    scratch = build_classifier(ModelConfig(backbone="efficientnet_lite0", strategy="scratch"), 3)
+    pretrained = build_classifier(ModelConfig(backbone="efficientnet_lite0", strategy="linear"), 3)
+    for model in (full, scratch):
+        assert all(p.requires_grad for p in model.parameters())
+    assert isinstance(full.head, nn.Linear) and full.head.out_features == 3
+    torch.testing.assert_close(full.backbone.conv_stem.weight, pretrained.backbone.conv_stem.weight)
+    assert not torch.allclose(scratch.backbone.conv_stem.weight, pretrained.backbone.conv_stem.weight)
+
+
+def test_mlp_head_and_bad_choices():
+    model = build_classifier(ModelConfig(backbone="resnet18", strategy="full", weights="none", head="mlp",
+                                         hidden=16, dropout=0.3), 1)
+    assert isinstance(model.head, nn.Sequential) and model.head[-1].in_features == 16
+    with pytest.raises(MedtlError, match="valid: scratch, linear, partial, full"):
+        build_classifier(ModelConfig(backbone="resnet18", strategy="frozen"), 1)
+    with pytest.raises(MedtlError, match="must be 1..4"):
+        build_classifier(ModelConfig(backbone="resnet18", strategy="partial", unfreeze_stages=5, weights="none"), 1)
+    with pytest.raises(MedtlError, match="drop --weights"):
+        build_classifier(ModelConfig(backbone="resnet18", strategy="scratch", weights="imagenet"), 1)
