@@ -62,7 +62,8 @@ class TrainConfig:
     monitor: str = "auc"  # auc | loss  (on validation)
     class_weights: bool = True
     threshold: str = "youden"  # youden | f1 | a number such as 0.5; chosen on validation, never test
-    feature_views: int = 2  # linear: augmented views per train image cached (0: clean view only)
+    feature_views: int = 2  # linear/partial: augmented views per train image cached (0: clean view only)
+    cache_frozen: bool = True  # partial: cache the frozen prefix's activations, train the top on them
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None: all cores
     device: str = "auto"  # auto | cpu | cuda

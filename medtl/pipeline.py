@@ -25,7 +25,8 @@ from medtl.features import cached, feature_key
 from medtl.images import ImageStore, build_store, check_failures, default_cache_dir
 from medtl.metrics import choose_threshold, score
 from medtl.report import atomic_write_text, format_metrics, plot_curves, write_history, write_json
-from medtl.strategies import Classifier, build_classifier, effective_weights, param_groups
+from medtl.strategies import (Classifier, Prefix, build_classifier, effective_weights, param_groups,
+                              split_frozen_prefix)
 from medtl.train import extract, fit, make_loss, pick_device, predict, seed_everything
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ def _train(p: Prepared, model: Classifier, progress: bool):
     loss_fn = make_loss(p.binary, weights)
     if p.cfg.model.strategy == "linear":
         return _train_head_on_features(p, model, loss_fn, progress)
+    if p.cfg.model.strategy == "partial" and tc.cache_frozen:
+        try:
+            return _train_top_on_activations(p, model, loss_fn, progress)
+        except ValueError as exc:
+            log.info("partial: training end to end, the frozen prefix cannot be cached (%s)", exc)
     transform = train_transform(p.size, p.cfg.data.hflip) if p.cfg.data.augment else None
     train = p.loader("train", True, tc.batch_size, transform)
     val = p.loader("val", False, tc.batch_size)
@@ -149,18 +155,75 @@ def _train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: b
     return history, best_epoch, probs
 
 
-def _features(p: Prepared, model: Classifier, split: str, view: int, progress: bool) -> np.ndarray:
-    """Features of one split; view 0 is the plain image, views 1.. are seeded augmentations."""
+def _train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: bool):
+    """partial: the frozen prefix runs once per image and view (cached on disk); the top stages and the
+    head train on its activations, one augmented view per epoch in turn."""
+    tc = p.cfg.train
+    example = next(iter(p.loader("val", False, 2)))[0]
+    boundary, top, shape = split_frozen_prefix(model, p.prepare(example))
+    prefix = Prefix(model.backbone, boundary)
+    views = tc.feature_views if p.cfg.data.augment else 0
+    acts = {s: _features(p, prefix, s, 0, progress, boundary) for s in p.splits.refs}
+    train_views = [acts["train"]] + [_features(p, prefix, "train", v, progress, boundary) for v in range(1, views + 1)]
+    y = {s: p.splits.labels[s] for s in p.splits.refs}
+    batches = {s: DataLoader(RowsDataset(acts[s], y[s], shape), batch_size=tc.batch_size) for s in p.splits.refs}
+    train = RotatingViews([DataLoader(RowsDataset(a, y["train"], shape), batch_size=tc.batch_size, shuffle=True,
+                                      drop_last=len(y["train"]) > tc.batch_size) for a in train_views])
+    net = Classifier(top, model.head).to(p.device)
+    def to_dev(x):
+        return x.to(p.device).contiguous(memory_format=torch.channels_last)
+    groups = param_groups(net, tc.lr, tc.backbone_lr_scale)
+    history, _, best_epoch = fit(net, train, batches["val"], to_dev, loss_fn, tc, p.device, p.splits.classes, groups,
+                                 progress)
+    result = model.backbone.load_state_dict(top.state_dict(), strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys  # top holds a subset of the backbone's modules
+    probs = {s: predict(net, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}
+    return history, best_epoch, probs
+
+
+class RowsDataset(torch.utils.data.Dataset):
+    """Rows of a (memory-mapped) 2-D array, reshaped to `shape`, with labels."""
+
+    def __init__(self, array: np.ndarray, labels: np.ndarray, shape: tuple[int, ...]):
+        self.array, self.labels, self.shape = array, labels, shape
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(np.array(self.array[i])).view(self.shape), int(self.labels[i])
+
+
+class RotatingViews:
+    """One loader per cached view; each pass (epoch) uses the next view."""
+
+    def __init__(self, loaders: list[DataLoader]):
+        self.loaders, self.epoch = loaders, 0
+
+    def __len__(self) -> int:
+        return len(self.loaders[self.epoch % len(self.loaders)])
+
+    def __iter__(self):
+        loader = self.loaders[self.epoch % len(self.loaders)]
+        self.epoch += 1
+        return iter(loader)
+
+
+def _features(p: Prepared, model: Classifier | Prefix, split: str, view: int, progress: bool,
+              boundary: str = "") -> np.ndarray:
+    """Features of one split (or activations at `boundary`); view 0 is the plain image, views 1.. are
+    seeded augmentations."""
     refs = p.splits.refs[split]
     key = feature_key(p.store.key, refs, p.spec.name, weights_id(p.spec, p.weights), p.size, p.in_chans,
-                      p.spec.mean, p.spec.std, view, p.cfg.data.hflip if view else None)
+                      p.spec.mean, p.spec.std, view, p.cfg.data.hflip if view else None, boundary)
 
     def compute() -> np.ndarray:
         transform = train_transform(p.size, p.cfg.data.hflip) if view else None
         torch.manual_seed(1000 + view)  # the same views every run, so the cache key holds
         batch = CPU_EXTRACT_BATCH if p.device.type == "cpu" else 128
-        model.backbone.to(memory_format=torch.channels_last)
-        return extract(model.backbone, p.loader(split, False, batch, transform), p.prepare, p.device,
+        net = model if isinstance(model, Prefix) else model.backbone
+        net.to(memory_format=torch.channels_last)
+        return extract(net, p.loader(split, False, batch, transform), p.prepare, p.device,
                        f"features {split}" + (f" view {view}" if view else ""), progress)
 
     array, hit = cached(p.cache_dir, key, len(refs), compute)

@@ -8,6 +8,9 @@ full     pretrained init, everything trains
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import nn
 
 from medtl.backbones import BackboneSpec, build_backbone, get_spec, resolve_weights
@@ -106,3 +109,80 @@ def param_groups(model: Classifier, lr: float, backbone_lr_scale: float) -> list
     if backbone:
         groups.append({"params": backbone, "lr": lr * backbone_lr_scale})
     return groups
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early, once the wanted activation is in hand."""
+
+
+class Prefix(nn.Module):
+    """Runs a backbone only up to `boundary` and returns that module's output, flattened."""
+
+    def __init__(self, backbone: nn.Module, boundary: str):
+        super().__init__()
+        self.backbone, self.boundary = backbone, boundary
+
+    def forward(self, x):
+        out = {}
+
+        def hook(module, inputs, output):
+            out["x"] = output
+            raise _Stop
+
+        handle = self.backbone.get_submodule(self.boundary).register_forward_hook(hook)
+        try:
+            self.backbone(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        self.shape = tuple(out["x"].shape[1:])  # of one activation, for unflattening cached rows
+        return out["x"].flatten(1)
+
+
+def split_frozen_prefix(model: Classifier, example: torch.Tensor) -> tuple[str, nn.Module, tuple[int, ...]]:
+    """Split a partially frozen backbone into its frozen prefix and a trainable top.
+
+    Returns (boundary, top, activation shape): `top` is a copy of the backbone in which every module
+    that runs before the end of the last frozen stage is an Identity, so top(prefix(x)) == backbone(x).
+    Found from the modules' execution order on `example` and then checked numerically; a backbone whose
+    forward does more than chain its modules raises ValueError (the caller then trains end to end).
+    """
+    backbone = model.backbone
+    if not model.frozen or model.frozen == ("",):
+        raise ValueError("only a partially frozen backbone has a prefix to cache")
+    order: list[tuple[str, str]] = []
+    handles = []
+    for name, module in backbone.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(lambda m, i, n=name: order.append(("start", n))))
+            handles.append(module.register_forward_hook(lambda m, i, o, n=name: order.append(("end", n))))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            full = backbone(example)
+    finally:
+        for h in handles:
+            h.remove()
+    ends = {n: i for i, (event, n) in enumerate(order) if event == "end"}
+    boundary = max(model.frozen, key=lambda n: ends[n])
+    cut = ends[boundary]
+    done = [n for i, (event, n) in enumerate(order) if event == "end" and i <= cut]
+    later = {n for i, (event, n) in enumerate(order) if event == "start" and i > cut}
+    if set(done) & later:
+        raise ValueError(f"modules {sorted(set(done) & later)[:3]} run on both sides of {boundary}")
+    top = copy.deepcopy(backbone)
+    replaced: list[str] = []
+    for name in sorted(set(done), key=lambda n: n.count(".")):
+        if not any(name.startswith(r + ".") for r in replaced):
+            top.set_submodule(name, nn.Identity())
+            replaced.append(name)
+    prefix = Prefix(backbone, boundary)
+    with torch.no_grad():
+        act = prefix(example)
+        part = top.eval()(act.view(example.shape[0], *prefix.shape))
+    backbone.train(was_training)
+    if not torch.allclose(part, full, atol=1e-4, rtol=1e-3):
+        raise ValueError(f"the forward of '{type(backbone).__name__}' does more than chain its modules")
+    return boundary, top, prefix.shape
