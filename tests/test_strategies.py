@@ -75,3 +75,19 @@ def test_mlp_head_and_bad_choices():
         build_classifier(ModelConfig(backbone="resnet18", strategy="partial", unfreeze_stages=5, weights="none"), 1)
     with pytest.raises(MedtlError, match="drop --weights"):
         build_classifier(ModelConfig(backbone="resnet18", strategy="scratch", weights="imagenet"), 1)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "mobilenet_v3_large", "inception_v3",
+                                  "efficientnet_lite0"])
+def test_frozen_prefix_split_reproduces_the_backbone(name):
+    from medtl.strategies import Prefix, split_frozen_prefix
+
+    model = build_classifier(ModelConfig(backbone=name, strategy="partial", unfreeze_stages=1, weights="none"), 1)
+    x = torch.randn(2, 3, 75, 75)
+    boundary, top, shape = split_frozen_prefix(model, x)
+    assert boundary in model.frozen
+    with torch.no_grad():
+        act = Prefix(model.backbone.eval(), boundary)(x)
+        torch.testing.assert_close(top.eval()(act.view(2, *shape)), model.backbone(x), atol=1e-4, rtol=1e-3)
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable <= set(dict(top.named_parameters()))  # every trainable weight lives in the top
