@@ -219,12 +219,15 @@ def _features(p: Prepared, model: Classifier | Prefix, split: str, view: int, pr
 
     def compute() -> np.ndarray:
         transform = train_transform(p.size, p.cfg.data.hflip) if view else None
-        torch.manual_seed(1000 + view)  # the same views every run, so the cache key holds
         batch = CPU_EXTRACT_BATCH if p.device.type == "cpu" else 128
         net = model if isinstance(model, Prefix) else model.backbone
         net.to(memory_format=torch.channels_last)
-        return extract(net, p.loader(split, False, batch, transform), p.prepare, p.device,
-                       f"features {split}" + (f" view {view}" if view else ""), progress)
+        # the same views every run (so the cache key holds), and the run's own RNG stream untouched,
+        # so a cache hit and a miss train identically
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1000 + view)
+            return extract(net, p.loader(split, False, batch, transform), p.prepare, p.device,
+                           f"features {split}" + (f" view {view}" if view else ""), progress)
 
     array, hit = cached(p.cache_dir, key, len(refs), compute)
     log.info("features %s view %d: %s (%d x %d)", split, view, "cache hit" if hit else "computed", *array.shape)

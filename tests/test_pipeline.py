@@ -45,8 +45,9 @@ def test_linear_learns_with_pretrained_features_and_reuses_the_cache(image_tree,
     metrics = json.loads((first / "metrics.json").read_text())
     assert metrics["splits"]["test"]["auc"] > 0.9
     with caplog.at_level(logging.INFO, logger="medtl"):
-        run(apply_overrides(cfg, {"name": "again"}), progress=False)
+        second = run(apply_overrides(cfg, {"name": "again"}), progress=False)
     assert caplog.text.count("cache hit") == 4  # train, val, test and one augmented view
+    assert json.loads((second / "metrics.json").read_text())["splits"] == metrics["splits"]  # hit == miss
     Image.new("L", (40, 40), 128).save(sorted((image_tree / "test" / "pos").iterdir())[0])
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="medtl"):
