@@ -140,10 +140,9 @@ def _train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: b
     """linear: backbone features computed once (cached on disk), then the head trains on them."""
     tc = p.cfg.train
     feats = {s: _features(p, model, s, view=0, progress=progress) for s in p.splits.refs}
-    views = tc.feature_views if p.cfg.data.augment else 0
-    train_x = [feats["train"]] + [_features(p, model, "train", v, progress) for v in range(1, views + 1)]
+    train_x = [feats["train"]] + _augmented_views(p, model, progress)
     y = {s: torch.from_numpy(p.splits.labels[s]) for s in p.splits.refs}
-    train_ds = TensorDataset(torch.from_numpy(np.concatenate(train_x)), y["train"].repeat(views + 1))
+    train_ds = TensorDataset(torch.from_numpy(np.concatenate(train_x)), y["train"].repeat(len(train_x)))
     batches = {s: DataLoader(TensorDataset(torch.from_numpy(np.array(feats[s])), y[s]), batch_size=1024)
                for s in p.splits.refs}
     train = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True)
@@ -162,9 +161,8 @@ def _train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress:
     example = next(iter(p.loader("val", False, 2)))[0]
     boundary, top, shape = split_frozen_prefix(model, p.prepare(example))
     prefix = Prefix(model.backbone, boundary)
-    views = tc.feature_views if p.cfg.data.augment else 0
     acts = {s: _features(p, prefix, s, 0, progress, boundary) for s in p.splits.refs}
-    train_views = [acts["train"]] + [_features(p, prefix, "train", v, progress, boundary) for v in range(1, views + 1)]
+    train_views = [acts["train"]] + _augmented_views(p, prefix, progress, boundary)
     y = {s: p.splits.labels[s] for s in p.splits.refs}
     batches = {s: DataLoader(RowsDataset(acts[s], y[s], shape), batch_size=tc.batch_size) for s in p.splits.refs}
     train = RotatingViews([DataLoader(RowsDataset(a, y["train"], shape), batch_size=tc.batch_size, shuffle=True,
@@ -179,6 +177,12 @@ def _train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress:
     assert not result.unexpected_keys, result.unexpected_keys  # top holds a subset of the backbone's modules
     probs = {s: predict(net, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}
     return history, best_epoch, probs
+
+
+def _augmented_views(p: Prepared, model: Classifier | Prefix, progress: bool, boundary: str = "") -> list[np.ndarray]:
+    """The cached augmented views 1..feature_views of the train split (none when augmentation is off)."""
+    views = p.cfg.train.feature_views if p.cfg.data.augment else 0
+    return [_features(p, model, "train", v, progress, boundary) for v in range(1, views + 1)]
 
 
 class RowsDataset(torch.utils.data.Dataset):
