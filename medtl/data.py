@@ -49,6 +49,7 @@ def discover(cfg: DataConfig, split_seed: int = 0) -> DataSplits:
     if not cfg.path or not root.exists():
         raise MedtlError(f"data path '{cfg.path}' does not exist; pass a folder of class folders, a folder with "
                          "train/ (val/, test/) inside, or a MedMNIST .npz file")
+    root = root.resolve()  # cache keys name images by path: one spelling per file, whatever the cwd
     if root.is_file():
         if root.suffix != ".npz":
             raise MedtlError(f"data file {root} is not a .npz; pass a MedMNIST .npz or a folder")
