@@ -99,6 +99,95 @@ def evaluate(
 
 
 @app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `medtl train`"),
+    paths: list[Path] = typer.Argument(..., help="Image or DICOM files, or folders of them"),
+    output: Path = typer.Option(Path("predictions.csv"), help="CSV: path, predicted, probabilities, threshold"),
+    batch_size: int = typer.Option(32, help="Images per forward pass"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score new images with a trained run; unreadable files are listed, not fatal."""
+    from medtl.inference import Predictor, expand_inputs, predict_files, write_predictions
+
+    _setup_logging(quiet)
+    pred = Predictor.from_run(run_dir)
+    rows, failed = predict_files(pred, expand_inputs(paths), batch_size, progress=not quiet)
+    write_predictions(output, pred, rows, failed)
+    counts = {c: sum(r["predicted"] == c for r in rows) for c in pred.classes}
+    console.print(f"{len(rows)} images scored ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {output}")
+    _list_failures(failed)
+
+
+def _list_failures(failed: dict[str, str]) -> None:
+    """One line per unreadable file on stderr (full paths, never truncated)."""
+    if failed:
+        print(f"{len(failed)} unreadable files skipped:", file=sys.stderr)
+        for path, reason in failed.items():
+            print(f"  {path}: {reason}", file=sys.stderr)
+
+
+@app.command()
+def explain(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `medtl train`"),
+    paths: list[Path] = typer.Argument(None, help="Images to explain (omit with --grid)"),
+    out: Path = typer.Option(Path("explain"), help="Folder for the overlay PNGs"),
+    method: str = typer.Option("gradcam", help="gradcam | gradcam++ | eigencam"),
+    grid: bool = typer.Option(False, "--grid", help="Also write cam_grid.png (test TPs/FPs/FNs) into the run folder"),
+) -> None:
+    """Grad-CAM heat maps over images (PNG), and a grid of test examples for the run's report."""
+    from medtl.explain import explain_files, report_grid
+    from medtl.inference import Predictor, expand_inputs
+
+    _setup_logging(False)
+    if not paths and not grid:
+        raise MedtlError("nothing to explain: pass image files or folders, or --grid")
+    if paths:
+        written, failed = explain_files(Predictor.from_run(run_dir), expand_inputs(paths), out, method)
+        console.print(f"{len(written)} overlays -> {out}")
+        _list_failures(failed)
+    if grid:
+        console.print(f"grid -> {report_grid(run_dir, method)}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `medtl train`"),
+    format_: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+    output: Optional[Path] = typer.Option(None, help="File to write (default: in the run folder)"),
+    images: list[Path] = typer.Option([], "--image", help="Real images for the parity check (repeatable)"),
+    tolerance: float = typer.Option(1e-4, help="Largest allowed |exported - PyTorch| probability difference"),
+) -> None:
+    """Export for deployment; fails loudly when the exported model disagrees with PyTorch."""
+    from medtl.export import export as export_run
+    from medtl.inference import expand_inputs
+
+    _setup_logging(False)
+    files = [str(p) for p in expand_inputs(images)] if images else None
+    path, diff = export_run(run_dir, format_, output, files, tolerance)
+    console.print(f"{path} written; parity with PyTorch: max |difference| {diff:.2e} on "
+                  f"{len(files) if files else 8} {'images' if files else 'noise inputs'}")
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `medtl train`"),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (keep 127.0.0.1 unless you mean to share)"),
+    port: int = typer.Option(8000),
+    max_mb: float = typer.Option(20.0, help="Largest upload accepted, MiB"),
+) -> None:
+    """A local web page: upload an image or DICOM, see probabilities and the Grad-CAM overlay."""
+    import uvicorn
+
+    from medtl.inference import Predictor
+    from medtl.serve import create_app
+
+    _setup_logging(False)
+    app_ = create_app(Predictor.from_run(run_dir), int(max_mb * 2**20))
+    console.print(f"serving {run_dir} on http://{host}:{port}/")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
 def backbones() -> None:
     """List the backbones: parameters, input size, default weights, and whether they load offline."""
     from medtl.backbones import BACKBONES, weights_available_offline

@@ -67,6 +67,8 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None: all cores
     device: str = "auto"  # auto | cpu | cuda
+    tune_malloc: bool = True  # CPU: glibc heap instead of mmap for tensors (2x forward speed, bench/cpu_settings.py)
+    workers: int | None = None  # DataLoader worker processes; None: 0 on CPU (measured faster on 2 cores), 8 on CUDA
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medtl.dicom import is_dicom, read_dicom
 from medtl.errors import MedtlError
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ def open_image(ref: str) -> Image.Image:
     if NPZ_SEP in ref:
         path, split, index = ref.split(NPZ_SEP)
         return Image.fromarray(_npz_array(path, f"{split}_images")[int(index)])
+    if is_dicom(ref):
+        return read_dicom(ref)
     with Image.open(ref) as img:
         img.load()
         return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -83,8 +86,13 @@ def to_uint8(img: Image.Image) -> Image.Image:
 
 def decode(ref: str, size: int) -> np.ndarray:
     """Decode and resize (squash to size x size) to a CxHxW uint8 array; gray RGB becomes 1 channel."""
-    img = to_uint8(open_image(ref)).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    arr = np.asarray(img)
+    return decode_image(open_image(ref), size)
+
+
+def decode_image(img: Image.Image, size: int) -> np.ndarray:
+    """`decode` for an opened image: the one preprocessing of training, evaluation and prediction."""
+    img = to_uint8(img).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    arr = np.array(img)  # a writable copy
     if arr.ndim == 2:
         return arr[None]
     arr = arr.transpose(2, 0, 1)

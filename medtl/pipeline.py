@@ -24,10 +24,11 @@ from medtl.errors import MedtlError
 from medtl.features import cached, feature_key
 from medtl.images import ImageStore, build_store, check_failures, default_cache_dir
 from medtl.metrics import choose_threshold, score
-from medtl.report import atomic_write_text, format_metrics, plot_curves, write_history, write_json
+from medtl.report import (atomic_write_text, format_metrics, plot_curves, write_history, write_json,
+                          write_predictions)
 from medtl.strategies import (Classifier, Prefix, build_classifier, effective_weights, param_groups,
                               split_frozen_prefix)
-from medtl.train import extract, fit, make_loss, pick_device, predict, seed_everything
+from medtl.train import extract, fit, make_loss, pick_device, predict, seed_everything, tune_allocator
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,17 @@ class Prepared:
     def loader(self, split: str, train: bool, batch_size: int, transform=None) -> DataLoader:
         rows = np.array([self.store.row(r) for r in self.splits.refs[split]], dtype=np.int64)
         ds = StoreDataset(self.store.array, rows, self.splits.labels[split], self.in_chans, transform)
+        workers = self.workers
         return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) > batch_size,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda", num_workers=workers,
+                          persistent_workers=workers > 0 and train)
+
+    @property
+    def workers(self) -> int:
+        """Augmentation runs in the loader: on CUDA it needs worker processes to keep the GPU busy."""
+        if self.cfg.train.workers is not None:
+            return self.cfg.train.workers
+        return min(8, os.cpu_count() or 1) if self.device.type == "cuda" else 0
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = normalize(x.to(self.device, non_blocking=True), self.spec.mean, self.spec.std)
@@ -71,6 +81,8 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     spec = get_spec(cfg.model.backbone)
     weights = effective_weights(cfg.model)
     device = pick_device(cfg.train.device)
+    if device.type == "cpu" and cfg.train.tune_malloc:
+        log.info("glibc allocator tuned (no mmap, no trim): %s", tune_allocator())
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     splits = discover(cfg.data, cfg.data.split_seed)
     for note in splits.notes:
@@ -248,6 +260,8 @@ def _finish(p: Prepared, model: Classifier, run_dir: Path, history, best_epoch, 
                "splits": {s: score(y, pr, classes, threshold) for s, (pr, y) in probs.items()}}
     for split, m in metrics["splits"].items():
         log.info(format_metrics(split, m))
+    for split, (pr, y) in probs.items():
+        write_predictions(run_dir / f"predictions_{split}.csv", p.splits.refs[split], y, pr, classes, threshold)
     save_checkpoint(run_dir / "checkpoint.pt", model, p, threshold)
     write_json(run_dir / "metrics.json", metrics)
     write_history(run_dir / "history.csv", history)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
 from pathlib import Path
+
+import numpy as np
 
 from medtl.metrics import clean
 
@@ -66,3 +69,16 @@ def format_metrics(name: str, m: dict) -> str:
         return "undefined" if value is None else f"{value:.4f}"
     keys = ("accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "gmean", "loss")
     return f"{name}: " + ", ".join(f"{k} {f(k)}" for k in keys)
+
+
+def write_predictions(path: Path, refs: list[str], labels, probs, classes: list[str], threshold: float) -> None:
+    """Per-image results of a split: path, true label, predicted label, one probability column per class."""
+    probs = np.asarray(probs)
+    table = np.stack([1 - probs, probs], 1) if probs.ndim == 1 else probs
+    predicted = (table[:, 1] >= threshold).astype(int) if len(classes) == 2 else table.argmax(1)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "predicted", *[f"prob_{c}" for c in classes]])
+    for ref, y, k, row in zip(refs, labels, predicted, table):
+        w.writerow([ref, classes[int(y)], classes[int(k)], *[f"{v:.6f}" for v in row]])
+    atomic_write_text(path, buf.getvalue())

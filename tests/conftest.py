@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +52,27 @@ def cache_dir(tmp_path: Path, monkeypatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("MEDTL_CACHE", str(path))
     return path
+
+
+def kermany_links(root: Path, train: int, test: int) -> Path:
+    """root/{train,test}/{NORMAL,PNEUMONIA}: links to the first images per class of the real Kermany set."""
+    source = shared_path("chest_xray_kermany_224")
+    for split, n in (("train", train), ("test", test)):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            (root / split / cls).mkdir(parents=True)
+            for path in sorted((source / split / cls).iterdir())[:n]:
+                (root / split / cls / path.name).symlink_to(path)
+    return root
+
+
+@pytest.fixture(scope="session")
+def xray_run(tmp_path_factory):
+    """A linear Lite0 run at 128 px on 60 train and 16 test X-rays per class (real Kermany images)."""
+    tmp = tmp_path_factory.mktemp("xray")
+    root = kermany_links(tmp / "kermany", train=60, test=16)
+    env = {**os.environ, "MEDTL_CACHE": str(tmp / "cache")}
+    done = subprocess.run([sys.executable, "-m", "medtl", "train", str(root), "--strategy", "linear", "--epochs", "10",
+                           "--image-size", "128", "--out", str(tmp / "runs"), "--name", "xray", "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return tmp / "runs" / "xray", root

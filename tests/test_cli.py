@@ -8,7 +8,7 @@ import urllib.error
 
 import pytest
 
-from conftest import shared_path
+from conftest import kermany_links
 from medtl import backbones, cli
 
 
@@ -21,14 +21,7 @@ def _medtl(*args, env_cache):
 @pytest.fixture
 def kermany_subset(tmp_path):
     """Links to 40 train and 12 test images per class of the real Kermany set."""
-    source = shared_path("chest_xray_kermany_224")
-    root = tmp_path / "kermany"
-    for split, n in (("train", 40), ("test", 12)):
-        for cls in ("NORMAL", "PNEUMONIA"):
-            (root / split / cls).mkdir(parents=True)
-            for path in sorted((source / split / cls).iterdir())[:n]:
-                (root / split / cls / path.name).symlink_to(path)
-    return root
+    return kermany_links(tmp_path / "kermany", train=40, test=12)
 
 
 def test_train_then_evaluate_on_real_xrays(kermany_subset, tmp_path):

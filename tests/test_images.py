@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from medtl.errors import MedtlError
-from medtl.images import build_store, check_failures, decode, to_uint8
+from medtl.images import build_store, check_failures, decode, open_image, to_uint8
 
 
 def _save(tmp_path, img, name):
@@ -73,3 +73,32 @@ def test_image_cache_hit_miss_and_corrupt_rebuild(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         rebuilt = build_store([str(path)], 8, tmp_path / "cache", progress=False)
     assert "rebuilding" in caplog.text and int(rebuilt.array[0].max()) == 60
+
+
+def test_dicom_ct_is_read_through_the_modality_lut_and_scaled_to_8_bits(tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medtl.dicom import is_dicom, read_dicom
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array.astype(float) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    img = np.asarray(read_dicom(path), dtype=float)
+    expected = np.round((hu - hu.min()) * 255 / (hu.max() - hu.min()))
+    assert img.shape == hu.shape and np.array_equal(img, expected)
+    assert is_dicom(path) and is_dicom(open(path, "rb").read()) and not is_dicom(b"\0" * 200)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "inverted")  # no suffix: found by the DICM marker
+    assert np.array_equal(np.asarray(open_image(str(tmp_path / "inverted"))), 255 - img.astype(np.uint8))
+    del ds.PixelData
+    ds.save_as(tmp_path / "empty.dcm")
+    with pytest.raises(ValueError, match="empty.dcm has no pixel data"):
+        read_dicom(tmp_path / "empty.dcm")
+
+
+def test_allocator_tuning_applies_on_glibc_linux():
+    import platform
+
+    from medtl.train import tune_allocator
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert tune_allocator() is expected

@@ -1,0 +1,70 @@
+"""DICOM pixels as a display image: modality LUT (e.g. CT Hounsfield units), VOI LUT or window, MONOCHROME1.
+
+pydicom reads the file and applies the LUTs; medtl maps the windowed values to 8 bits, as a viewer shows them.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+
+
+def is_dicom(source: str | Path | bytes) -> bool:
+    """A .dcm/.dicom name, or the 'DICM' marker after the 128-byte preamble."""
+    if isinstance(source, bytes):
+        return source[128:132] == b"DICM"
+    path = Path(source)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom(source: str | Path | bytes) -> Image.Image:
+    """The first frame of a DICOM file (path or bytes) as an 8-bit 'L' or 'RGB' image."""
+    name = "upload" if isinstance(source, bytes) else str(source)
+    try:
+        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError) as exc:
+        raise ValueError(f"{name} is not a readable DICOM file ({exc})") from exc
+    if "PixelData" not in ds:
+        raise ValueError(f"{name} has no pixel data (a DICOM without an image, e.g. a structured report)")
+    try:
+        pixels = ds.pixel_array
+    except (NotImplementedError, RuntimeError, ValueError) as exc:
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        raise ValueError(f"{name}: cannot decode transfer syntax {syntax} ({exc}); install the pixel-data "
+                         "handler it needs (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)") from exc
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    if ds.get("PhotometricInterpretation", "MONOCHROME2").startswith("MONOCHROME"):
+        return Image.fromarray(_to_uint8(_windowed(pixels, ds), ds.PhotometricInterpretation == "MONOCHROME1"))
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"{name}: {ds.PhotometricInterpretation} with {pixels.dtype} pixels is not supported")
+    return Image.fromarray(pixels, mode="RGB")
+
+
+def _windowed(pixels: np.ndarray, ds) -> np.ndarray:
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        values = apply_voi_lut(values, ds).astype(np.float64)
+    return values
+
+
+def _to_uint8(values: np.ndarray, invert: bool) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    out = np.round(scaled).astype(np.uint8)
+    return 255 - out if invert else out
+
