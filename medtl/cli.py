@@ -188,6 +188,31 @@ def serve(
 
 
 @app.command()
+def study(
+    config: Path = typer.Argument(..., help="Study YAML: name, out, base (a run config), grid"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings only, no progress display"),
+) -> None:
+    """Run a grid of runs (resumable: finished runs are kept) and write the study report."""
+    from medtl.study import load_study, run_study
+    from medtl.study_report import write_report
+
+    _setup_logging(quiet)
+    spec = load_study(config)
+    run_study(spec, progress=not quiet)
+    console.print(f"report: {write_report(spec.root, f'medtl study {config}')}")
+
+
+@app.command()
+def report(study_dir: Path = typer.Argument(..., help="A study folder (<out>/<name>)")) -> None:
+    """(Re)write a study's report from its finished runs."""
+    from medtl.study_report import write_report
+
+    if not (study_dir / "study.yaml").is_file():
+        raise MedtlError(f"{study_dir} has no study.yaml; pass the folder `medtl study` wrote (<out>/<name>)")
+    console.print(f"report: {write_report(study_dir)}")
+
+
+@app.command()
 def backbones() -> None:
     """List the backbones: parameters, input size, default weights, and whether they load offline."""
     from medtl.backbones import BACKBONES, weights_available_offline

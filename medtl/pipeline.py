@@ -263,9 +263,9 @@ def _finish(p: Prepared, model: Classifier, run_dir: Path, history, best_epoch, 
     for split, (pr, y) in probs.items():
         write_predictions(run_dir / f"predictions_{split}.csv", p.splits.refs[split], y, pr, classes, threshold)
     save_checkpoint(run_dir / "checkpoint.pt", model, p, threshold)
-    write_json(run_dir / "metrics.json", metrics)
     write_history(run_dir / "history.csv", history)
     plot_curves(run_dir / "curves.png", history, f"{p.spec.name} {p.cfg.model.strategy}")
+    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run (studies resume on it)
     log.info("training took %.1f s; best epoch %d; threshold %.4f (chosen on validation by %s)",
              seconds, best_epoch, threshold, p.cfg.train.threshold)
 
