@@ -213,6 +213,38 @@ def report(study_dir: Path = typer.Argument(..., help="A study folder (<out>/<na
 
 
 @app.command()
+def tune(
+    data: str = typer.Argument(..., help="Data as `medtl train` takes it"),
+    trials: int = typer.Option(20, help="Trials for this process (workers sharing --storage add up)"),
+    backbone: Optional[str] = typer.Option(None, help="Backbone name; see `medtl backbones`"),
+    strategy: Optional[str] = typer.Option(None, help="scratch | linear | partial | full"),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs per trial"),
+    image_size: Optional[int] = typer.Option(None, help="Input size in px"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config; flags override it"),
+    set_: list[str] = typer.Option([], "--set", help="Any config value, e.g. --set train.epochs=5"),
+    out: Path = typer.Option(Path("tune"), help="Folder for trials' run folders (and tune.db by default)"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///OUT/tune.db); "
+                                          "share one, e.g. postgresql://..., between workers"),
+    study_name: str = typer.Option("medtl", help="Optuna study name in the storage"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Search learning rate, head, dropout, weight decay, batch size (and unfrozen depth for partial) with
+    Optuna, pruning on validation AUC."""
+    from medtl.config import apply_overrides, load_config, parse_set
+    from medtl.tune import tune as tune_run
+
+    _setup_logging(quiet)
+    overrides = {"data.path": data, "model.backbone": backbone, "model.strategy": strategy, "train.epochs": epochs,
+                 "data.image_size": image_size, **parse_set(set_)}
+    study_ = tune_run(apply_overrides(load_config(config), overrides), trials, out, storage, study_name)
+    finished = [t for t in study_.trials if t.value is not None]
+    if finished:
+        best = study_.best_trial
+        console.print(f"best of {len(finished)} finished trials: validation AUC {best.value:.4f} with {best.params}; "
+                      f"run folder {best.user_attrs.get('run_dir')}")
+
+
+@app.command()
 def backbones() -> None:
     """List the backbones: parameters, input size, default weights, and whether they load offline."""
     from medtl.backbones import BACKBONES, weights_available_offline

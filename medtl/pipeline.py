@@ -28,7 +28,7 @@ from medtl.report import (atomic_write_text, format_metrics, plot_curves, write_
                           write_predictions)
 from medtl.strategies import (Classifier, Prefix, build_classifier, effective_weights, param_groups,
                               split_frozen_prefix)
-from medtl.train import extract, fit, make_loss, pick_device, predict, seed_everything, tune_allocator
+from medtl.train import EpochHook, extract, fit, make_loss, pick_device, predict, seed_everything, tune_allocator
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,9 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     return Prepared(cfg, spec, weights, splits, store, size, in_chans, device, cache_dir)
 
 
-def run(cfg: RunConfig, progress: bool = True) -> Path:
-    """Train and evaluate per `cfg`; returns the run folder."""
+def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None) -> Path:
+    """Train and evaluate per `cfg`; returns the run folder. `on_epoch(epoch, val_metrics)` is called after
+    each epoch (hyperparameter search reports and prunes through it)."""
     seed_everything(cfg.train.seed)
     p = prepare(cfg, progress)
     num_out = 1 if p.binary else len(p.splits.classes)
@@ -116,7 +117,7 @@ def run(cfg: RunConfig, progress: bool = True) -> Path:
         log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s", run_dir,
                  p.spec.name, p.weights, cfg.model.strategy, p.size, p.device)
         start = time.perf_counter()
-        history, best_epoch, probs = _train(p, model, progress)
+        history, best_epoch, probs = _train(p, model, progress, on_epoch)
         seconds = time.perf_counter() - start
         _finish(p, model, run_dir, history, best_epoch, probs, seconds)
     finally:
@@ -125,16 +126,16 @@ def run(cfg: RunConfig, progress: bool = True) -> Path:
     return run_dir
 
 
-def _train(p: Prepared, model: Classifier, progress: bool):
+def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook | None = None):
     """Train per strategy; returns (history, best epoch, {split: (probs, labels)})."""
     tc = p.cfg.train
     weights = class_weights(p.splits.labels["train"], len(p.splits.classes)) if tc.class_weights else None
     loss_fn = make_loss(p.binary, weights)
     if p.cfg.model.strategy == "linear":
-        return _train_head_on_features(p, model, loss_fn, progress)
+        return _train_head_on_features(p, model, loss_fn, progress, on_epoch)
     if p.cfg.model.strategy == "partial" and tc.cache_frozen:
         try:
-            return _train_top_on_activations(p, model, loss_fn, progress)
+            return _train_top_on_activations(p, model, loss_fn, progress, on_epoch)
         except ValueError as exc:
             log.info("partial: training end to end, the frozen prefix cannot be cached (%s)", exc)
     transform = train_transform(p.size, p.cfg.data.hflip) if p.cfg.data.augment else None
@@ -142,13 +143,13 @@ def _train(p: Prepared, model: Classifier, progress: bool):
     val = p.loader("val", False, tc.batch_size)
     groups = param_groups(model, tc.lr, tc.backbone_lr_scale)
     history, _, best_epoch = fit(model, train, val, p.prepare, loss_fn, tc, p.device, p.splits.classes, groups,
-                                 progress)
+                                 progress, on_epoch)
     probs = {s: predict(model, p.loader(s, False, tc.batch_size), p.prepare, p.device, f"predict {s}", progress)
              for s in ("val", "test") if s in p.splits.refs}
     return history, best_epoch, probs
 
 
-def _train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bool):
+def _train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bool, on_epoch=None):
     """linear: backbone features computed once (cached on disk), then the head trains on them."""
     tc = p.cfg.train
     feats = {s: _features(p, model, s, view=0, progress=progress) for s in p.splits.refs}
@@ -161,12 +162,12 @@ def _train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: b
     def to_dev(x):
         return x.to(p.device)
     history, _, best_epoch = fit(model.head, train, batches["val"], to_dev, loss_fn, tc, p.device,
-                                 p.splits.classes, progress=progress)
+                                 p.splits.classes, progress=progress, on_epoch=on_epoch)
     probs = {s: predict(model.head, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}
     return history, best_epoch, probs
 
 
-def _train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: bool):
+def _train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: bool, on_epoch=None):
     """partial: the frozen prefix runs once per image and view (cached on disk); the top stages and the
     head train on its activations, one augmented view per epoch in turn."""
     tc = p.cfg.train
@@ -184,7 +185,7 @@ def _train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress:
         return x.to(p.device).contiguous(memory_format=torch.channels_last)
     groups = param_groups(net, tc.lr, tc.backbone_lr_scale)
     history, _, best_epoch = fit(net, train, batches["val"], to_dev, loss_fn, tc, p.device, p.splits.classes, groups,
-                                 progress)
+                                 progress, on_epoch)
     result = model.backbone.load_state_dict(top.state_dict(), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # top holds a subset of the backbone's modules
     probs = {s: predict(net, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}

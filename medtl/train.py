@@ -33,6 +33,7 @@ SCHEDULES = ("cosine", "step", "none")
 MONITORS = ("auc", "loss")
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]
+EpochHook = Callable[[int, dict], None]  # (epoch, validation metrics); may raise to stop training
 
 
 def pick_device(name: str) -> torch.device:
@@ -147,7 +148,8 @@ def _key(val: dict, monitor: str) -> tuple[float, float]:
 
 def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare,
         loss_fn: Callable, cfg: TrainConfig, device: torch.device, classes: list[str],
-        groups: list[dict] | None = None, progress: bool = True) -> tuple[list[dict], dict, int]:
+        groups: list[dict] | None = None, progress: bool = True,
+        on_epoch: EpochHook | None = None) -> tuple[list[dict], dict, int]:
     """Train with early stopping on validation `cfg.monitor`; returns (history, best state, best epoch).
 
     The best state is deep-copied: a state_dict() reference would keep changing as training goes on.
@@ -176,6 +178,8 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
         epochs.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{val['auc']:.3f}", best=best_epoch)
         log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_auc %.4f (%.1fs)", epoch, cfg.epochs,
                  train_loss, val["loss"], val["accuracy"], val["auc"], row["seconds"])
+        if on_epoch is not None:
+            on_epoch(epoch, val)
         if epoch - best_epoch >= cfg.patience:
             log.info("early stop: val %s has not improved for %d epochs (best epoch %d)", cfg.monitor,
                      cfg.patience, best_epoch)

@@ -1,0 +1,83 @@
+"""Hyperparameter search for one run with Optuna: TPE sampling, median pruning on validation AUC.
+
+Storage is SQLite in the output folder by default; pass an RDB URL (e.g. postgresql://user@host/db) and
+start several `medtl tune` processes, on one machine or many, to search one study together. Trials are
+scored on validation AUC only: the test split is never looked at to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import optuna
+
+from medtl.config import RunConfig, apply_overrides
+from medtl.errors import MedtlError
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (16, 32, 64)
+
+
+def suggest(trial: optuna.Trial, base: RunConfig) -> dict[str, object]:
+    """The search space: learning rate, head (linear / MLP with dropout), weight decay, batch size, and the
+    number of unfrozen stages when the strategy is `partial`."""
+    params: dict[str, object] = {
+        "train.lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
+        "train.weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
+        "train.batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
+        "model.head": trial.suggest_categorical("head", ["linear", "mlp"]),
+    }
+    if params["model.head"] == "mlp":
+        params["model.dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
+    if base.model.strategy == "partial":
+        params["model.unfreeze_stages"] = trial.suggest_int("unfreeze_stages", 1, 3)
+    return params
+
+
+def objective(base: RunConfig, out: Path):
+    from medtl.pipeline import run
+
+    def score(trial: optuna.Trial) -> float:
+        params = suggest(trial, base)
+        name = f"trial-{trial.number:04d}"
+        cfg = apply_overrides(base, {**{k: str(v) for k, v in params.items()}, "out": str(out / "trials"),
+                                     "name": name})
+
+        def report(epoch: int, val: dict) -> None:
+            trial.report(val["auc"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation AUC {val['auc']:.4f} at epoch {epoch} below the median")
+        try:
+            run_dir = run(cfg, progress=False, on_epoch=report)
+        except optuna.TrialPruned:
+            shutil.rmtree(out / "trials" / name, ignore_errors=True)
+            raise
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        trial.set_user_attr("run_dir", str(run_dir))
+        return float(metrics["splits"]["val"]["auc"])
+    return score
+
+
+def tune(base: RunConfig, trials: int, out: Path, storage: str | None = None, study_name: str = "medtl",
+         seed: int = 0) -> optuna.Study:
+    """Run `trials` trials (this process's share when workers share the storage); returns the study."""
+    if trials < 1:
+        raise MedtlError(f"--trials {trials}: give at least 1")
+    out.mkdir(parents=True, exist_ok=True)
+    shared = storage is not None  # workers sharing a database must not all draw the same seeded samples
+    storage = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=None if shared else seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective(base, out), n_trials=trials, catch=())
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if done:
+        best = study.best_trial
+        log.info("best trial %d: validation AUC %.4f, %s (%s)", best.number, best.value, best.params,
+                 best.user_attrs.get("run_dir"))
+    return study
