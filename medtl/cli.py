@@ -245,6 +245,47 @@ def tune(
 
 
 @app.command()
+def audit(
+    data: str = typer.Argument(..., help="Data as `medtl train` takes it"),
+    output: Optional[Path] = typer.Option(None, help="Write the full audit as JSON here"),
+    perceptual: bool = typer.Option(True, help="Also look for near-duplicates (perceptual hash)"),
+    set_: list[str] = typer.Option([], "--set", help="Data options, e.g. --set data.val_fraction=0.2"),
+) -> None:
+    """Duplicates within and across splits, unreadable files, class balance, and class-correlated properties."""
+    from medtl.audit import audit as run_audit
+    from medtl.audit import warnings_for
+    from medtl.config import apply_overrides, load_config, parse_set
+    from medtl.data import discover
+    from medtl.report import write_json
+
+    _setup_logging(False)
+    cfg = apply_overrides(load_config(None), {"data.path": data, **parse_set(set_)})
+    report_ = run_audit(discover(cfg.data, cfg.data.split_seed), perceptual)
+    _print_audit(report_)
+    for line in warnings_for(report_):
+        console.print(f"[yellow]warning:[/yellow] {line}")
+    if output:
+        write_json(output, report_)
+
+
+def _print_audit(r: dict) -> None:
+    table = Table(title=f"audit: {r['images']} images")
+    table.add_column("split")
+    for c in r["classes"]:
+        table.add_column(c, justify="right")
+    for split, counts in r["balance"].items():
+        table.add_row(split, *[str(counts[c]) for c in r["classes"]])
+    console.print(table)
+    dup = r["exact_duplicates"]
+    cross = sum(len(g["splits"]) > 1 for g in dup)
+    near_cross = sum(len(p["splits"]) > 1 for p in r["near_duplicates"])
+    console.print(f"unreadable: {len(r['unreadable'])}; byte-identical groups: {len(dup)} ({cross} across splits); "
+                  f"near-duplicate pairs: {len(r['near_duplicates'])} ({near_cross} across splits)")
+    for s in r["shortcuts"]:
+        console.print(f"class-correlated {s['property']}: {s['by_class']}")
+
+
+@app.command()
 def backbones() -> None:
     """List the backbones: parameters, input size, default weights, and whether they load offline."""
     from medtl.backbones import BACKBONES, weights_available_offline

@@ -33,6 +33,9 @@ class DataConfig:
     strict: bool = False  # an unreadable image fails the run instead of being skipped and listed
     cache_dir: str | None = None  # None: $MEDTL_CACHE or ~/.cache/medtl
     class_names: tuple[str, ...] = ()  # names for .npz labels 0..K-1
+    dicom_window: str = "auto"  # auto | lung | mediastinum | bone | brain | abdomen | C,W | stack:W1,W2,W3
+    audit: bool = True  # a brief audit (duplicates across splits, class-correlated properties) before training
+    convert_mode: str = "auto"  # auto | L | RGB: every image to one mode first (a class-correlated mode can't leak)
 
 
 @dataclass(frozen=True)

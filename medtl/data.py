@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -32,6 +32,8 @@ class DataSplits:
     refs: dict[str, list[str]] = field(default_factory=dict)  # split -> image refs
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> int labels
     notes: list[str] = field(default_factory=list)  # how the splits were made, for the log
+    groups: dict[str, str] = field(default_factory=dict)  # ref -> patient: carved splits never split a patient
+    rejected: dict[str, str] = field(default_factory=dict)  # manifest rows left out -> why (row number)
 
     def all_refs(self) -> list[str]:
         return [r for s in SPLITS for r in self.refs.get(s, [])]
@@ -50,16 +52,20 @@ def discover(cfg: DataConfig, split_seed: int = 0) -> DataSplits:
         raise MedtlError(f"data path '{cfg.path}' does not exist; pass a folder of class folders, a folder with "
                          "train/ (val/, test/) inside, or a MedMNIST .npz file")
     root = root.resolve()  # cache keys name images by path: one spelling per file, whatever the cwd
-    if root.is_file():
+    if root.is_file() and root.suffix.lower() in (".csv", ".tsv"):
+        from medtl.manifest import from_manifest
+        splits = from_manifest(root, cfg, split_seed)
+    elif root.is_file():
         if root.suffix != ".npz":
-            raise MedtlError(f"data file {root} is not a .npz; pass a MedMNIST .npz or a folder")
+            raise MedtlError(f"data file {root} is not a .npz or a .csv/.tsv manifest; pass a MedMNIST .npz, "
+                             "a manifest or a folder")
         splits = _from_npz(root, cfg.class_names)
     elif (root / "train").is_dir():
         splits = _from_split_tree(root)
     else:
         splits = _from_one_tree(root, cfg, split_seed)
     if "val" not in splits.refs:
-        _carve(splits, "train", "val", cfg.val_fraction, split_seed)
+        _carve(splits, "train", "val", cfg.val_fraction, split_seed, splits.groups)
     if cfg.subset_per_class:
         _subset(splits, cfg.subset_per_class, split_seed)
     return splits
@@ -142,7 +148,8 @@ def _from_npz(path: Path, class_names: tuple[str, ...]) -> DataSplits:
     return splits
 
 
-def _carve(splits: DataSplits, source: str, target: str, fraction: float, seed: int) -> None:
+def _carve(splits: DataSplits, source: str, target: str, fraction: float, seed: int,
+           groups: dict[str, str] | None = None) -> None:
     refs, y = splits.refs[source], splits.labels[source]
     if not 0 < fraction < 1:
         raise MedtlError(f"{target}_fraction={fraction} must be between 0 and 1")
@@ -150,13 +157,28 @@ def _carve(splits: DataSplits, source: str, target: str, fraction: float, seed: 
     if counts.min() < 2:
         raise MedtlError(f"class '{splits.classes[int(counts.argmin())]}' has {counts.min()} image(s) in "
                          f"{source}; need at least 2 per class to carve a stratified {target} split")
-    keep, take = train_test_split(np.arange(len(refs)), test_size=fraction, stratify=y, random_state=seed)
+    if groups:
+        keep, take = _grouped_split(y, [groups[r] for r in refs], fraction, seed)
+    else:
+        keep, take = train_test_split(np.arange(len(refs)), test_size=fraction, stratify=y, random_state=seed)
     keep, take = np.sort(keep), np.sort(take)
     splits.refs[target] = [refs[i] for i in take]
     splits.labels[target] = y[take]
     splits.refs[source] = [refs[i] for i in keep]
     splits.labels[source] = y[keep]
-    splits.notes.append(f"{target} = stratified {fraction:.0%} of {source} (seed {seed})")
+    how = "patient-grouped, stratified" if groups else "stratified"
+    splits.notes.append(f"{target} = {how} {fraction:.0%} of {source} (seed {seed})")
+
+
+def _grouped_split(y: np.ndarray, groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, take): whole groups (patients) go to one side; classes balanced as far as groups allow."""
+    n_splits = max(2, round(1 / fraction))
+    if len(set(groups)) < n_splits:
+        raise MedtlError(f"only {len(set(groups))} patients: too few to carve a {fraction:.0%} split by patient; "
+                         "add a split column to the manifest")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    keep, take = next(folds.split(np.zeros(len(y)), y, groups))
+    return keep, take
 
 
 def _subset(splits: DataSplits, per_class: int, seed: int) -> None:

@@ -14,6 +14,12 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
+# CT windows (centre, width) in Hounsfield units, as radiology viewers preset them
+WINDOWS = {"lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0), "bone": (400.0, 1800.0), "brain": (40.0, 80.0),
+           "abdomen": (40.0, 400.0)}
+WINDOW_HELP = ("auto (the file's VOI LUT / window, else its full range), a preset (" + ", ".join(WINDOWS) +
+               "), 'CENTRE,WIDTH' in the modality's units (HU for CT), or stack:W1,W2,W3 for three windows as "
+               "the three channels")
 
 
 def is_dicom(source: str | Path | bytes) -> bool:
@@ -31,9 +37,56 @@ def is_dicom(source: str | Path | bytes) -> bool:
         return False
 
 
-def read_dicom(source: str | Path | bytes) -> Image.Image:
-    """The first frame of a DICOM file (path or bytes) as an 8-bit 'L' or 'RGB' image."""
+def parse_window(spec: str) -> list[tuple[float, float]] | None:
+    """None for 'auto', else the (centre, width) windows that `spec` names; ValueError naming the choices."""
+    if spec == "auto":
+        return None
+    names = spec[len("stack:"):].split(",") if spec.startswith("stack:") else [spec]
+    if spec.startswith("stack:") and len(names) != 3:
+        raise ValueError(f"dicom window {spec!r}: stack takes three windows, e.g. stack:lung,mediastinum,bone")
+    if not spec.startswith("stack:") and "," in spec:
+        names = [spec.replace(",", "/")]
+    out = []
+    for name in names:
+        if name in WINDOWS:
+            out.append(WINDOWS[name])
+            continue
+        try:
+            centre, width = (float(v) for v in name.split("/"))
+        except ValueError:
+            raise ValueError(f"dicom window {spec!r} not understood; valid: {WINDOW_HELP}") from None
+        if width < 1:
+            raise ValueError(f"dicom window {spec!r}: width must be at least 1")
+        out.append((centre, width))
+    return out
+
+
+def apply_window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """The DICOM linear window (PS3.3 C.11.2.1.2) to 0..255 uint8."""
+    scaled = (values - (centre - 0.5)) / (width - 1) + 0.5
+    return np.round(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def read_dicom(source: str | Path | bytes, window: str = "auto") -> Image.Image:
+    """The first frame of a DICOM file (path or bytes) as an 8-bit image: 'L', or 'RGB' for colour data or a
+    stack of three windows."""
+    windows = parse_window(window)
     name = "upload" if isinstance(source, bytes) else str(source)
+    ds, pixels = _pixels(source, name)
+    if not ds.get("PhotometricInterpretation", "MONOCHROME2").startswith("MONOCHROME"):
+        if pixels.dtype != np.uint8:
+            raise ValueError(f"{name}: {ds.PhotometricInterpretation} with {pixels.dtype} pixels is not supported")
+        return Image.fromarray(pixels, mode="RGB")
+    invert = ds.PhotometricInterpretation == "MONOCHROME1"
+    if windows is None:
+        return Image.fromarray(_to_uint8(_windowed(pixels, ds), invert))
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    planes = [apply_window(values, c, w) for c, w in windows]
+    planes = [255 - p for p in planes] if invert else planes
+    return Image.fromarray(planes[0]) if len(planes) == 1 else Image.fromarray(np.stack(planes, -1), mode="RGB")
+
+
+def _pixels(source, name: str):
     try:
         ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
     except (pydicom.errors.InvalidDicomError, OSError, ValueError) as exc:
@@ -42,17 +95,14 @@ def read_dicom(source: str | Path | bytes) -> Image.Image:
         raise ValueError(f"{name} has no pixel data (a DICOM without an image, e.g. a structured report)")
     try:
         pixels = ds.pixel_array
-    except (NotImplementedError, RuntimeError, ValueError) as exc:
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError) as exc:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        raise ValueError(f"{name}: cannot decode transfer syntax {syntax} ({exc}); install the pixel-data "
-                         "handler it needs (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)") from exc
+        reason = " ".join(str(exc).split())  # one line: pydicom lists the plugins that would decode it
+        raise ValueError(f"{name}: cannot decode transfer syntax {syntax} ({reason}); pip install one of the "
+                         "handlers named (e.g. pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)") from exc
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
-    if ds.get("PhotometricInterpretation", "MONOCHROME2").startswith("MONOCHROME"):
-        return Image.fromarray(_to_uint8(_windowed(pixels, ds), ds.PhotometricInterpretation == "MONOCHROME1"))
-    if pixels.dtype != np.uint8:
-        raise ValueError(f"{name}: {ds.PhotometricInterpretation} with {pixels.dtype} pixels is not supported")
-    return Image.fromarray(pixels, mode="RGB")
+    return ds, pixels
 
 
 def _windowed(pixels: np.ndarray, ds) -> np.ndarray:
@@ -67,4 +117,3 @@ def _to_uint8(values: np.ndarray, invert: bool) -> np.ndarray:
     scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
     out = np.round(scaled).astype(np.uint8)
     return 255 - out if invert else out
-

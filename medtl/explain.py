@@ -22,7 +22,6 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 from medtl.backbones import get_spec  # noqa: E402
 from medtl.errors import MedtlError  # noqa: E402
-from medtl.images import open_image  # noqa: E402
 from medtl.inference import READ_ERRORS, Predictor  # noqa: E402
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
@@ -75,7 +74,7 @@ def explain_files(pred: Predictor, paths: list[Path], out_dir: Path, method: str
     written, failed = [], {}
     for path in paths:
         try:
-            pixels = pred.pixels(open_image(str(path)))
+            pixels = pred.load(path)
         except READ_ERRORS as exc:
             failed[str(path)] = f"{exc.__class__.__name__}: {exc}"
             continue
@@ -112,7 +111,7 @@ def report_grid(run_dir: Path, method: str = "gradcam", per_group: int = 4) -> P
             ax = axes[row][col]
             ax.axis("off")
             if col < len(paths):
-                pixels = pred.pixels(open_image(paths[col]))
+                pixels = pred.load(paths[col])
                 maps, _ = cams(pred, pixels[None], method)
                 ax.imshow(overlay(pixels, maps[0]))
                 ax.set_title(f"{group}\n{Path(paths[col]).name[:24]}", fontsize=7)

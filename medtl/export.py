@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from medtl.errors import MedtlError
-from medtl.images import open_image
 from medtl.inference import Predictor
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,8 @@ class Exported(nn.Module):
 def metadata(pred: Predictor) -> dict[str, str]:
     return {"medtl.classes": json.dumps(pred.classes), "medtl.threshold": repr(pred.threshold),
             "medtl.backbone": pred.backbone, "medtl.image_size": str(pred.size),
-            "medtl.channels": str(pred.in_chans), "medtl.mean": json.dumps(pred.mean), "medtl.std": json.dumps(pred.std),
+            "medtl.channels": str(pred.in_chans), "medtl.dicom_window": pred.decoding.window,
+            "medtl.convert_mode": pred.decoding.mode, "medtl.mean": json.dumps(pred.mean), "medtl.std": json.dumps(pred.std),
             "medtl.input": (f"float32 (N, {pred.in_chans}, {pred.size}, {pred.size}), pixels / 255 of the 8-bit image "
                             f"resized to {pred.size}x{pred.size} (bilinear, aspect ratio not kept)"
                             + ("; gray images have one channel" if pred.in_chans == 1 else
@@ -61,7 +61,7 @@ def metadata(pred: Predictor) -> dict[str, str]:
 def sample_batch(pred: Predictor, images: list[str] | None, n: int = 8) -> torch.Tensor:
     """float 0..1 inputs for the parity check: real images when given, else seeded noise."""
     if images:
-        return torch.stack([pred.pixels(open_image(str(p))) for p in images]).float() / 255.0
+        return torch.stack([pred.load(p) for p in images]).float() / 255.0
     gen = torch.Generator().manual_seed(0)
     return torch.rand(n, pred.in_chans, pred.size, pred.size, generator=gen)
 

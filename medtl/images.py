@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medtl.dicom import is_dicom, read_dicom
+from medtl.dicom import is_dicom, parse_window, read_dicom
 from medtl.errors import MedtlError
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,33 @@ def read_bytes(ref: str) -> bytes:
     return Path(ref).read_bytes()
 
 
-def open_image(ref: str) -> Image.Image:
-    """Open a file or an array image as a PIL image, fully decoded."""
+CONVERT_MODES = ("auto", "L", "RGB")
+EIGHT_BIT = {"L", "RGB", "RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1", "RGBa", "La", "LAB", "HSV"}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a file becomes pixels, beyond the size: the DICOM window, and an optional single target mode."""
+
+    window: str = "auto"
+    mode: str = "auto"
+
+    def check(self) -> None:
+        if self.mode not in CONVERT_MODES:
+            raise MedtlError(f"data.convert_mode={self.mode!r}; valid: {', '.join(CONVERT_MODES)}")
+        try:
+            parse_window(self.window)
+        except ValueError as exc:
+            raise MedtlError(f"data.dicom_window: {exc}") from None
+
+
+def open_image(ref: str, window: str = "auto") -> Image.Image:
+    """Open a file or an array image as a PIL image, fully decoded (DICOM through `window`)."""
     if NPZ_SEP in ref:
         path, split, index = ref.split(NPZ_SEP)
         return Image.fromarray(_npz_array(path, f"{split}_images")[int(index)])
     if is_dicom(ref):
-        return read_dicom(ref)
+        return read_dicom(ref, window)
     with Image.open(ref) as img:
         img.load()
         return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -84,13 +104,18 @@ def to_uint8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(ref: str, size: int) -> np.ndarray:
+def decode(ref: str, size: int, decoding: Decoding = Decoding()) -> np.ndarray:
     """Decode and resize (squash to size x size) to a CxHxW uint8 array; gray RGB becomes 1 channel."""
-    return decode_image(open_image(ref), size)
+    return decode_image(open_image(ref, decoding.window), size, decoding.mode)
 
 
-def decode_image(img: Image.Image, size: int) -> np.ndarray:
-    """`decode` for an opened image: the one preprocessing of training, evaluation and prediction."""
+def decode_image(img: Image.Image, size: int, mode: str = "auto") -> np.ndarray:
+    """`decode` for an opened image: the one preprocessing of training, evaluation and prediction.
+
+    mode 'L' or 'RGB' converts an 8-bit image straight to that mode first (alpha dropped, not composited),
+    so RGBA and RGB files of the same picture give the same pixels."""
+    if mode != "auto":
+        img = img.convert(mode) if img.mode in EIGHT_BIT else to_uint8(img).convert(mode)
     img = to_uint8(img).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     arr = np.array(img)  # a writable copy
     if arr.ndim == 2:
@@ -134,9 +159,10 @@ def _bytes_or_empty(ref: str) -> bytes:
         return b""  # unreadable: decode() reports it; the key still changes when the file appears
 
 
-def build_store(refs: list[str], size: int, cache_dir: Path, progress: bool = True) -> ImageStore:
+def build_store(refs: list[str], size: int, cache_dir: Path, progress: bool = True,
+                decoding: Decoding = Decoding()) -> ImageStore:
     """Decoded images for `refs`, from the cache when present and valid, else decoded now."""
-    key = content_key(refs, CACHE_VERSION, size)
+    key = content_key(refs, CACHE_VERSION, size, decoding)
     folder = cache_dir / "images"
     npy, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     if npy.is_file() and meta_path.is_file():
@@ -148,7 +174,7 @@ def build_store(refs: list[str], size: int, cache_dir: Path, progress: bool = Tr
             log.warning("image cache %s does not match its data; rebuilding it", npy)
         except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
             log.warning("image cache %s is unreadable (%s); rebuilding it", npy, exc)
-    array, failed = _decode_all(refs, size, progress)
+    array, failed = _decode_all(refs, size, progress, decoding)
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_save(npy, array)
     tmp = meta_path.with_suffix(".json.tmp")
@@ -164,7 +190,7 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _decode_all(refs: list[str], size: int, progress: bool) -> tuple[np.ndarray, dict[str, str]]:
+def _decode_all(refs: list[str], size: int, progress: bool, decoding: Decoding) -> tuple[np.ndarray, dict[str, str]]:
     from tqdm import tqdm
 
     array = np.zeros((len(refs), 1, size, size), dtype=np.uint8)
@@ -172,7 +198,7 @@ def _decode_all(refs: list[str], size: int, progress: bool) -> tuple[np.ndarray,
 
     def work(ref: str):
         try:
-            return decode(ref, size)
+            return decode(ref, size, decoding)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
             return f"{exc.__class__.__name__}: {exc}"
 
@@ -195,7 +221,7 @@ def check_failures(failed: dict[str, str], strict: bool) -> None:
         return
     first, reason = next(iter(failed.items()))
     if strict:
-        raise MedtlError(f"cannot read image {first} ({reason}); {len(failed)} unreadable in all. "
-                         "Fix or remove the file, or drop --strict to skip unreadable images")
+        raise MedtlError(f"cannot use image {first} ({reason}); {len(failed)} unusable in all. "
+                         "Fix or remove the file (or manifest row), or drop --strict to skip them")
     log.warning("skipping %d unreadable image(s), e.g. %s (%s); listed in skipped.txt",
                 len(failed), first, reason)

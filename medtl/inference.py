@@ -19,7 +19,7 @@ from tqdm import tqdm
 from medtl.data import IMAGE_SUFFIXES, match_channels, normalize
 from medtl.dicom import is_dicom, read_dicom
 from medtl.errors import MedtlError
-from medtl.images import decode_image, open_image
+from medtl.images import Decoding, decode_image, open_image
 from medtl.pipeline import load_run
 from medtl.strategies import Classifier
 from medtl.train import pick_device, to_probs
@@ -38,13 +38,15 @@ class Predictor:
     std: tuple[float, ...]
     backbone: str
     device: torch.device
+    decoding: Decoding = Decoding()
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Predictor":
         ckpt, cfg, model = load_run(run_dir)
         dev = pick_device(device)
+        decoding = Decoding(cfg.data.dicom_window, cfg.data.convert_mode)
         return cls(model.to(dev).eval(), list(ckpt["classes"]), float(ckpt["threshold"]), int(ckpt["image_size"]),
-                   int(ckpt["in_chans"]), tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["backbone"], dev)
+                   int(ckpt["in_chans"]), tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["backbone"], dev, decoding)
 
     @property
     def binary(self) -> bool:
@@ -52,7 +54,11 @@ class Predictor:
 
     def pixels(self, img: Image.Image) -> torch.Tensor:
         """uint8 (C, S, S) with the channels the model takes."""
-        return match_channels(torch.from_numpy(decode_image(img, self.size)), self.in_chans)
+        return match_channels(torch.from_numpy(decode_image(img, self.size, self.decoding.mode)), self.in_chans)
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        """`pixels` of a file (image or DICOM, with the run's DICOM window)."""
+        return self.pixels(open_image(str(path), self.decoding.window))
 
     def normalized(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, S, S) -> the float input of the network, on its device."""
@@ -69,10 +75,10 @@ class Predictor:
         return (probs[:, 1] >= self.threshold).astype(int) if self.binary else probs.argmax(1)
 
 
-def open_upload(data: bytes) -> Image.Image:
+def open_upload(data: bytes, window: str = "auto") -> Image.Image:
     """An uploaded file's bytes as an image (DICOM or anything PIL reads); ValueError when it is neither."""
     if is_dicom(data):
-        return read_dicom(data)
+        return read_dicom(data, window)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -104,7 +110,7 @@ def predict_files(pred: Predictor, paths: list[Path], batch_size: int = 32, prog
         chunk, tensors = [], []
         for path in paths[start:start + batch_size]:
             try:
-                tensors.append(pred.pixels(open_image(str(path))))
+                tensors.append(pred.load(path))
                 chunk.append(path)
             except READ_ERRORS as exc:
                 failed[str(path)] = f"{exc.__class__.__name__}: {exc}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from medtl.audit import audit, warnings_for
 from medtl.backbones import BackboneSpec, get_spec, weights_id
 from medtl.config import RunConfig, dump_yaml, from_dict, to_dict
 from medtl.data import (DataSplits, StoreDataset, class_weights, discover, normalize, train_transform)
 from medtl.errors import MedtlError
 from medtl.features import cached, feature_key
-from medtl.images import ImageStore, build_store, check_failures, default_cache_dir
+from medtl.images import Decoding, ImageStore, build_store, check_failures, default_cache_dir
 from medtl.metrics import choose_threshold, score
 from medtl.report import (atomic_write_text, format_metrics, plot_curves, write_history, write_json,
                           write_predictions)
@@ -49,6 +50,7 @@ class Prepared:
     in_chans: int
     device: torch.device
     cache_dir: Path
+    audit_notes: list[str] = field(default_factory=list)
 
     @property
     def binary(self) -> bool:
@@ -89,8 +91,10 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
         log.info("split: %s", note)
     size = cfg.data.image_size or spec.input_size
     cache_dir = default_cache_dir(cfg.data.cache_dir)
-    store = build_store(splits.all_refs(), size, cache_dir, progress)
-    check_failures(store.failed, cfg.data.strict)
+    decoding = Decoding(cfg.data.dicom_window, cfg.data.convert_mode)
+    decoding.check()
+    store = build_store(splits.all_refs(), size, cache_dir, progress, decoding)
+    check_failures({**splits.rejected, **store.failed}, cfg.data.strict)
     splits.drop(set(store.failed))
     for split, y in splits.labels.items():
         counts = np.bincount(y, minlength=len(splits.classes))
@@ -98,7 +102,10 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     if len(np.unique(splits.labels["train"])) < 2:
         raise MedtlError(f"train split of {cfg.data.path} has one class after skipping unreadable images")
     in_chans = 1 if cfg.data.channels == "adapt" else 3
-    return Prepared(cfg, spec, weights, splits, store, size, in_chans, device, cache_dir)
+    notes = warnings_for(audit(splits, perceptual=False)) if cfg.data.audit else []
+    for note in notes:
+        log.warning("audit: %s", note)
+    return Prepared(cfg, spec, weights, splits, store, size, in_chans, device, cache_dir, notes)
 
 
 def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None) -> Path:
@@ -112,8 +119,11 @@ def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None
     handler = _attach_log(run_dir / "train.log")
     try:
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        if p.store.failed:
-            atomic_write_text(run_dir / "skipped.txt", "".join(f"{r}\t{e}\n" for r, e in p.store.failed.items()))
+        if p.audit_notes:
+            atomic_write_text(run_dir / "audit.txt", "".join(f"warning: {n}\n" for n in p.audit_notes))
+        skipped = {**p.splits.rejected, **p.store.failed}
+        if skipped:
+            atomic_write_text(run_dir / "skipped.txt", "".join(f"{r}\t{e}\n" for r, e in skipped.items()))
         log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s", run_dir,
                  p.spec.name, p.weights, cfg.model.strategy, p.size, p.device)
         start = time.perf_counter()

@@ -87,7 +87,7 @@ def create_app(pred: Predictor, max_bytes: int = 20 * 2**20, method: str = "grad
         if len(data) > max_bytes:
             return JSONResponse({"detail": _too_large(len(data), max_bytes)}, status_code=413)
         try:
-            img = open_upload(data)
+            img = open_upload(data, pred.decoding.window)
         except ValueError:
             return JSONResponse({"detail": f"'{file.filename}' is not an image or DICOM file medtl can read; upload "
                                            "a PNG, JPEG, TIFF, BMP or DICOM image"}, status_code=415)
