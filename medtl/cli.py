@@ -34,7 +34,8 @@ def _setup_logging(quiet: bool) -> None:
 
 @app.command()
 def train(
-    data: str = typer.Argument(..., help="Folder of class folders, folder with train/ (val/, test/), or .npz"),
+    data: Optional[str] = typer.Argument(None, help="Folder of class folders, folder with train/ (val/, test/), "
+                                         "a .csv/.tsv manifest, or .npz"),
     backbone: Optional[str] = typer.Option(None, help="Backbone name; see `medtl backbones`"),
     strategy: Optional[str] = typer.Option(None, help="scratch | linear | partial | full"),
     weights: Optional[str] = typer.Option(None, help="default | imagenet | package | none | PATH"),
@@ -48,8 +49,9 @@ def train(
     name: Optional[str] = typer.Option(None, help="Run folder name (default backbone-strategy-time)"),
     strict: bool = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping it"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings only, no progress bars"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed run from its last epoch"),
 ) -> None:
-    """Train and evaluate a classifier; writes a run folder."""
+    """Train and evaluate a classifier; writes a run folder (or continues one with --resume RUN_DIR)."""
     from medtl.config import apply_overrides, load_config, parse_set
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -61,10 +63,17 @@ def train(
                  "data.channels": channels, "train.seed": seed, "out": out, "name": name,
                  "data.strict": True if strict else None}
     overrides.update(parse_set(set_))
-    cfg = apply_overrides(load_config(config), overrides)
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            raise MedtlError(f"--resume {resume}: no config.yaml there; pass a run folder that `medtl train` started")
+        cfg = apply_overrides(load_config(resume / "config.yaml"), {"out": str(resume.parent), "name": resume.name})
+    elif data is None:
+        raise MedtlError("missing DATA: pass a data folder, manifest or .npz (or --resume RUN_DIR)")
+    else:
+        cfg = apply_overrides(load_config(config), overrides)
     redirect = contextlib.nullcontext() if quiet else logging_redirect_tqdm(loggers=[logging.getLogger("medtl")])
     with redirect:
-        run_dir = run(cfg, progress=not quiet)
+        run_dir = run(cfg, progress=not quiet, resume=resume is not None)
     console.print(f"run folder: {run_dir}")
     _print_metrics(run_dir)
 

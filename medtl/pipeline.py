@@ -25,6 +25,7 @@ from medtl.errors import MedtlError
 from medtl.features import cached, feature_key
 from medtl.images import Decoding, ImageStore, build_store, check_failures, default_cache_dir
 from medtl.metrics import choose_threshold, score
+from medtl.resume import STATE_FILE, state_digest
 from medtl.report import (atomic_write_text, format_metrics, plot_curves, write_history, write_json,
                           write_predictions)
 from medtl.strategies import (Classifier, Prefix, build_classifier, effective_weights, param_groups,
@@ -51,6 +52,7 @@ class Prepared:
     device: torch.device
     cache_dir: Path
     audit_notes: list[str] = field(default_factory=list)
+    state_path: Path | None = None  # per-epoch training state, for --resume
 
     @property
     def binary(self) -> bool:
@@ -108,17 +110,21 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     return Prepared(cfg, spec, weights, splits, store, size, in_chans, device, cache_dir, notes)
 
 
-def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None) -> Path:
+def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None, resume: bool = False) -> Path:
     """Train and evaluate per `cfg`; returns the run folder. `on_epoch(epoch, val_metrics)` is called after
     each epoch (hyperparameter search reports and prunes through it)."""
     seed_everything(cfg.train.seed)
     p = prepare(cfg, progress)
     num_out = 1 if p.binary else len(p.splits.classes)
     model = build_classifier(cfg.model, num_out, p.in_chans).to(p.device)
-    run_dir = _make_run_dir(cfg)
+    run_dir = _resume_dir(cfg) if resume else _make_run_dir(cfg)
+    p.state_path = run_dir / STATE_FILE
+    if not resume:
+        p.state_path.unlink(missing_ok=True)  # a killed earlier attempt in this folder: start over
     handler = _attach_log(run_dir / "train.log")
     try:
-        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        if not resume:
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
         if p.audit_notes:
             atomic_write_text(run_dir / "audit.txt", "".join(f"warning: {n}\n" for n in p.audit_notes))
         skipped = {**p.splits.rejected, **p.store.failed}
@@ -130,6 +136,7 @@ def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None
         history, best_epoch, probs = _train(p, model, progress, on_epoch)
         seconds = time.perf_counter() - start
         _finish(p, model, run_dir, history, best_epoch, probs, seconds)
+        p.state_path.unlink(missing_ok=True)  # the run is complete: the checkpoint holds its result
     finally:
         logging.getLogger("medtl").removeHandler(handler)
         handler.close()
@@ -153,7 +160,7 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
     val = p.loader("val", False, tc.batch_size)
     groups = param_groups(model, tc.lr, tc.backbone_lr_scale)
     history, _, best_epoch = fit(model, train, val, p.prepare, loss_fn, tc, p.device, p.splits.classes, groups,
-                                 progress, on_epoch)
+                                 progress, on_epoch, p.state_path)
     probs = {s: predict(model, p.loader(s, False, tc.batch_size), p.prepare, p.device, f"predict {s}", progress)
              for s in ("val", "test") if s in p.splits.refs}
     return history, best_epoch, probs
@@ -172,7 +179,7 @@ def _train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: b
     def to_dev(x):
         return x.to(p.device)
     history, _, best_epoch = fit(model.head, train, batches["val"], to_dev, loss_fn, tc, p.device,
-                                 p.splits.classes, progress=progress, on_epoch=on_epoch)
+                                 p.splits.classes, progress=progress, on_epoch=on_epoch, state_path=p.state_path)
     probs = {s: predict(model.head, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}
     return history, best_epoch, probs
 
@@ -195,7 +202,7 @@ def _train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress:
         return x.to(p.device).contiguous(memory_format=torch.channels_last)
     groups = param_groups(net, tc.lr, tc.backbone_lr_scale)
     history, _, best_epoch = fit(net, train, batches["val"], to_dev, loss_fn, tc, p.device, p.splits.classes, groups,
-                                 progress, on_epoch)
+                                 progress, on_epoch, p.state_path)
     result = model.backbone.load_state_dict(top.state_dict(), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # top holds a subset of the backbone's modules
     probs = {s: predict(net, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}
@@ -273,7 +280,7 @@ def _finish(p: Prepared, model: Classifier, run_dir: Path, history, best_epoch, 
         log.info(format_metrics(split, m))
     for split, (pr, y) in probs.items():
         write_predictions(run_dir / f"predictions_{split}.csv", p.splits.refs[split], y, pr, classes, threshold)
-    save_checkpoint(run_dir / "checkpoint.pt", model, p, threshold)
+    metrics["weights_sha256"] = save_checkpoint(run_dir / "checkpoint.pt", model, p, threshold)
     write_history(run_dir / "history.csv", history)
     plot_curves(run_dir / "curves.png", history, f"{p.spec.name} {p.cfg.model.strategy}")
     write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run (studies resume on it)
@@ -281,14 +288,16 @@ def _finish(p: Prepared, model: Classifier, run_dir: Path, history, best_epoch, 
              seconds, best_epoch, threshold, p.cfg.train.threshold)
 
 
-def save_checkpoint(path: Path, model: Classifier, p: Prepared, threshold: float) -> None:
-    """Weights plus everything needed to rebuild and use the model; loads with weights_only=True."""
+def save_checkpoint(path: Path, model: Classifier, p: Prepared, threshold: float) -> str:
+    """Weights plus everything needed to rebuild and use the model; loads with weights_only=True.
+    Returns the digest of its weights (the same weights give the same digest, however the file is laid out)."""
     state = {"model": model.state_dict(), "config": to_dict(p.cfg), "classes": p.splits.classes,
              "threshold": threshold, "image_size": p.size, "in_chans": p.in_chans,
              "mean": list(p.spec.mean), "std": list(p.spec.std), "backbone": p.spec.name}
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+    return state_digest(state["model"])
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, RunConfig, Classifier]:
@@ -319,6 +328,13 @@ def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool
     pr, y = predict(model, p.loader(split, False, cfg.train.batch_size), p.prepare, p.device, f"predict {split}",
                     progress)
     return score(y, pr, ckpt["classes"], ckpt["threshold"])
+
+
+def _resume_dir(cfg: RunConfig) -> Path:
+    run_dir = Path(cfg.out) / cfg.name
+    if (run_dir / "metrics.json").exists():
+        raise MedtlError(f"run {run_dir} has already finished (metrics.json exists); nothing to resume")
+    return run_dir
 
 
 def _make_run_dir(cfg: RunConfig) -> Path:

@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from medtl.config import TrainConfig
 from medtl.errors import MedtlError
 from medtl.metrics import score
+from medtl.resume import load_state, rng_state, save_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -149,43 +151,66 @@ def _key(val: dict, monitor: str) -> tuple[float, float]:
 def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare,
         loss_fn: Callable, cfg: TrainConfig, device: torch.device, classes: list[str],
         groups: list[dict] | None = None, progress: bool = True,
-        on_epoch: EpochHook | None = None) -> tuple[list[dict], dict, int]:
+        on_epoch: EpochHook | None = None, state_path: Path | None = None) -> tuple[list[dict], dict, int]:
     """Train with early stopping on validation `cfg.monitor`; returns (history, best state, best epoch).
 
     The best state is deep-copied: a state_dict() reference would keep changing as training goes on.
+    With `state_path`, the whole training state is saved after every epoch and, when the file exists,
+    training continues from it exactly where it stopped.
     """
     if cfg.monitor not in MONITORS:
         raise MedtlError(f"train.monitor={cfg.monitor!r}; valid: {', '.join(MONITORS)}")
     opt = make_optimizer(groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
     sched = make_scheduler(opt, cfg)
-    best, best_state, best_epoch, history = (-math.inf, -math.inf), None, 0, []
-    epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress, unit="epoch")
-    for epoch in epochs:
+    st = {"epoch": 0, "best": [-math.inf, -math.inf], "best_state": None, "best_epoch": 0, "history": [],
+          "stopped": False}
+    if state_path is not None and state_path.is_file():
+        st = _resume(state_path, model, opt, sched, train_batches)
+    epochs = tqdm(range(st["epoch"] + 1, cfg.epochs + 1), desc="epochs", disable=not progress or st["stopped"],
+                  unit="epoch")
+    for epoch in ([] if st["stopped"] else epochs):
         start = time.perf_counter()
         train_loss = _train_epoch(model, train_batches, prepare, loss_fn, opt, device, progress)
         probs, y = predict(model, val_batches, prepare, device)
         val = score(y, probs, classes)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-               "val_auc": val["auc"], "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
-               "val_f1": val["f1"], "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
-        history.append(row)
+        st["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+                              "val_accuracy": val["accuracy"], "val_auc": val["auc"],
+                              "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
+                              "val_f1": val["f1"], "lr": opt.param_groups[0]["lr"],
+                              "seconds": time.perf_counter() - start})
         if sched is not None:
             sched.step()
         value = _key(val, cfg.monitor)
-        if best_state is None or value > best:
-            best, best_epoch = value, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        epochs.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{val['auc']:.3f}", best=best_epoch)
+        if st["best_state"] is None or value > tuple(st["best"]):
+            st.update(best=list(value), best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
+        epochs.set_postfix(loss=f"{train_loss:.3f}", val_auc=f"{val['auc']:.3f}", best=st["best_epoch"])
         log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_auc %.4f (%.1fs)", epoch, cfg.epochs,
-                 train_loss, val["loss"], val["accuracy"], val["auc"], row["seconds"])
+                 train_loss, val["loss"], val["accuracy"], val["auc"], st["history"][-1]["seconds"])
         if on_epoch is not None:
             on_epoch(epoch, val)
-        if epoch - best_epoch >= cfg.patience:
+        st.update(epoch=epoch, stopped=epoch - st["best_epoch"] >= cfg.patience)
+        if state_path is not None:
+            save_state(state_path, {"fit": st, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict() if sched else None, "rng": rng_state()})
+        if st["stopped"]:
             log.info("early stop: val %s has not improved for %d epochs (best epoch %d)", cfg.monitor,
-                     cfg.patience, best_epoch)
+                     cfg.patience, st["best_epoch"])
             break
-    model.load_state_dict(best_state)
-    return history, best_state, best_epoch
+    model.load_state_dict(st["best_state"])
+    return st["history"], st["best_state"], st["best_epoch"]
+
+
+def _resume(path: Path, model: nn.Module, opt, sched, train_batches) -> dict:
+    saved = load_state(path)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(saved["scheduler"])
+    set_rng_state(saved["rng"])
+    if hasattr(train_batches, "epoch"):  # RotatingViews: continue with the next view in turn
+        train_batches.epoch = saved["fit"]["epoch"]
+    log.info("resuming from %s after epoch %d", path, saved["fit"]["epoch"])
+    return saved["fit"]
 
 
 def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress) -> float:
