@@ -98,8 +98,8 @@ def _pixels(source, name: str):
     except (NotImplementedError, RuntimeError, ValueError, AttributeError) as exc:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
         reason = " ".join(str(exc).split())  # one line: pydicom lists the plugins that would decode it
-        raise ValueError(f"{name}: cannot decode transfer syntax {syntax} ({reason}); pip install one of the "
-                         "handlers named (e.g. pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)") from exc
+        raise ValueError(f"{name}: cannot decode transfer syntax {syntax} ({reason}); convert it to an "
+                         "uncompressed syntax (e.g. gdcmconv --raw) or install the handler pydicom names") from exc
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
     return ds, pixels

@@ -45,8 +45,13 @@ def test_ct_hounsfield_units_and_windows_match_pydicom():
 
 
 def test_bad_dicom_files_and_windows_say_what_is_wrong(tmp_path):
-    with pytest.raises(ValueError, match="cannot decode transfer syntax 1.2.840.10008.1.2.4.81.*pip install"):
-        read_dicom(get_testdata_file("JPEGLSNearLossless_16.dcm"))
+    jpeg_ls = get_testdata_file("JPEGLSNearLossless_16.dcm")
+    assert read_dicom(jpeg_ls).size == (10, 50)  # compressed syntaxes decode through the installed handlers
+    video = pydicom.dcmread(jpeg_ls)
+    video.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2: no handler decodes it
+    video.save_as(tmp_path / "mpeg2.dcm")
+    with pytest.raises(ValueError, match="mpeg2.dcm: cannot decode transfer syntax 1.2.840.10008.1.2.4.100 .*gdcmconv"):
+        read_dicom(tmp_path / "mpeg2.dcm")
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     del ds.PixelData
     ds.save_as(tmp_path / "nopixels.dcm")
