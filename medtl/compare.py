@@ -18,6 +18,8 @@ import yaml
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
+from medtl.errors import MedtlError
+
 METRICS = ("loss", "accuracy", "precision", "sensitivity", "specificity", "f1", "gmean", "auc", "train_seconds")
 LOWER_IS_BETTER = {"loss", "train_seconds"}
 BOOTSTRAP = 1000
@@ -41,7 +43,8 @@ def load_runs(study_root: Path) -> tuple[dict, list[Run]]:
     meta = yaml.safe_load((study_root / "study.yaml").read_text())
     keys = [k for k in meta["grid"] if k != "train.seed"]
     runs = []
-    for folder in sorted((study_root / "runs").iterdir()):
+    folders = sorted((study_root / "runs").iterdir()) if (study_root / "runs").is_dir() else []
+    for folder in folders:
         if not (folder / "metrics.json").is_file():
             continue
         cfg = yaml.safe_load((folder / "config.yaml").read_text())
@@ -73,8 +76,7 @@ def _load_run(folder: Path, group, seed: int) -> Run:
 def summarize(runs: list[Run]) -> list[dict]:
     """One row per configuration: n seeds, and mean/std of each metric over seeds."""
     rows = []
-    for group in dict.fromkeys(r.group for r in runs):
-        members = [r for r in runs if r.group == group]
+    for group, members in by_group(runs).items():
         row = {k.split(".")[-1]: v for k, v in group}
         row["seeds"] = len(members)
         for m in METRICS:
@@ -105,17 +107,17 @@ def paired_tests(runs: list[Run], seed: int = 0) -> list[dict]:
     """Each transfer configuration against scratch with the same other settings, on the same test images."""
     out = []
     rng = np.random.default_rng(seed)
-    for group in dict.fromkeys(r.group for r in runs):
-        settings = dict(group)
-        if settings.get("model.strategy") in (None, "scratch"):
+    groups = by_group(runs)
+    for group, members in groups.items():
+        if dict(group).get("model.strategy") in (None, "scratch"):
             continue
-        scratch_group = _scratch_for(group, {r.group for r in runs})
+        scratch_group = _scratch_for(group, set(groups))
         if scratch_group is None:
             continue
-        pairs = _pair_by_seed([r for r in runs if r.group == group], [r for r in runs if r.group == scratch_group])
+        pairs = _pair_by_seed(members, groups[scratch_group])
         if not pairs:
             continue
-        out.append({"transfer": _label(group), "scratch": _label(scratch_group), "seeds": len(pairs),
+        out.append({"transfer": label(group), "scratch": label(scratch_group), "seeds": len(pairs),
                     "mcnemar_p": [_mcnemar(a, b) for a, b in pairs], **_auc_difference(pairs, rng)})
     return out
 
@@ -135,7 +137,8 @@ def _pair_by_seed(transfer: list[Run], scratch: list[Run]) -> list[tuple[Run, Ru
     pairs = [(t, by_seed[t.seed]) for t in transfer if t.seed in by_seed]
     for a, b in pairs:
         if not np.array_equal(a.labels, b.labels):
-            raise ValueError(f"{a.folder} and {b.folder} were tested on different images; cannot pair them")
+            raise MedtlError(f"{a.folder} and {b.folder} were tested on different images; cannot pair them. "
+                             "Give every run of a study the same data (the grid must not change the test split)")
     return pairs
 
 
@@ -163,6 +166,14 @@ def _auc_difference(pairs: list[tuple[Run, Run]], rng: np.random.Generator) -> d
     return {"auc_difference": point, "auc_ci_low": float(lo), "auc_ci_high": float(hi)}
 
 
-def _label(group) -> str:
+def by_group(runs: list[Run]) -> dict[tuple, list[Run]]:
+    """Runs by configuration (grid values but the seed), in the order first seen."""
+    out: dict[tuple, list[Run]] = {}
+    for r in runs:
+        out.setdefault(r.group, []).append(r)
+    return out
+
+
+def label(group) -> str:
     return " ".join(f"{v}" if k in ("model.backbone", "model.strategy") else f"{k.split('.')[-1]}={v}"
                     for k, v in group)

@@ -57,6 +57,11 @@ class Decoding:
     window: str = "auto"
     mode: str = "auto"
 
+    @classmethod
+    def of(cls, data) -> "Decoding":
+        """The decoding a `DataConfig` asks for."""
+        return cls(data.dicom_window, data.convert_mode)
+
     def check(self) -> None:
         if self.mode not in CONVERT_MODES:
             raise MedtlError(f"data.convert_mode={self.mode!r}; valid: {', '.join(CONVERT_MODES)}")

@@ -20,6 +20,7 @@ from medtl.data import IMAGE_SUFFIXES, match_channels, normalize
 from medtl.dicom import is_dicom, read_dicom
 from medtl.errors import MedtlError
 from medtl.images import Decoding, decode_image, open_image
+from medtl.metrics import class_table, decide
 from medtl.pipeline import load_run
 from medtl.strategies import Classifier
 from medtl.train import pick_device, to_probs
@@ -44,7 +45,7 @@ class Predictor:
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Predictor":
         ckpt, cfg, model = load_run(run_dir)
         dev = pick_device(device)
-        decoding = Decoding(cfg.data.dicom_window, cfg.data.convert_mode)
+        decoding = Decoding.of(cfg.data)
         return cls(model.to(dev).eval(), list(ckpt["classes"]), float(ckpt["threshold"]), int(ckpt["image_size"]),
                    int(ckpt["in_chans"]), tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["backbone"], dev, decoding)
 
@@ -67,12 +68,11 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """(N, K) class probabilities of a uint8 batch; binary runs give [1 - p, p]."""
-        p = to_probs(self.model(self.normalized(batch)).float()).cpu().numpy()
-        return np.stack([1 - p, p], 1) if p.ndim == 1 else p
+        return class_table(to_probs(self.model(self.normalized(batch)).float()).cpu().numpy())
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class index per row: the run's threshold (chosen on validation) for binary runs, argmax otherwise."""
-        return (probs[:, 1] >= self.threshold).astype(int) if self.binary else probs.argmax(1)
+        return decide(probs, self.threshold)
 
 
 def open_upload(data: bytes, window: str = "auto") -> Image.Image:

@@ -14,6 +14,17 @@ from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_auc_sc
 THRESHOLD_METHODS = ("youden", "f1")
 
 
+def class_table(probs) -> np.ndarray:
+    """(N, K) class probabilities; a binary model's positive-class vector (N,) becomes [1 - p, p]."""
+    probs = np.asarray(probs)
+    return np.stack([1 - probs, probs], 1) if probs.ndim == 1 else probs
+
+
+def decide(table: np.ndarray, threshold: float) -> np.ndarray:
+    """Class index per row of a `class_table`: positive at `threshold` for two classes, argmax otherwise."""
+    return (table[:, 1] >= threshold).astype(int) if table.shape[1] == 2 else table.argmax(1)
+
+
 def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
 

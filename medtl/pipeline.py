@@ -93,7 +93,7 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
         log.info("split: %s", note)
     size = cfg.data.image_size or spec.input_size
     cache_dir = default_cache_dir(cfg.data.cache_dir)
-    decoding = Decoding(cfg.data.dicom_window, cfg.data.convert_mode)
+    decoding = Decoding.of(cfg.data)
     decoding.check()
     store = build_store(splits.all_refs(), size, cache_dir, progress, decoding)
     check_failures({**splits.rejected, **store.failed}, cfg.data.strict)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtl.metrics import clean
+from medtl.metrics import class_table, clean, decide
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,8 @@ def format_metrics(name: str, m: dict) -> str:
 
 def write_predictions(path: Path, refs: list[str], labels, probs, classes: list[str], threshold: float) -> None:
     """Per-image results of a split: path, true label, predicted label, one probability column per class."""
-    probs = np.asarray(probs)
-    table = np.stack([1 - probs, probs], 1) if probs.ndim == 1 else probs
-    predicted = (table[:, 1] >= threshold).astype(int) if len(classes) == 2 else table.argmax(1)
+    table = class_table(probs)
+    predicted = decide(table, threshold)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "label", "predicted", *[f"prob_{c}" for c in classes]])

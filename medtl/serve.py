@@ -13,7 +13,7 @@ import html
 import io
 import threading
 
-import torch
+import numpy as np
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
@@ -105,7 +105,7 @@ def _answer(pred: Predictor, img: Image.Image, method: str) -> dict:
     pixels = pred.pixels(img)
     probs = pred.probabilities(pixels[None])
     k = int(pred.decide(probs)[0])
-    maps, _ = cams(pred, pixels[None], method, classes=torch.tensor([k]).numpy())
+    maps, _ = cams(pred, pixels[None], method, classes=np.array([k]))
     buf = io.BytesIO()
     Image.fromarray(overlay(pixels, maps[0])).save(buf, format="PNG")
     return {"predicted": pred.classes[k], "probabilities": dict(zip(pred.classes, map(float, probs[0]))),

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from medtl.compare import METRICS, Run, best_marks, load_runs, paired_tests, summarize  # noqa: E402
+from medtl.compare import METRICS, Run, best_marks, by_group, label, load_runs, paired_tests, summarize  # noqa: E402
+from medtl.errors import MedtlError  # noqa: E402
 
 HEADLINE = ("accuracy", "precision", "sensitivity", "f1", "gmean", "auc")
 FIGURES = {"curves.png": "Training curves (mean over seeds): solid = transfer, dashed = scratch",
@@ -27,7 +28,7 @@ FIGURES = {"curves.png": "Training curves (mean over seeds): solid = transfer, d
 def write_report(study_root: Path, command: str = "") -> Path:
     meta, runs = load_runs(study_root)
     if not runs:
-        raise ValueError(f"{study_root} has no finished runs to report")
+        raise MedtlError(f"{study_root} has no finished runs to report; run `medtl study CONFIG` first")
     rows, tests = summarize(runs), paired_tests(runs)
     figures = study_root / "figures"
     figures.mkdir(exist_ok=True)
@@ -40,17 +41,6 @@ def write_report(study_root: Path, command: str = "") -> Path:
     (study_root / "report.md").write_text(_markdown(meta, tables, command))
     (study_root / "report.html").write_text(_html(meta, tables, command))
     return study_root / "report.html"
-
-
-def _groups(runs: list[Run]) -> dict[tuple, list[Run]]:
-    out: dict[tuple, list[Run]] = {}
-    for r in runs:
-        out.setdefault(r.group, []).append(r)
-    return out
-
-
-def _name(group) -> str:
-    return " ".join(v if k in ("model.backbone", "model.strategy") else f"{k.split('.')[-1]}={v}" for k, v in group)
 
 
 def _styles(groups) -> dict[tuple, dict]:
@@ -66,14 +56,14 @@ def _styles(groups) -> dict[tuple, dict]:
 
 
 def _curves(runs: list[Run], path: Path) -> None:
-    groups = _groups(runs)
+    groups = by_group(runs)
     styles = _styles(groups)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for g, members in groups.items():
         for ax, key in ((ax1, "train_loss"), (ax2, "val_accuracy")):
             length = min(len(r.history) for r in members)
             curve = np.nanmean([[h[key] for h in r.history[:length]] for r in members], axis=0)
-            ax.plot(range(1, length + 1), curve, label=_name(g), **styles[g])
+            ax.plot(range(1, length + 1), curve, label=label(g), **styles[g])
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax1.set(xlabel="epoch", ylabel="training loss", title="training loss")
@@ -89,8 +79,8 @@ def _metric_bars(rows: list[dict], path: Path) -> None:
     for i, row in enumerate(rows):
         means = [row[f"{m}_mean"] for m in HEADLINE]
         errs = [0 if math.isnan(row[f"{m}_std"]) else row[f"{m}_std"] for m in HEADLINE]
-        label = " ".join(str(v) for k, v in row.items() if k not in ("seeds",) and not k.endswith(("_mean", "_std")))
-        ax.bar(x + i * width, means, width, yerr=errs, label=label, capsize=2)
+        name = " ".join(str(v) for k, v in row.items() if k not in ("seeds",) and not k.endswith(("_mean", "_std")))
+        ax.bar(x + i * width, means, width, yerr=errs, label=name, capsize=2)
     ax.set_xticks(x + 0.4 - width / 2, HEADLINE)
     ax.set(ylim=(0, 1.05), ylabel="test score")
     ax.legend(fontsize=7, ncol=2, loc="lower left")
@@ -98,7 +88,7 @@ def _metric_bars(rows: list[dict], path: Path) -> None:
 
 
 def _rocs(runs: list[Run], path: Path) -> None:
-    groups = _groups(runs)
+    groups = by_group(runs)
     styles = _styles(groups)
     fig, ax = plt.subplots(figsize=(6, 6))
     for g, members in groups.items():
@@ -106,7 +96,7 @@ def _rocs(runs: list[Run], path: Path) -> None:
         if probs.shape[1] != 2:
             continue  # multiclass: per-class ROC curves would crowd the figure; AUCs are in the table
         fpr, tpr, _ = roc_curve(members[0].labels, probs[:, 1])
-        ax.plot(fpr, tpr, label=_name(g), **styles[g])
+        ax.plot(fpr, tpr, label=label(g), **styles[g])
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="test ROC")
     ax.legend(fontsize=7, loc="lower right")
@@ -114,7 +104,7 @@ def _rocs(runs: list[Run], path: Path) -> None:
 
 
 def _confusions(runs: list[Run], path: Path) -> None:
-    groups = _groups(runs)
+    groups = by_group(runs)
     cols = min(4, len(groups))
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
@@ -129,7 +119,7 @@ def _confusions(runs: list[Run], path: Path) -> None:
             ax.text(j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
         ax.set_xticks(range(k), members[0].classes, fontsize=7)
         ax.set_yticks(range(k), members[0].classes, fontsize=7)
-        ax.set_title(_name(g), fontsize=8)
+        ax.set_title(label(g), fontsize=8)
         ax.set(xlabel="predicted", ylabel="true")
     _save(fig, path)
 
