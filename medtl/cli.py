@@ -55,8 +55,11 @@ def train(
     from medtl.config import apply_overrides, load_config, parse_set
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from medtl.distributed import from_env
     from medtl.pipeline import run
 
+    main_process = from_env().main  # under torchrun, only rank 0 talks
+    quiet = quiet or not main_process
     _setup_logging(quiet)
     overrides = {"data.path": data, "model.backbone": backbone, "model.strategy": strategy,
                  "model.weights": weights, "train.epochs": epochs, "data.image_size": image_size,
@@ -74,8 +77,9 @@ def train(
     redirect = contextlib.nullcontext() if quiet else logging_redirect_tqdm(loggers=[logging.getLogger("medtl")])
     with redirect:
         run_dir = run(cfg, progress=not quiet, resume=resume is not None)
-    console.print(f"run folder: {run_dir}")
-    _print_metrics(run_dir)
+    if main_process:
+        console.print(f"run folder: {run_dir}")
+        _print_metrics(run_dir)
 
 
 def _print_metrics(run_dir: Path) -> None:

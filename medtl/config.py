@@ -68,10 +68,11 @@ class TrainConfig:
     feature_views: int = 2  # linear/partial: augmented views per train image cached (0: clean view only)
     cache_frozen: bool = True  # partial: cache the frozen prefix's activations, train the top on them
     seed: int = 0
-    threads: int | None = None  # torch intra-op threads; None: all cores
+    threads: int | None = None  # torch intra-op threads; None: the node's cores / its processes (torchrun)
     device: str = "auto"  # auto | cpu | cuda
     tune_malloc: bool = True  # CPU: glibc heap instead of mmap for tensors (2x forward speed, bench/cpu_settings.py)
     workers: int | None = None  # DataLoader worker processes; None: 0 on CPU (measured faster on 2 cores), 8 on CUDA
+    sync_bn: bool = False  # torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
 
 
 @dataclass(frozen=True)

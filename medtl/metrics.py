@@ -108,12 +108,19 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, method: str) -> float:
         return 0.5
     if method == "youden":
         fpr, tpr, thr = roc_curve(y, p)
-        best = int(np.argmax(tpr - fpr))
-        return float(min(thr[best], 1.0))
+        return _between(p, float(min(thr[int(np.argmax(tpr - fpr))], 1.0)))
     prec, rec, thr = precision_recall_curve(y, p)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = 2 * prec[:-1] * rec[:-1] / (prec[:-1] + rec[:-1])
-    return float(thr[int(np.nanargmax(f1))])
+    return _between(p, float(thr[int(np.nanargmax(f1))]))
+
+
+def _between(p: np.ndarray, cut: float) -> float:
+    """Halfway from the score `cut` (positive: p >= cut) down to the next lower score: the same decisions on
+    these scores, but a rounding-level change in a score (another batch size, another machine) cannot flip
+    the case the cut was drawn at."""
+    below = np.asarray(p)[np.asarray(p) < cut]
+    return float((cut + below.max()) / 2) if len(below) else cut
 
 
 def clean(value):

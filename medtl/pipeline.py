@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from medtl import distributed
 from medtl.audit import audit, warnings_for
 from medtl.backbones import BackboneSpec, get_spec, weights_id
 from medtl.config import RunConfig, dump_yaml, from_dict, to_dict
@@ -58,13 +59,18 @@ class Prepared:
     def binary(self) -> bool:
         return len(self.splits.classes) == 2
 
-    def loader(self, split: str, train: bool, batch_size: int, transform=None) -> DataLoader:
+    def loader(self, split: str, train: bool, batch_size: int, transform=None, shard: bool = True) -> DataLoader:
+        """Images of `split`; this process's share of each batch under torchrun unless `shard` is off."""
         rows = np.array([self.store.row(r) for r in self.splits.refs[split]], dtype=np.int64)
         ds = StoreDataset(self.store.array, rows, self.splits.labels[split], self.in_chans, transform)
         workers = self.workers
-        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) > batch_size,
-                          pin_memory=self.device.type == "cuda", num_workers=workers,
-                          persistent_workers=workers > 0 and train)
+        return distributed.loader(ds, batch_size, train, self.cfg.train.seed,
+                                  None if shard else distributed.SINGLE, pin_memory=self.device.type == "cuda",
+                                  num_workers=workers, persistent_workers=workers > 0 and train)
+
+    def batches(self, dataset, batch_size: int, train: bool) -> DataLoader:
+        """This process's share of an in-memory data set (features, activations)."""
+        return distributed.loader(dataset, batch_size, train, self.cfg.train.seed)
 
     @property
     def workers(self) -> int:
@@ -78,16 +84,17 @@ class Prepared:
         return x.contiguous(memory_format=torch.channels_last)
 
 
-def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
-    """Validate the config and data, decode images (cached); raises MedtlError on bad input."""
+def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None = None) -> Prepared:
+    """Validate the config and data, decode images (cached; under torchrun by the first process of each node
+    while the others wait); raises MedtlError on bad input."""
     if cfg.data.channels not in CHANNEL_MODES:
         raise MedtlError(f"data.channels={cfg.data.channels!r}; valid: {', '.join(CHANNEL_MODES)}")
     spec = get_spec(cfg.model.backbone)
     weights = effective_weights(cfg.model)
-    device = pick_device(cfg.train.device)
+    device = device or pick_device(cfg.train.device)
     if device.type == "cpu" and cfg.train.tune_malloc:
         log.info("glibc allocator tuned (no mmap, no trim): %s", tune_allocator())
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.train.threads or distributed.default_threads())
     splits = discover(cfg.data, cfg.data.split_seed)
     for note in splits.notes:
         log.info("split: %s", note)
@@ -95,7 +102,8 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
     cache_dir = default_cache_dir(cfg.data.cache_dir)
     decoding = Decoding.of(cfg.data)
     decoding.check()
-    store = build_store(splits.all_refs(), size, cache_dir, progress, decoding)
+    with distributed.main_first():
+        store = build_store(splits.all_refs(), size, cache_dir, progress, decoding)
     check_failures({**splits.rejected, **store.failed}, cfg.data.strict)
     splits.drop(set(store.failed))
     for split, y in splits.labels.items():
@@ -112,13 +120,26 @@ def prepare(cfg: RunConfig, progress: bool = True) -> Prepared:
 
 def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None, resume: bool = False) -> Path:
     """Train and evaluate per `cfg`; returns the run folder. `on_epoch(epoch, val_metrics)` is called after
-    each epoch (hyperparameter search reports and prunes through it)."""
+    each epoch (hyperparameter search reports and prunes through it). Under torchrun every process calls
+    this; they train together and rank 0 writes the run folder."""
+    with distributed.session(pick_device(cfg.train.device)) as device:
+        world = distributed.current()
+        return _run(cfg, progress and world.main, on_epoch, resume, device, world)
+
+
+def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: bool, device: torch.device,
+         world: distributed.World) -> Path:
     seed_everything(cfg.train.seed)
-    p = prepare(cfg, progress)
+    p = prepare(cfg, progress, device)
     num_out = 1 if p.binary else len(p.splits.classes)
-    model = build_classifier(cfg.model, num_out, p.in_chans).to(p.device)
-    run_dir = _resume_dir(cfg) if resume else _make_run_dir(cfg)
+    model = build_classifier(cfg.model, num_out, p.in_chans).to(p.device)  # the same on every process
+    if world.rank:  # other augmentations (and dropout) than rank 0's; rank 0 draws as one process would
+        seed_everything(cfg.train.seed + world.rank)
+    run_dir = distributed.broadcast((_resume_dir(cfg) if resume else _make_run_dir(cfg)) if world.main else None)
     p.state_path = run_dir / STATE_FILE
+    if not world.main:
+        _train(p, model, progress, on_epoch)
+        return run_dir
     if not resume:
         p.state_path.unlink(missing_ok=True)  # a killed earlier attempt in this folder: start over
     handler = _attach_log(run_dir / "train.log")
@@ -130,8 +151,9 @@ def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None
         skipped = {**p.splits.rejected, **p.store.failed}
         if skipped:
             atomic_write_text(run_dir / "skipped.txt", "".join(f"{r}\t{e}\n" for r, e in skipped.items()))
-        log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s", run_dir,
-                 p.spec.name, p.weights, cfg.model.strategy, p.size, p.device)
+        log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s%s", run_dir,
+                 p.spec.name, p.weights, cfg.model.strategy, p.size, p.device,
+                 f", {world.size} processes (DDP)" if world.active else "")
         start = time.perf_counter()
         history, best_epoch, probs = _train(p, model, progress, on_epoch)
         seconds = time.perf_counter() - start
@@ -155,6 +177,9 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
             return _train_top_on_activations(p, model, loss_fn, progress, on_epoch)
         except ValueError as exc:
             log.info("partial: training end to end, the frozen prefix cannot be cached (%s)", exc)
+    model.to(memory_format=torch.channels_last)  # as the inputs: measured faster on CPU, no re-layout in DDP
+    if tc.sync_bn:
+        model = distributed.sync_batch_norm(model, p.device)
     transform = train_transform(p.size, p.cfg.data.hflip) if p.cfg.data.augment else None
     train = p.loader("train", True, tc.batch_size, transform)
     val = p.loader("val", False, tc.batch_size)
@@ -169,13 +194,14 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
 def _train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bool, on_epoch=None):
     """linear: backbone features computed once (cached on disk), then the head trains on them."""
     tc = p.cfg.train
-    feats = {s: _features(p, model, s, view=0, progress=progress) for s in p.splits.refs}
-    train_x = [feats["train"]] + _augmented_views(p, model, progress)
+    with distributed.main_first():
+        feats = {s: _features(p, model, s, view=0, progress=progress) for s in p.splits.refs}
+        train_x = [feats["train"]] + _augmented_views(p, model, progress)
     y = {s: torch.from_numpy(p.splits.labels[s]) for s in p.splits.refs}
     train_ds = TensorDataset(torch.from_numpy(np.concatenate(train_x)), y["train"].repeat(len(train_x)))
-    batches = {s: DataLoader(TensorDataset(torch.from_numpy(np.array(feats[s])), y[s]), batch_size=1024)
+    batches = {s: p.batches(TensorDataset(torch.from_numpy(np.array(feats[s])), y[s]), 1024, train=False)
                for s in p.splits.refs}
-    train = DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True)
+    train = p.batches(train_ds, tc.batch_size, train=True)
     def to_dev(x):
         return x.to(p.device)
     history, _, best_epoch = fit(model.head, train, batches["val"], to_dev, loss_fn, tc, p.device,
@@ -188,16 +214,19 @@ def _train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress:
     """partial: the frozen prefix runs once per image and view (cached on disk); the top stages and the
     head train on its activations, one augmented view per epoch in turn."""
     tc = p.cfg.train
-    example = next(iter(p.loader("val", False, 2)))[0]
+    example = next(iter(p.loader("val", False, 2, shard=False)))[0]
     boundary, top, shape = split_frozen_prefix(model, p.prepare(example))
     prefix = Prefix(model.backbone, boundary)
-    acts = {s: _features(p, prefix, s, 0, progress, boundary) for s in p.splits.refs}
-    train_views = [acts["train"]] + _augmented_views(p, prefix, progress, boundary)
+    with distributed.main_first():
+        acts = {s: _features(p, prefix, s, 0, progress, boundary) for s in p.splits.refs}
+        train_views = [acts["train"]] + _augmented_views(p, prefix, progress, boundary)
     y = {s: p.splits.labels[s] for s in p.splits.refs}
-    batches = {s: DataLoader(RowsDataset(acts[s], y[s], shape), batch_size=tc.batch_size) for s in p.splits.refs}
-    train = RotatingViews([DataLoader(RowsDataset(a, y["train"], shape), batch_size=tc.batch_size, shuffle=True,
-                                      drop_last=len(y["train"]) > tc.batch_size) for a in train_views])
-    net = Classifier(top, model.head).to(p.device)
+    batches = {s: p.batches(RowsDataset(acts[s], y[s], shape), tc.batch_size, train=False) for s in p.splits.refs}
+    train = RotatingViews([p.batches(RowsDataset(a, y["train"], shape), tc.batch_size, train=True)
+                           for a in train_views])
+    net = Classifier(top, model.head).to(p.device, memory_format=torch.channels_last)
+    if tc.sync_bn:
+        net = distributed.sync_batch_norm(net, p.device)
     def to_dev(x):
         return x.to(p.device).contiguous(memory_format=torch.channels_last)
     groups = param_groups(net, tc.lr, tc.backbone_lr_scale)
@@ -229,18 +258,25 @@ class RowsDataset(torch.utils.data.Dataset):
 
 
 class RotatingViews:
-    """One loader per cached view; each pass (epoch) uses the next view."""
+    """One loader per cached view; epoch e (from 1) uses view (e - 1) mod views."""
 
     def __init__(self, loaders: list[DataLoader]):
-        self.loaders, self.epoch = loaders, 0
+        self.loaders, self.epoch = loaders, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for loader in self.loaders:
+            distributed.set_epoch(loader, epoch)
+
+    @property
+    def current(self) -> DataLoader:
+        return self.loaders[(self.epoch - 1) % len(self.loaders)]
 
     def __len__(self) -> int:
-        return len(self.loaders[self.epoch % len(self.loaders)])
+        return len(self.current)
 
     def __iter__(self):
-        loader = self.loaders[self.epoch % len(self.loaders)]
-        self.epoch += 1
-        return iter(loader)
+        return iter(self.current)
 
 
 def _features(p: Prepared, model: Classifier | Prefix, split: str, view: int, progress: bool,
@@ -260,7 +296,7 @@ def _features(p: Prepared, model: Classifier | Prefix, split: str, view: int, pr
         # so a cache hit and a miss train identically
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1000 + view)
-            return extract(net, p.loader(split, False, batch, transform), p.prepare, p.device,
+            return extract(net, p.loader(split, False, batch, transform, shard=False), p.prepare, p.device,
                            f"features {split}" + (f" view {view}" if view else ""), progress)
 
     array, hit = cached(p.cache_dir, key, len(refs), compute)

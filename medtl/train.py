@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from medtl import distributed
 from medtl.config import TrainConfig
 from medtl.errors import MedtlError
 from medtl.metrics import score
@@ -119,14 +120,15 @@ def to_probs(logits: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def predict(model: nn.Module, batches: Iterable, prepare: Prepare, device: torch.device,
             desc: str = "predict", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and labels over `batches` with the model in eval mode."""
+    """Probabilities and labels over `batches` with the model in eval mode; over a sharded loader, those of
+    all processes (in dataset order)."""
     model.eval()
     probs, labels = [], []
     for x, y in tqdm(batches, desc=desc, leave=False, disable=not progress, unit="batch"):
         with autocast(device):
             probs.append(to_probs(model(prepare(x))).cpu())
         labels.append(torch.as_tensor(y))
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    return distributed.gather(batches, torch.cat(probs).numpy(), torch.cat(labels).numpy())
 
 
 @torch.inference_mode()
@@ -155,8 +157,9 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     """Train with early stopping on validation `cfg.monitor`; returns (history, best state, best epoch).
 
     The best state is deep-copied: a state_dict() reference would keep changing as training goes on.
-    With `state_path`, the whole training state is saved after every epoch and, when the file exists,
-    training continues from it exactly where it stopped.
+    With `state_path`, the whole training state is saved after every epoch (by rank 0) and, when the file
+    exists, training continues from it exactly where it stopped. Under torchrun the model trains wrapped in
+    DDP on sharded batches; every process sees the same validation metrics, so all stop together.
     """
     if cfg.monitor not in MONITORS:
         raise MedtlError(f"train.monitor={cfg.monitor!r}; valid: {', '.join(MONITORS)}")
@@ -165,12 +168,16 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     st = {"epoch": 0, "best": [-math.inf, -math.inf], "best_state": None, "best_epoch": 0, "history": [],
           "stopped": False}
     if state_path is not None and state_path.is_file():
-        st = _resume(state_path, model, opt, sched, train_batches)
+        st = _resume(state_path, model, opt, sched)
+    world = distributed.current()
+    net = distributed.wrap(model, device, world)
     epochs = tqdm(range(st["epoch"] + 1, cfg.epochs + 1), desc="epochs", disable=not progress or st["stopped"],
                   unit="epoch")
     for epoch in ([] if st["stopped"] else epochs):
         start = time.perf_counter()
-        train_loss = _train_epoch(model, train_batches, prepare, loss_fn, opt, device, progress)
+        distributed.set_epoch(train_batches, epoch)
+        train_loss = _train_epoch(net, train_batches, prepare, loss_fn, opt, device, progress)
+        distributed.sync_buffers(model, world)
         probs, y = predict(model, val_batches, prepare, device)
         val = score(y, probs, classes)
         st["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
@@ -189,7 +196,7 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
         if on_epoch is not None:
             on_epoch(epoch, val)
         st.update(epoch=epoch, stopped=epoch - st["best_epoch"] >= cfg.patience)
-        if state_path is not None:
+        if state_path is not None and world.main:
             save_state(state_path, {"fit": st, "model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict() if sched else None, "rng": rng_state()})
         if st["stopped"]:
@@ -200,21 +207,21 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     return st["history"], st["best_state"], st["best_epoch"]
 
 
-def _resume(path: Path, model: nn.Module, opt, sched, train_batches) -> dict:
+def _resume(path: Path, model: nn.Module, opt, sched) -> dict:
     saved = load_state(path)
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     if sched is not None:
         sched.load_state_dict(saved["scheduler"])
     set_rng_state(saved["rng"])
-    if hasattr(train_batches, "epoch"):  # RotatingViews: continue with the next view in turn
-        train_batches.epoch = saved["fit"]["epoch"]
     log.info("resuming from %s after epoch %d", path, saved["fit"]["epoch"])
     return saved["fit"]
 
 
 def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress) -> float:
+    """One pass; returns the mean training loss (over all processes' rows)."""
     model.train()
+    world = distributed.current()
     total, count = 0.0, 0
     for x, y in tqdm(batches, desc="train", leave=False, disable=not progress, unit="batch"):
         y = torch.as_tensor(y).to(device, non_blocking=True)
@@ -222,8 +229,18 @@ def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress) -> flo
             logits = model(prepare(x))
         loss = loss_fn(logits, y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * _share(len(y), device, world)).backward()
         opt.step()
         total += loss.detach().item() * len(y)
         count += len(y)
+    total, count = distributed.all_sum([total, count], device, world)
     return total / max(count, 1)
+
+
+def _share(rows: int, device: torch.device, world: distributed.World) -> float:
+    """The factor that turns this process's mean loss into its part of the global batch's mean loss, times
+    the number of processes (DDP averages gradients over processes): 1 for a single process."""
+    if not world.active:
+        return 1.0
+    total = distributed.all_sum([float(rows)], device, world)[0]
+    return rows * world.size / total

@@ -59,3 +59,15 @@ def test_threshold_choice():
     assert binary_metrics(y, p, choose_threshold(y, p, "f1"))["f1"] == pytest.approx(6 / 7)
     with pytest.raises(ValueError, match="youden, f1"):
         choose_threshold(y, p, "best")
+
+
+def test_chosen_threshold_lies_between_scores_so_rounding_cannot_flip_a_case():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.65, 0.6, 0.8, 0.9])
+    for method in ("youden", "f1"):
+        t = choose_threshold(y, p, method)
+        assert not np.isclose(p, t).any()  # never on a score
+        gap = np.abs(p - t).min()
+        jittered = p + np.array([1, -1, 1, -1, 1, -1]) * gap / 2
+        assert (binary_metrics(y, jittered, t)["confusion_matrix"]
+                == binary_metrics(y, p, t)["confusion_matrix"])
