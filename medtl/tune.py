@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import sqlalchemy
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from medtl.config import RunConfig, apply_overrides
 from medtl.errors import MedtlError
@@ -20,6 +27,7 @@ from medtl.errors import MedtlError
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (16, 32, 64)
+SCHEMA_LOCK = 0x6D65_64746C  # PostgreSQL advisory-lock key ("medtl") held while Optuna creates its tables
 
 
 def suggest(trial: optuna.Trial, base: RunConfig) -> dict[str, object]:
@@ -42,6 +50,7 @@ def objective(base: RunConfig, out: Path):
     from medtl.pipeline import run
 
     def score(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, in a shared study
         params = suggest(trial, base)
         name = f"trial-{trial.number:04d}"
         cfg = apply_overrides(base, {**{k: str(v) for k, v in params.items()}, "out": str(out / "trials"),
@@ -69,10 +78,10 @@ def tune(base: RunConfig, trials: int, out: Path, storage: str | None = None, st
         raise MedtlError(f"--trials {trials}: give at least 1")
     out.mkdir(parents=True, exist_ok=True)
     shared = storage is not None  # workers sharing a database must not all draw the same seeded samples
-    storage = storage or f"sqlite:///{(out / 'tune.db').resolve()}"
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=None if shared else seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    with _storage(storage or f"sqlite:///{(out / 'tune.db').resolve()}") as rdb:
+        study = optuna.create_study(study_name=study_name, storage=rdb, direction="maximize", load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(seed=None if shared else seed),
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective(base, out), n_trials=trials, catch=())
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -81,3 +90,29 @@ def tune(base: RunConfig, trials: int, out: Path, storage: str | None = None, st
         log.info("best trial %d: validation AUC %.4f, %s (%s)", best.number, best.value, best.params,
                  best.user_attrs.get("run_dir"))
     return study
+
+
+@contextmanager
+def _storage(url: str, grace_s: int = 180):
+    """Optuna's RDB storage with heartbeats: a trial whose worker died (machine lost, process killed) is marked
+    failed by the next worker after 3 minutes of silence and run again once. Workers started together on an
+    empty PostgreSQL database would race to create Optuna's tables (duplicate key in pg_type), so there one
+    worker creates them, and the study, under an advisory lock while the others wait."""
+    def make() -> RDBStorage:
+        with warnings.catch_warnings():  # heartbeats are marked experimental; we opt in knowingly, here only
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=min(60, grace_s), grace_period=grace_s,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    if not url.startswith("postgresql"):
+        yield make()
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+            try:
+                yield make()
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+    finally:
+        engine.dispose()

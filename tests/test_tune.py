@@ -49,3 +49,23 @@ def test_partial_strategy_also_searches_the_unfrozen_depth(image_tree, tmp_path)
     params = suggest(trial, _base(image_tree, tmp_path, "partial"))
     assert params["model.unfreeze_stages"] == 2 and params["model.dropout"] == 0.2
     assert "model.unfreeze_stages" not in suggest(trial, _base(image_tree, tmp_path, "linear"))
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning",
+                            "ignore::optuna.exceptions.ExperimentalWarning")  # we call optimize's steps by hand
+def test_a_trial_whose_worker_died_is_failed_and_run_again(tmp_path):
+    """heartbeats: a worker killed mid-trial stops beating; the next worker marks its trial failed and
+    re-queues the same parameters once."""
+    import time
+
+    from medtl.tune import _storage
+
+    with _storage(f"sqlite:///{tmp_path / 't.db'}", grace_s=1) as rdb:
+        study = optuna.create_study(storage=rdb, direction="maximize")
+        dead = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)})
+        rdb.record_heartbeat(dead._trial_id)  # what the dead worker's heartbeat thread last wrote
+        time.sleep(2.5)
+        optuna.storages.fail_stale_trials(study)  # what each worker does before its next trial
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+        assert study.trials[1].params == dead.params
