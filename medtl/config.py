@@ -68,6 +68,7 @@ class TrainConfig:
     feature_views: int = 2  # linear/partial: augmented views per train image cached (0: clean view only)
     cache_frozen: bool = True  # partial: cache the frozen prefix's activations, train the top on them
     seed: int = 0
+    deterministic: bool = False  # deterministic kernels only (GPU runs repeat bit for bit); CPU runs repeat anyway
     threads: int | None = None  # torch intra-op threads; None: the node's cores / its processes (torchrun)
     device: str = "auto"  # auto | cpu | cuda
     tune_malloc: bool = True  # CPU: glibc heap instead of mmap for tensors (2x forward speed, bench/cpu_settings.py)

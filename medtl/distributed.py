@@ -118,6 +118,16 @@ def broadcast(value: object, world: World | None = None) -> object:
     return box[0]
 
 
+def collect(value: object, world: World | None = None) -> list:
+    """Every process's `value`, in rank order, on every process ([value] for one process)."""
+    world = world or current()
+    if not world.active:
+        return [value]
+    box: list = [None] * world.size
+    dist.all_gather_object(box, value)
+    return box
+
+
 def all_sum(values: list[float], device: torch.device, world: World | None = None) -> list[float]:
     world = world or current()
     if not world.active:

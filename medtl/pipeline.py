@@ -31,7 +31,8 @@ from medtl.report import (atomic_write_text, format_metrics, plot_curves, write_
                           write_predictions)
 from medtl.strategies import (Classifier, Prefix, build_classifier, effective_weights, param_groups,
                               split_frozen_prefix)
-from medtl.train import EpochHook, extract, fit, make_loss, pick_device, predict, seed_everything, tune_allocator
+from medtl.train import (EpochHook, deterministic, extract, fit, make_loss, pick_device, predict, seed_everything,
+                         tune_allocator)
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None
     """Train and evaluate per `cfg`; returns the run folder. `on_epoch(epoch, val_metrics)` is called after
     each epoch (hyperparameter search reports and prunes through it). Under torchrun every process calls
     this; they train together and rank 0 writes the run folder."""
-    with distributed.session(pick_device(cfg.train.device)) as device:
+    with distributed.session(pick_device(cfg.train.device)) as device, deterministic(cfg.train.deterministic):
         world = distributed.current()
         return _run(cfg, progress and world.main, on_epoch, resume, device, world)
 

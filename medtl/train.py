@@ -10,9 +10,11 @@ import copy
 import ctypes
 import logging
 import math
+import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -73,6 +75,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic(on: bool):
+    """`train.deterministic`: deterministic kernels only (an error names any op that has none) and no cuDNN
+    autotuning, so a GPU run repeats bit for bit; restored afterwards. CPU runs repeat without it."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable matmuls
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
 
 
 def autocast(device: torch.device):
@@ -168,7 +188,7 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     st = {"epoch": 0, "best": [-math.inf, -math.inf], "best_state": None, "best_epoch": 0, "history": [],
           "stopped": False}
     if state_path is not None and state_path.is_file():
-        st = _resume(state_path, model, opt, sched)
+        st = _resume(state_path, model, opt, sched, distributed.current())
     world = distributed.current()
     net = distributed.wrap(model, device, world)
     epochs = tqdm(range(st["epoch"] + 1, cfg.epochs + 1), desc="epochs", disable=not progress or st["stopped"],
@@ -196,9 +216,12 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
         if on_epoch is not None:
             on_epoch(epoch, val)
         st.update(epoch=epoch, stopped=epoch - st["best_epoch"] >= cfg.patience)
-        if state_path is not None and world.main:
-            save_state(state_path, {"fit": st, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict() if sched else None, "rng": rng_state()})
+        if state_path is not None:
+            rngs = distributed.collect(rng_state(), world)  # each process's own draws (augmentation, dropout)
+            if world.main:
+                save_state(state_path, {"fit": st, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                        "scheduler": sched.state_dict() if sched else None, "rng": rngs[0],
+                                        "rng_ranks": rngs})
         if st["stopped"]:
             log.info("early stop: val %s has not improved for %d epochs (best epoch %d)", cfg.monitor,
                      cfg.patience, st["best_epoch"])
@@ -207,13 +230,23 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     return st["history"], st["best_state"], st["best_epoch"]
 
 
-def _resume(path: Path, model: nn.Module, opt, sched) -> dict:
+def _resume(path: Path, model: nn.Module, opt, sched, world: distributed.World) -> dict:
+    """Every process loads the state; each takes back its own RNG state when the number of processes is the
+    one that saved it (then the run ends as an uninterrupted one would), else rank 0's, with a warning."""
     saved = load_state(path)
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     if sched is not None:
         sched.load_state_dict(saved["scheduler"])
-    set_rng_state(saved["rng"])
+    rngs = saved.get("rng_ranks") or [saved["rng"]]
+    if len(rngs) == world.size:
+        set_rng_state(rngs[world.rank])
+    else:
+        log.warning("%s was saved by %d process(es), resumed on %d: training continues, but augmentation draws "
+                    "differ from an uninterrupted run", path, len(rngs), world.size)
+        set_rng_state(rngs[0])
+        if world.rank:
+            seed_everything(int(torch.randint(2**31 - 1, (1,)).item()) + world.rank)
     log.info("resuming from %s after epoch %d", path, saved["fit"]["epoch"])
     return saved["fit"]
 

@@ -114,3 +114,39 @@ def test_ranks_hold_the_same_weights_and_batch_norm_statistics(kermany_small, tm
     assert again["loss"] == pytest.approx(saved["loss"], abs=1e-5)
     assert again["auc"] == pytest.approx(saved["auc"], abs=1e-9)
     assert again["confusion_matrix"] == saved["confusion_matrix"]
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(kermany_small, tmp_path):
+    """SIGKILL every process of a torchrun job after epoch 2 (a lost machine); resumed under torchrun, each
+    process takes back its own RNG state, and the run ends with the uninterrupted run's metrics and weights."""
+    import shutil
+    import time
+
+    env = {**os.environ, "MEDTL_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "runs"
+    args = [kermany_small, "--strategy", "full", "--image-size", "64", "--epochs", "4", "--set",
+            "train.batch_size=16", "--set", "train.deterministic=true", "--out", out, "--quiet"]
+    whole = _torchrun(2, *args, "--name", "whole", env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "medtl",
+           "train", *map(str, args), "--name", "killed"]
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log, deadline = out / "killed" / "train.log", time.monotonic() + 300
+    while time.monotonic() < deadline and not (log.exists() and "epoch 2/4" in log.read_text()):
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 3
+    subprocess.run(["pkill", "-9", "-f", "--", "--name killed"], check=True)  # the launcher and both workers
+    job.wait(timeout=60)
+    assert not (out / "killed" / "metrics.json").exists()
+    shutil.copytree(out / "killed", out / "elsewhere")
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                              "-m", "medtl", "train", "--resume", str(out / "killed"), "--quiet"],
+                             capture_output=True, text=True, env=env, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _metrics(out / "whole"), _metrics(out / "killed")
+    assert a["splits"] == b["splits"] and a["best_epoch"] == b["best_epoch"]
+    assert a["weights_sha256"] == b["weights_sha256"]
+    assert "resuming from" in log.read_text()
+    one = _train("--resume", out / "elsewhere", "--quiet", env=env)  # fewer processes than saved it
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "saved by 2 process(es), resumed on 1" in (out / "elsewhere" / "train.log").read_text()

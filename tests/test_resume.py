@@ -14,7 +14,7 @@ from medtl.errors import MedtlError
 from medtl.resume import load_state, state_digest
 
 ARGS = ["--strategy", "scratch", "--image-size", "32", "--epochs", "6", "--set", "train.patience=10",
-        "--set", "train.batch_size=8", "--quiet"]
+        "--set", "train.batch_size=8", "--set", "train.deterministic=true", "--quiet"]
 
 
 def _cmd(*args):
@@ -58,3 +58,16 @@ def test_a_damaged_state_is_never_loaded(tmp_path):
     path.write_bytes(path.read_bytes()[:40])  # what a crash mid-write would leave without the rename
     with pytest.raises(MedtlError, match="unreadable .* delete it to restart"):
         load_state(path)
+
+
+def test_deterministic_mode_holds_during_the_run_only(image_tree, tmp_path, cache_dir):
+    from medtl.config import RunConfig, apply_overrides
+    from medtl.pipeline import run
+
+    seen = []
+    cfg = apply_overrides(RunConfig(), {"data.path": str(image_tree), "data.image_size": "32", "train.epochs": "2",
+                                        "model.strategy": "scratch", "train.deterministic": "true",
+                                        "out": str(tmp_path / "runs")})
+    run(cfg, progress=False, on_epoch=lambda epoch, val: seen.append(torch.are_deterministic_algorithms_enabled()))
+    assert seen == [True, True]
+    assert not torch.are_deterministic_algorithms_enabled()  # the process's setting is given back
