@@ -202,8 +202,7 @@ def gather(batches: object, probs: np.ndarray, labels: np.ndarray) -> tuple[np.n
     sampler = getattr(batches, "batch_sampler", None)
     if not isinstance(sampler, ShardedBatches) or not sampler.world.active:
         return probs, labels
-    parts: list = [None] * sampler.world.size
-    dist.all_gather_object(parts, (sampler.indices(), probs, labels))
+    parts = collect((sampler.indices(), probs, labels), sampler.world)
     order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
     return (np.concatenate([p[1] for p in parts])[order], np.concatenate([p[2] for p in parts])[order])
 

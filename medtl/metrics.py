@@ -119,7 +119,8 @@ def _between(p: np.ndarray, cut: float) -> float:
     """Halfway from the score `cut` (positive: p >= cut) down to the next lower score: the same decisions on
     these scores, but a rounding-level change in a score (another batch size, another machine) cannot flip
     the case the cut was drawn at."""
-    below = np.asarray(p)[np.asarray(p) < cut]
+    p = np.asarray(p)
+    below = p[p < cut]
     return float((cut + below.max()) / 2) if len(below) else cut
 
 

@@ -187,9 +187,9 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     sched = make_scheduler(opt, cfg)
     st = {"epoch": 0, "best": [-math.inf, -math.inf], "best_state": None, "best_epoch": 0, "history": [],
           "stopped": False}
-    if state_path is not None and state_path.is_file():
-        st = _resume(state_path, model, opt, sched, distributed.current())
     world = distributed.current()
+    if state_path is not None and state_path.is_file():
+        st = _resume(state_path, model, opt, sched, world)
     net = distributed.wrap(model, device, world)
     epochs = tqdm(range(st["epoch"] + 1, cfg.epochs + 1), desc="epochs", disable=not progress or st["stopped"],
                   unit="epoch")
