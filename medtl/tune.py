@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import optuna
 import sqlalchemy
@@ -27,6 +29,7 @@ from medtl.errors import MedtlError
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (16, 32, 64)
+T = TypeVar("T")
 SCHEMA_LOCK = 0x6D65_64746C  # PostgreSQL advisory-lock key ("medtl") held while Optuna creates its tables
 
 
@@ -104,11 +107,11 @@ def _storage(url: str, grace_s: int = 180):
             return RDBStorage(url, heartbeat_interval=min(60, grace_s), grace_period=grace_s,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     if not url.startswith("postgresql"):
-        yield make()
+        yield _reach(url, make)
         return
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    engine = _reach(url, lambda: sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool))
     try:
-        with engine.connect() as conn:
+        with _reach(url, engine.connect) as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
             try:
                 yield make()
@@ -116,3 +119,19 @@ def _storage(url: str, grace_s: int = 180):
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
     finally:
         engine.dispose()
+
+
+def _reach(url: str, open_: Callable[[], T]) -> T:
+    """`open_()`, with a database that cannot be reached (or a URL without its driver) as one line naming the
+    URL (password hidden) and the fix."""
+    shown = re.sub(r"://([^:/@]*):[^@/]*@", r"://\1:***@", url)
+    try:
+        return open_()
+    except ImportError as exc:
+        raise MedtlError(f"--storage {shown}: no database driver for this URL ({exc.__cause__ or exc}); "
+                         "postgresql:// works as installed, other databases need their SQLAlchemy driver "
+                         "installed (e.g. pip install pymysql for mysql+pymysql://)") from exc
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise MedtlError(f"--storage {shown}: {reason}; check that the database server runs and the URL's user, "
+                         "password, host, port and database, or leave out --storage (SQLite in --out)") from exc

@@ -69,3 +69,12 @@ def test_a_trial_whose_worker_died_is_failed_and_run_again(tmp_path):
         states = [t.state for t in study.get_trials(deepcopy=False)]
         assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
         assert study.trials[1].params == dead.params
+
+
+def test_an_unreachable_storage_is_one_error_naming_the_url_without_its_password(image_tree, tmp_path):
+    base = _base(image_tree, tmp_path)
+    with pytest.raises(MedtlError, match=r"postgres:\*\*\*@127\.0\.0\.1:1/x: .*refused.*leave out --storage") as err:
+        tune(base, 1, tmp_path / "t", storage="postgresql://postgres:secret@127.0.0.1:1/x")
+    assert "secret" not in str(err.value)
+    with pytest.raises(MedtlError, match="no database driver for this URL"):
+        tune(base, 1, tmp_path / "t", storage="mysql://u@127.0.0.1:1/x")
