@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from medtl.backbones import build_backbone, get_spec
+from medtl.models.backbones import build_backbone, get_spec
 
 
 def images_per_second(model, batch: int, size: int, channels_last: bool, seconds: float) -> float:

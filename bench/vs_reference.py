@@ -38,8 +38,8 @@ from torch import nn
 from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
-from medtl.backbones import build_backbone, get_spec
-from medtl.config import DataConfig
+from medtl.models.backbones import build_backbone, get_spec
+from medtl.core.config import DataConfig
 
 BACKBONE, BATCH, SIZE, EPOCHS = "efficientnet_lite0", 64, 224, 20
 
@@ -139,8 +139,8 @@ def _test(model: nn.Module, loader) -> tuple[float, float]:
 
 
 def medtl_linear(args) -> dict:
-    from medtl.config import RunConfig, apply_overrides
-    from medtl.pipeline import run
+    from medtl.core.config import RunConfig, apply_overrides
+    from medtl.training.run import run
     os.environ["MEDTL_CACHE"] = args.cache
     cfg = apply_overrides(RunConfig(), {"data.path": args.data, "model.backbone": BACKBONE, "model.strategy": "linear",
                                         "train.epochs": EPOCHS, "train.batch_size": BATCH, "out": args.runs})
@@ -184,11 +184,11 @@ def reference_full(args) -> dict:
 
 def medtl_full(args) -> dict:
     """medtl's own full fine-tuning step, as `medtl train --strategy full` runs it."""
-    from medtl.config import RunConfig, apply_overrides
-    from medtl.data import train_transform
-    from medtl.pipeline import prepare
-    from medtl.strategies import build_classifier, param_groups
-    from medtl.train import autocast, make_loss, make_optimizer
+    from medtl.core.config import RunConfig, apply_overrides
+    from medtl.data.datasets import train_transform
+    from medtl.training.prepare import prepare
+    from medtl.models.strategies import build_classifier, param_groups
+    from medtl.training.loop import autocast, make_loss, make_optimizer
     os.environ["MEDTL_CACHE"] = args.cache
     cfg = apply_overrides(RunConfig(), {"data.path": args.data, "model.backbone": BACKBONE, "model.strategy": "full",
                                         "train.batch_size": BATCH})

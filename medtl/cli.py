@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -12,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medtl.errors import MedtlError
+from medtl.core.errors import MedtlError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning for medical images: train, evaluate, compare backbones.")
@@ -20,16 +18,9 @@ console = Console()
 
 
 def _setup_logging(quiet: bool) -> None:
-    logger = logging.getLogger("medtl")
-    logger.setLevel(logging.INFO)
-    if not any(getattr(h, "_medtl_console", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        handler._medtl_console = True
-        logger.addHandler(handler)
-    for h in logger.handlers:
-        if getattr(h, "_medtl_console", False):
-            h.setLevel(logging.WARNING if quiet else logging.INFO)
+    from medtl.core.logs import console as to_console
+
+    to_console(quiet)
 
 
 @app.command()
@@ -52,42 +43,28 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed run from its last epoch"),
 ) -> None:
     """Train and evaluate a classifier; writes a run folder (or continues one with --resume RUN_DIR)."""
-    from medtl.config import apply_overrides, load_config, parse_set
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from medtl.distributed import from_env
-    from medtl.pipeline import run
+    from medtl import api
+    from medtl.core.config import parse_set
+    from medtl.core.logs import redirect_bars
+    from medtl.training.distributed import from_env
 
     main_process = from_env().main  # under torchrun, only rank 0 talks
     quiet = quiet or not main_process
     _setup_logging(quiet)
-    overrides = {"data.path": data, "model.backbone": backbone, "model.strategy": strategy,
-                 "model.weights": weights, "train.epochs": epochs, "data.image_size": image_size,
-                 "data.channels": channels, "train.seed": seed, "out": out, "name": name,
-                 "data.strict": True if strict else None}
-    overrides.update(parse_set(set_))
-    if resume is not None:
-        if not (resume / "config.yaml").is_file():
-            raise MedtlError(f"--resume {resume}: no config.yaml there; pass a run folder that `medtl train` started")
-        cfg = apply_overrides(load_config(resume / "config.yaml"), {"out": str(resume.parent), "name": resume.name})
-    elif data is None:
-        raise MedtlError("missing DATA: pass a data folder, manifest or .npz (or --resume RUN_DIR)")
-    else:
-        cfg = apply_overrides(load_config(config), overrides)
-    redirect = contextlib.nullcontext() if quiet else logging_redirect_tqdm(loggers=[logging.getLogger("medtl")])
-    with redirect:
-        run_dir = run(cfg, progress=not quiet, resume=resume is not None)
+    flags = {"backbone": backbone, "strategy": strategy, "weights": weights, "epochs": epochs,
+             "image_size": image_size, "channels": channels, "seed": seed, "out": out, "name": name,
+             "strict": True if strict else None, **parse_set(set_)}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    with redirect_bars():
+        result = api.train(data, config=config, resume=resume, progress=not quiet, **flags)
     if main_process:
-        console.print(f"run folder: {run_dir}")
-        _print_metrics(run_dir)
+        console.print(f"run folder: {result.path}")
+        _print_metrics(result.metrics)
 
 
-def _print_metrics(run_dir: Path) -> None:
-    import json
+def _print_metrics(metrics: dict) -> None:
+    from medtl.evaluation.report import format_metrics
 
-    from medtl.report import format_metrics
-
-    metrics = json.loads((run_dir / "metrics.json").read_text())
     for split, m in metrics["splits"].items():
         print(format_metrics(split, m))
 
@@ -101,14 +78,12 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Re-score a trained run on a split of any data set (its own threshold and classes)."""
-    from medtl.pipeline import evaluate as evaluate_run
-    from medtl.report import format_metrics, write_json
+    from medtl import api
+    from medtl.evaluation.report import format_metrics
 
     _setup_logging(quiet)
-    metrics = evaluate_run(run_dir, data, split, progress=not quiet)
+    metrics = api.evaluate(run_dir, data, split, output, progress=not quiet)
     print(format_metrics(split, metrics))
-    if output:
-        write_json(output, metrics)
 
 
 @app.command()
@@ -120,15 +95,15 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score new images with a trained run; unreadable files are listed, not fatal."""
-    from medtl.inference import Predictor, expand_inputs, predict_files, write_predictions
+    from medtl import api
 
     _setup_logging(quiet)
-    pred = Predictor.from_run(run_dir)
-    rows, failed = predict_files(pred, expand_inputs(paths), batch_size, progress=not quiet)
-    write_predictions(output, pred, rows, failed)
-    counts = {c: sum(r["predicted"] == c for r in rows) for c in pred.classes}
+    run = api.Run.load(run_dir)
+    rows = run.predict(paths, batch_size, progress=not quiet)
+    rows.to_csv(output)
+    counts = {c: sum(r["predicted"] == c for r in rows) for c in run.predictor.classes}
     console.print(f"{len(rows)} images scored ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {output}")
-    _list_failures(failed)
+    _list_failures(rows.failed)
 
 
 def _list_failures(failed: dict[str, str]) -> None:
@@ -148,18 +123,18 @@ def explain(
     grid: bool = typer.Option(False, "--grid", help="Also write cam_grid.png (test TPs/FPs/FNs) into the run folder"),
 ) -> None:
     """Grad-CAM heat maps over images (PNG), and a grid of test examples for the run's report."""
-    from medtl.explain import explain_files, report_grid
-    from medtl.inference import Predictor, expand_inputs
+    from medtl import api
 
     _setup_logging(False)
     if not paths and not grid:
         raise MedtlError("nothing to explain: pass image files or folders, or --grid")
+    run = api.Run.load(run_dir)
     if paths:
-        written, failed = explain_files(Predictor.from_run(run_dir), expand_inputs(paths), out, method)
+        written, failed = run.explain(paths, out, method)
         console.print(f"{len(written)} overlays -> {out}")
         _list_failures(failed)
     if grid:
-        console.print(f"grid -> {report_grid(run_dir, method)}")
+        console.print(f"grid -> {run.cam_grid(method)}")
 
 
 @app.command()
@@ -171,14 +146,12 @@ def export(
     tolerance: float = typer.Option(1e-4, help="Largest allowed |exported - PyTorch| probability difference"),
 ) -> None:
     """Export for deployment; fails loudly when the exported model disagrees with PyTorch."""
-    from medtl.export import export as export_run
-    from medtl.inference import expand_inputs
+    from medtl import api
 
     _setup_logging(False)
-    files = [str(p) for p in expand_inputs(images)] if images else None
-    path, diff = export_run(run_dir, format_, output, files, tolerance)
+    path, diff = api.Run.load(run_dir).export(format_, output, images or None, tolerance)
     console.print(f"{path} written; parity with PyTorch: max |difference| {diff:.2e} on "
-                  f"{len(files) if files else 8} {'images' if files else 'noise inputs'}")
+                  f"{'the given images' if images else '8 noise inputs'}")
 
 
 @app.command()
@@ -191,11 +164,11 @@ def serve(
     """A local web page: upload an image or DICOM, see probabilities and the Grad-CAM overlay."""
     import uvicorn
 
-    from medtl.inference import Predictor
-    from medtl.serve import create_app
+    from medtl import api
+    from medtl.deploy.serve import create_app
 
     _setup_logging(False)
-    app_ = create_app(Predictor.from_run(run_dir), int(max_mb * 2**20))
+    app_ = create_app(api.Run.load(run_dir).predictor, int(max_mb * 2**20))
     console.print(f"serving {run_dir} on http://{host}:{port}/")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
@@ -206,23 +179,18 @@ def study(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings only, no progress display"),
 ) -> None:
     """Run a grid of runs (resumable: finished runs are kept) and write the study report."""
-    from medtl.study import load_study, run_study
-    from medtl.study_report import write_report
+    from medtl import api
 
     _setup_logging(quiet)
-    spec = load_study(config)
-    run_study(spec, progress=not quiet)
-    console.print(f"report: {write_report(spec.root, f'medtl study {config}')}")
+    console.print(f"report: {api.study(config, progress=not quiet)}")
 
 
 @app.command()
 def report(study_dir: Path = typer.Argument(..., help="A study folder (<out>/<name>)")) -> None:
     """(Re)write a study's report from its finished runs."""
-    from medtl.study_report import write_report
+    from medtl import api
 
-    if not (study_dir / "study.yaml").is_file():
-        raise MedtlError(f"{study_dir} has no study.yaml; pass the folder `medtl study` wrote (<out>/<name>)")
-    console.print(f"report: {write_report(study_dir)}")
+    console.print(f"report: {api.report(study_dir)}")
 
 
 @app.command()
@@ -243,13 +211,14 @@ def tune(
 ) -> None:
     """Search learning rate, head, dropout, weight decay, batch size (and unfrozen depth for partial) with
     Optuna, pruning on validation AUC."""
-    from medtl.config import apply_overrides, load_config, parse_set
-    from medtl.tune import tune as tune_run
+    from medtl import api
+    from medtl.core.config import parse_set
 
     _setup_logging(quiet)
-    overrides = {"data.path": data, "model.backbone": backbone, "model.strategy": strategy, "train.epochs": epochs,
-                 "data.image_size": image_size, **parse_set(set_)}
-    study_ = tune_run(apply_overrides(load_config(config), overrides), trials, out, storage, study_name)
+    flags = {"backbone": backbone, "strategy": strategy, "epochs": epochs, "image_size": image_size,
+             **parse_set(set_)}
+    study_ = api.tune(data, trials, out, storage, study_name, config,
+                      **{k: v for k, v in flags.items() if v is not None})
     finished = [t for t in study_.trials if t.value is not None]
     if finished:
         best = study_.best_trial
@@ -265,20 +234,15 @@ def audit(
     set_: list[str] = typer.Option([], "--set", help="Data options, e.g. --set data.val_fraction=0.2"),
 ) -> None:
     """Duplicates within and across splits, unreadable files, class balance, and class-correlated properties."""
-    from medtl.audit import audit as run_audit
-    from medtl.audit import warnings_for
-    from medtl.config import apply_overrides, load_config, parse_set
-    from medtl.data import discover
-    from medtl.report import write_json
+    from medtl import api
+    from medtl.core.config import parse_set
+    from medtl.data.audit import warnings_for
 
     _setup_logging(False)
-    cfg = apply_overrides(load_config(None), {"data.path": data, **parse_set(set_)})
-    report_ = run_audit(discover(cfg.data, cfg.data.split_seed), perceptual)
+    report_ = api.audit(data, perceptual, output, **parse_set(set_))
     _print_audit(report_)
     for line in warnings_for(report_):
         console.print(f"[yellow]warning:[/yellow] {line}")
-    if output:
-        write_json(output, report_)
 
 
 def _print_audit(r: dict) -> None:
@@ -301,7 +265,7 @@ def _print_audit(r: dict) -> None:
 @app.command()
 def backbones() -> None:
     """List the backbones: parameters, input size, default weights, and whether they load offline."""
-    from medtl.backbones import BACKBONES, weights_available_offline
+    from medtl.models.backbones import BACKBONES, weights_available_offline
 
     table = Table(title="medtl backbones", caption="offline 'no': pass --weights PATH, or train --strategy scratch")
     for col in ("name", "params (M)", "input px", "feature dim", "default weights", "offline"):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from medtl import backbones
-from medtl.backbones import BACKBONES, build_backbone, get_spec, load_state
-from medtl.errors import MedtlError
+from medtl.models import backbones
+from medtl.models.backbones import BACKBONES, build_backbone, get_spec, load_state
+from medtl.core.errors import MedtlError
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

@@ -9,7 +9,8 @@ import urllib.error
 import pytest
 
 from conftest import kermany_links
-from medtl import backbones, cli
+from medtl import cli
+from medtl.models import backbones
 
 
 def _medtl(*args, env_cache):

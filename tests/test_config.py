@@ -2,8 +2,8 @@
 
 import pytest
 
-from medtl.config import RunConfig, apply_overrides, dump_yaml, from_dict, load_config, parse_set, to_dict
-from medtl.errors import MedtlError
+from medtl.core.config import RunConfig, apply_overrides, dump_yaml, from_dict, load_config, parse_set, to_dict
+from medtl.core.errors import MedtlError
 
 
 def test_yaml_then_overrides_round_trip(tmp_path):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtl.config import DataConfig
-from medtl.data import discover
-from medtl.errors import MedtlError
+from medtl.core.config import DataConfig
+from medtl.data.sources import discover
+from medtl.core.errors import MedtlError
 
 
 def test_split_tree_carves_stratified_val(image_tree):

@@ -11,11 +11,11 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
-from medtl.errors import MedtlError
-from medtl.explain import cams, mass_outside_center, report_grid
-from medtl.export import export
-from medtl.images import open_image
-from medtl.inference import Predictor
+from medtl.core.errors import MedtlError
+from medtl.deploy.explain import cams, mass_outside_center, report_grid
+from medtl.deploy.export import export
+from medtl.data.images import open_image
+from medtl.deploy.predictor import Predictor
 
 pytestmark = pytest.mark.shared_data
 

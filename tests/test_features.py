@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 
-from medtl.features import cached, feature_key
+from medtl.training.features import cached, feature_key
 
 
 def test_hit_miss_and_corrupt_rebuild(tmp_path, caplog):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medtl.errors import MedtlError
-from medtl.images import build_store, check_failures, decode, open_image, to_uint8
+from medtl.core.errors import MedtlError
+from medtl.data.images import build_store, check_failures, decode, open_image, to_uint8
 
 
 def _save(tmp_path, img, name):
@@ -79,7 +79,7 @@ def test_dicom_ct_is_read_through_the_modality_lut_and_scaled_to_8_bits(tmp_path
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from medtl.dicom import is_dicom, read_dicom
+    from medtl.data.dicom import is_dicom, read_dicom
     path = get_testdata_file("CT_small.dcm")
     ds = pydicom.dcmread(path)
     hu = ds.pixel_array.astype(float) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
@@ -99,6 +99,6 @@ def test_dicom_ct_is_read_through_the_modality_lut_and_scaled_to_8_bits(tmp_path
 def test_allocator_tuning_applies_on_glibc_linux():
     import platform
 
-    from medtl.train import tune_allocator
+    from medtl.training.loop import tune_allocator
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected

@@ -18,12 +18,12 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from conftest import make_image, shared_path
-from medtl.audit import audit, warnings_for
-from medtl.config import DataConfig
-from medtl.data import discover
-from medtl.dicom import WINDOWS, apply_window, read_dicom
-from medtl.errors import MedtlError
-from medtl.images import Decoding, decode
+from medtl.data.audit import audit, warnings_for
+from medtl.core.config import DataConfig
+from medtl.data.sources import discover
+from medtl.data.dicom import WINDOWS, apply_window, read_dicom
+from medtl.core.errors import MedtlError
+from medtl.data.images import Decoding, decode
 
 
 def test_ct_hounsfield_units_and_windows_match_pydicom():

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from medtl.metrics import binary_metrics, choose_threshold, clean, multiclass_metrics
+from medtl.core.io import clean
+from medtl.evaluation.metrics import binary_metrics, choose_threshold, multiclass_metrics
 
 
 def test_binary_metrics_match_hand_computation():

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from medtl.config import RunConfig, apply_overrides
-from medtl.errors import MedtlError
-from medtl.pipeline import evaluate, load_run, run
+from medtl.core.config import RunConfig, apply_overrides
+from medtl.core.errors import MedtlError
+from medtl.models.checkpoint import Checkpoint
+from medtl.training.run import evaluate, run
 
 
 def _cfg(root, out, **kw):
@@ -30,8 +31,8 @@ def test_each_strategy_writes_a_complete_run_folder(image_tree, cache_dir, tmp_p
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["splits"]) == {"val", "test"} and metrics["splits"]["test"]["n"] == 16
     assert 0 <= metrics["threshold"] <= 1 and metrics["train_seconds"] > 0
-    ckpt, cfg, _ = load_run(run_dir)
-    assert ckpt["classes"] == ["neg", "pos"] and cfg.model.strategy == strategy
+    ckpt = Checkpoint.load(run_dir / "checkpoint.pt")
+    assert ckpt.classes == ["neg", "pos"] and ckpt.config.model.strategy == strategy
     again = evaluate(run_dir, str(image_tree), "test", progress=False)
     assert again["auc"] == pytest.approx(metrics["splits"]["test"]["auc"], abs=1e-6)
     assert again["confusion_matrix"] == metrics["splits"]["test"]["confusion_matrix"]
@@ -64,8 +65,9 @@ def test_adapt_channels_and_multiclass(tmp_path, cache_dir):
             Image.fromarray(np.clip(rng.normal(value, 10, (20, 20)), 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
     run_dir = run(_cfg(tmp_path / "three", tmp_path / "runs", **{"data.channels": "adapt", "model.strategy": "full",
                                                                   "data.val_fraction": 0.25}), progress=False)
-    ckpt, _, model = load_run(run_dir)
-    assert ckpt["in_chans"] == 1 and model.backbone.conv1.in_channels == 1 and model.head.out_features == 3
+    ckpt = Checkpoint.load(run_dir / "checkpoint.pt")
+    model = ckpt.build()
+    assert ckpt.preprocess.in_chans == 1 and model.backbone.conv1.in_channels == 1 and model.head.out_features == 3
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["splits"]["test"]["per_class"]) == {"c0", "c1", "c2"}
     assert len(metrics["splits"]["test"]["confusion_matrix"]) == 3

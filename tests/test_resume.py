@@ -10,8 +10,9 @@ import time
 import pytest
 import torch
 
-from medtl.errors import MedtlError
-from medtl.resume import load_state, state_digest
+from medtl.core.errors import MedtlError
+from medtl.models.checkpoint import state_digest
+from medtl.training.resume import load_state
 
 ARGS = ["--strategy", "scratch", "--image-size", "32", "--epochs", "6", "--set", "train.patience=10",
         "--set", "train.batch_size=8", "--set", "train.deterministic=true", "--quiet"]
@@ -61,8 +62,8 @@ def test_a_damaged_state_is_never_loaded(tmp_path):
 
 
 def test_deterministic_mode_holds_during_the_run_only(image_tree, tmp_path, cache_dir):
-    from medtl.config import RunConfig, apply_overrides
-    from medtl.pipeline import run
+    from medtl.core.config import RunConfig, apply_overrides
+    from medtl.training.run import run
 
     seen = []
     cfg = apply_overrides(RunConfig(), {"data.path": str(image_tree), "data.image_size": "32", "train.epochs": "2",

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 
-from medtl.inference import Predictor
-from medtl.serve import create_app
+from medtl.deploy.predictor import Predictor
+from medtl.deploy.serve import create_app
 
 pytestmark = pytest.mark.shared_data
 CHROMIUM = "/usr/bin/chromium"

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from medtl.backbones import get_spec
-from medtl.config import ModelConfig
-from medtl.errors import MedtlError
-from medtl.strategies import build_classifier, param_groups
+from medtl.models.backbones import get_spec
+from medtl.core.config import ModelConfig
+from medtl.core.errors import MedtlError
+from medtl.models.strategies import build_classifier, param_groups
 
 
 def _trainable_modules(model, spec):
@@ -80,7 +80,7 @@ def test_mlp_head_and_bad_choices():
 @pytest.mark.parametrize("name", ["resnet18", "densenet121", "mobilenet_v3_large", "inception_v3",
                                   "efficientnet_lite0"])
 def test_frozen_prefix_split_reproduces_the_backbone(name):
-    from medtl.strategies import Prefix, split_frozen_prefix
+    from medtl.models.strategies import Prefix, split_frozen_prefix
 
     model = build_classifier(ModelConfig(backbone=name, strategy="partial", unfreeze_stages=1, weights="none"), 1)
     x = torch.randn(2, 3, 75, 75)

@@ -5,9 +5,9 @@ import json
 import optuna
 import pytest
 
-from medtl.config import RunConfig, apply_overrides
-from medtl.errors import MedtlError
-from medtl.tune import objective, suggest, tune
+from medtl.core.config import RunConfig, apply_overrides
+from medtl.core.errors import MedtlError
+from medtl.experiments.tune import objective, suggest, tune
 
 
 def _base(image_tree, tmp_path, strategy="linear"):
@@ -58,7 +58,7 @@ def test_a_trial_whose_worker_died_is_failed_and_run_again(tmp_path):
     re-queues the same parameters once."""
     import time
 
-    from medtl.tune import _storage
+    from medtl.experiments.tune import _storage
 
     with _storage(f"sqlite:///{tmp_path / 't.db'}", grace_s=1) as rdb:
         study = optuna.create_study(storage=rdb, direction="maximize")

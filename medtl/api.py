@@ -1,0 +1,217 @@
+"""medtl from Python: the same operations as the command line, which is a thin layer over this module.
+
+    import medtl
+    run = medtl.train("data/chest_xray", strategy="linear", epochs=5, image_size=128)
+    run.metrics["splits"]["test"]["auc"]
+    rows = run.predict(["new/xray1.png", "new/xray2.dcm"])     # list of dicts; pandas.DataFrame(rows) works
+    run.export("onnx")
+
+Settings are keyword arguments: a flag name (`epochs`, `image_size`, `lr`, `seed`, ...), a field name found
+in one config section only (`batch_size`, `val_fraction`, ...), or a dotted key (`**{"train.lr": 0.01}`).
+Every value is checked when the config is made, before anything is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from medtl.core.config import RunConfig, apply_overrides, load_config, overrides_of
+from medtl.core.errors import MedtlError
+from medtl.core.runfolder import RunFolder, StudyFolder
+
+log = logging.getLogger(__name__)
+PathLike = str | Path
+
+
+def make_config(data: PathLike | None = None, *, config: PathLike | None = None, **settings: Any) -> RunConfig:
+    """The resolved run config: defaults, then the YAML file `config`, then `data` and `settings`."""
+    return apply_overrides(load_config(config), overrides_of({"data.path": str(data) if data else None,
+                                                             **settings}))
+
+
+def train(data: PathLike | None = None, backbone: str | None = None, strategy: str | None = None, *,
+          config: PathLike | RunConfig | None = None, resume: PathLike | None = None, progress: bool = False,
+          **settings: Any) -> "Run":
+    """Train and evaluate a classifier; returns the finished run. `resume=RUN_DIR` continues a killed run
+    from its last finished epoch with the config it was started with (no other settings may be given)."""
+    from medtl.training.run import run as run_training
+
+    if resume is not None:
+        given = {k: v for k, v in {"data": data, "backbone": backbone, "strategy": strategy, "config": config,
+                                   **settings}.items() if v is not None}
+        if given:
+            raise MedtlError(f"--resume {resume} continues the run with its own config; drop {', '.join(given)} "
+                             "(or start a new run without --resume)")
+        folder = RunFolder(resume)
+        if not folder.config.is_file():
+            raise MedtlError(f"--resume {resume}: no {folder.config.name} there; pass a run folder that "
+                             "`medtl train` started")
+        cfg = apply_overrides(load_config(folder.config), {"out": str(folder.path.parent), "name": folder.path.name})
+    elif data is None and not isinstance(config, RunConfig):
+        raise MedtlError("missing DATA: pass a data folder, manifest or .npz (or --resume RUN_DIR)")
+    else:
+        base = config if isinstance(config, RunConfig) else load_config(config)
+        cfg = apply_overrides(base, overrides_of({"data.path": str(data) if data else None, "backbone": backbone,
+                                                  "strategy": strategy, **settings}))
+    return Run(run_training(cfg, progress=progress, resume=resume is not None))
+
+
+class Predictions(list):
+    """One dict per readable image (path, predicted, prob_<class>...), plus `failed` {path: reason}."""
+
+    def __init__(self, rows: list[dict], failed: dict[str, str], writer) -> None:
+        super().__init__(rows)
+        self.failed = failed
+        self._writer = writer
+
+    def to_csv(self, path: PathLike) -> Path:
+        """path, predicted, one probability column per class, threshold, error (unreadable files too)."""
+        self._writer(Path(path))
+        return Path(path)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder written by `medtl train`, and what can be done with the model in it."""
+
+    folder: RunFolder
+
+    def __init__(self, path: PathLike | RunFolder) -> None:
+        object.__setattr__(self, "folder", path if isinstance(path, RunFolder) else RunFolder(path))
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Run":
+        folder = RunFolder(path)
+        if not folder.checkpoint.is_file():
+            raise MedtlError(f"{folder.checkpoint} not found; pass a run folder written by `medtl train`")
+        return cls(folder)
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json: per split loss, accuracy, sensitivity, specificity, F1, G-mean, AUC, confusion matrix,
+        and the threshold chosen on validation."""
+        return self.folder.read_metrics()
+
+    @property
+    def config(self) -> RunConfig:
+        return load_config(self.folder.config)
+
+    @functools.cached_property
+    def predictor(self):
+        from medtl.deploy.predictor import Predictor
+
+        return Predictor.from_run(self.path)
+
+    def predict(self, images: Sequence[PathLike] | PathLike, batch_size: int = 32,
+                progress: bool = False) -> Predictions:
+        """Score image or DICOM files (folders are searched); unreadable files land in `.failed`."""
+        from medtl.data.sources import expand_inputs
+        from medtl.deploy.predictor import predict_files, write_predictions
+
+        pred = self.predictor
+        found, failed = predict_files(pred, expand_inputs(_as_list(images)), batch_size, progress)
+        rows = [{"path": r["path"], "predicted": r["predicted"],
+                 **{f"prob_{c}": float(p) for c, p in zip(pred.classes, r["probabilities"])}} for r in found]
+        return Predictions(rows, failed, lambda path: write_predictions(path, pred, found, failed))
+
+    def explain(self, images: Sequence[PathLike] | PathLike, out: PathLike = "explain",
+                method: str = "gradcam") -> tuple[list[Path], dict[str, str]]:
+        """Grad-CAM overlay PNGs in `out`; returns (written files, {unreadable path: reason})."""
+        from medtl.data.sources import expand_inputs
+        from medtl.deploy.explain import explain_files
+
+        return explain_files(self.predictor, expand_inputs(_as_list(images)), Path(out), method)
+
+    def cam_grid(self, method: str = "gradcam") -> Path:
+        """cam_grid.png in the run folder: CAM overlays of test true/false positives and false negatives."""
+        from medtl.deploy.explain import report_grid
+
+        return report_grid(self.path, method)
+
+    def export(self, format: str = "onnx", output: PathLike | None = None,
+               images: Sequence[PathLike] | None = None, tolerance: float = 1e-4) -> tuple[Path, float]:
+        """ONNX or TorchScript with the preprocessing in its metadata, kept only when it agrees with PyTorch;
+        returns (file, max |difference| of probabilities)."""
+        from medtl.data.sources import expand_inputs
+        from medtl.deploy.export import export
+
+        files = [str(p) for p in expand_inputs(_as_list(images))] if images else None
+        return export(self.path, format, output, files, tolerance)
+
+    def evaluate(self, data: PathLike, split: str = "test", progress: bool = False) -> dict[str, Any]:
+        """Re-score on a split of any data with the same classes (the run's threshold and preprocessing)."""
+        from medtl.training.run import evaluate
+
+        return evaluate(self.path, str(data), split, progress)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+
+def _as_list(items: Sequence[PathLike] | PathLike) -> list[PathLike]:
+    return [items] if isinstance(items, (str, Path)) else list(items)
+
+
+def study(spec: PathLike, progress: bool = False) -> Path:
+    """Run a study's grid (finished runs are kept) and write its report; returns report.html."""
+    from medtl.evaluation.study_report import write_report
+    from medtl.experiments.study import load_study, run_study
+
+    loaded = load_study(spec)
+    run_study(loaded, progress=progress)
+    return write_report(loaded.root, f"medtl study {spec}")
+
+
+def report(study_dir: PathLike) -> Path:
+    """(Re)write a study's report from its finished runs; returns report.html."""
+    from medtl.evaluation.study_report import write_report
+
+    folder = StudyFolder(study_dir)
+    if not folder.spec.is_file():
+        raise MedtlError(f"{study_dir} has no {folder.spec.name}; pass the folder `medtl study` wrote (<out>/<name>)")
+    return write_report(folder.path)
+
+
+def audit(data: PathLike, perceptual: bool = True, output: PathLike | None = None, **settings: Any) -> dict:
+    """Class balance, unreadable files, exact and near duplicates within and across splits, and class-correlated
+    properties (shortcuts); `settings` are data options such as `val_fraction`."""
+    from medtl.core.io import write_json
+    from medtl.data.audit import audit as run_audit
+    from medtl.data.sources import discover
+
+    cfg = make_config(data, **settings)
+    result = run_audit(discover(cfg.data, cfg.data.split_seed), perceptual)
+    if output is not None:
+        write_json(output, result)
+    return result
+
+
+def tune(data: PathLike, trials: int = 20, out: PathLike = "tune", storage: str | None = None,
+         study_name: str = "medtl", config: PathLike | None = None, **settings: Any):
+    """Optuna search on validation AUC; returns the optuna Study."""
+    from medtl.experiments.tune import tune as run_tune
+
+    base = make_config(data, config=config, **settings)
+    return run_tune(base, trials, Path(out), storage, study_name)
+
+
+def evaluate(run_dir: PathLike, data: PathLike, split: str = "test", output: PathLike | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    """Re-score a run on a split of any data with the same classes; optionally write the metrics JSON."""
+    from medtl.core.io import write_json
+
+    metrics = Run.load(run_dir).evaluate(data, split, progress)
+    if output is not None:
+        write_json(output, metrics)
+    return metrics
+
+
+__all__ = ["Predictions", "Run", "audit", "evaluate", "make_config", "report", "study", "train", "tune"]

@@ -1,0 +1,309 @@
+"""Typed run configuration: frozen dataclasses, loaded from YAML, overridden from the command line.
+
+The resolved config is written to every run folder and into every checkpoint, so a run can be
+reproduced from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from medtl.core.errors import MedtlError
+
+
+Strategy = Literal["scratch", "linear", "partial", "full"]
+STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
+THRESHOLD_METHODS = ("youden", "f1")
+
+
+def _at_least(lo: float) -> dict:
+    return {"min": lo}
+
+
+def _between(lo: float, hi: float, open_: bool = True) -> dict:
+    return {"gt" if open_ else "min": lo, "lt" if open_ else "max": hi}
+
+
+class _Checked:
+    """Every field checked when the config is made (from YAML, flags or Python): `Literal` choices and the
+    ranges in each field's metadata. Nothing downstream checks again."""
+
+    SECTION = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            key = f"{self.SECTION}.{f.name}" if self.SECTION else f.name
+            _check_choice(hints[f.name], value, key)
+            _check_range(f.metadata, value, key)
+        self.check()
+
+    def check(self) -> None:
+        """Checks across fields, or beyond choices and ranges."""
+
+
+def _check_choice(hint: Any, value: Any, key: str) -> None:
+    choices = _literal(hint)
+    if choices and value is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint_ = f" (did you mean {close[0]}?)" if close else ""
+        raise MedtlError(f"{key}={value!r} is not a choice{hint_}; valid: {', '.join(map(str, choices))}")
+
+
+def _literal(hint: Any) -> tuple:
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next((typing.get_args(a) for a in typing.get_args(hint) if typing.get_origin(a) is Literal), ())
+    return ()
+
+
+def _check_range(meta: Any, value: Any, key: str) -> None:
+    if value is None or not meta:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MedtlError(f"{key}={value!r} must be a finite number")
+    bounds = (("min", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+              ("max", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))
+    for name, ok, sign in bounds:
+        if name in meta and not ok(value, meta[name]):
+            raise MedtlError(f"{key}={value!r} is out of range: it must be {sign} {meta[name]:g}")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Checked):
+    SECTION = "data"
+    path: str = ""
+    image_size: int | None = field(default=None, metadata={"min": 16, "max": 4096})  # None: the backbone's native size
+    channels: Literal["replicate", "adapt"] = "replicate"  # replicate: gray copied to 3 channels; adapt: 1-channel conv
+    val_fraction: float = field(default=0.15, metadata=_between(0, 1))  # carved (stratified, seeded) when no val/
+    test_fraction: float = field(default=0.15, metadata=_between(0, 1))  # carved when the data is one tree
+    split_seed: int = field(default=0, metadata=_at_least(0))  # fixed across training seeds: same split for all
+    subset_per_class: int | None = field(default=None, metadata=_at_least(1))  # fixed stratified subset of train
+    augment: bool = True  # random resized crop, flip, small rotation, brightness/contrast jitter
+    hflip: bool = True
+    strict: bool = False  # an unreadable image fails the run instead of being skipped and listed
+    cache_dir: str | None = None  # None: $MEDTL_CACHE or ~/.cache/medtl
+    class_names: tuple[str, ...] = ()  # names for .npz labels 0..K-1
+    dicom_window: str = "auto"  # auto | lung | mediastinum | bone | brain | abdomen | C,W | stack:W1,W2,W3
+    audit: bool = True  # a brief audit (duplicates across splits, class-correlated properties) before training
+    convert_mode: Literal["auto", "L", "RGB"] = "auto"  # every image to one mode first (a mode can't leak)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Checked):
+    SECTION = "model"
+    backbone: str = "efficientnet_lite0"
+    weights: str = "default"  # default | imagenet | package | none | path to a .pth/.safetensors file
+    strategy: Strategy = "linear"
+    unfreeze_stages: int = field(default=2, metadata=_at_least(1))  # for partial: how many top stages train
+    head: Literal["linear", "mlp"] = "linear"
+    hidden: int = field(default=256, metadata=_at_least(1))  # width of the mlp head
+    dropout: float = field(default=0.2, metadata={"min": 0, "lt": 1})  # before the mlp head's last layer
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Checked):
+    SECTION = "train"
+    epochs: int = field(default=20, metadata=_at_least(1))
+    batch_size: int = field(default=64, metadata=_at_least(1))
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
+    lr: float = field(default=1e-3, metadata={"gt": 0, "max": 10})
+    backbone_lr_scale: float = field(default=1.0, metadata=_at_least(0))  # backbone lr = lr * this (partial/full)
+    weight_decay: float = field(default=1e-4, metadata=_at_least(0))
+    momentum: float = field(default=0.9, metadata={"min": 0, "lt": 1})  # sgd and rmsprop
+    schedule: Literal["cosine", "step", "none"] = "cosine"
+    step_size: int = field(default=7, metadata=_at_least(1))
+    gamma: float = field(default=0.1, metadata={"gt": 0, "max": 1})
+    patience: int = field(default=5, metadata=_at_least(1))  # early stopping: epochs without improvement
+    monitor: Literal["auc", "loss"] = "auc"  # on validation
+    class_weights: bool = True
+    threshold: str = "youden"  # youden | f1 | a number such as 0.5; chosen on validation, never test
+    feature_views: int = field(default=2, metadata={"min": 0, "max": 64})  # linear/partial: augmented views cached
+    cache_frozen: bool = True  # partial: cache the frozen prefix's activations, train the top on them
+    seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})
+    deterministic: bool = False  # deterministic kernels only (GPU runs repeat bit for bit); CPU runs repeat anyway
+    threads: int | None = field(default=None, metadata=_at_least(1))  # None: the node's cores / its processes
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    tune_malloc: bool = True  # CPU: glibc heap instead of mmap for tensors (2x forward speed, bench/cpu_settings.py)
+    workers: int | None = field(default=None, metadata=_at_least(0))  # DataLoader workers; None: 0 on CPU, 8 on CUDA
+    sync_bn: bool = False  # torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
+
+    def check(self) -> None:
+        if self.threshold in THRESHOLD_METHODS:
+            return
+        try:
+            value = float(self.threshold)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < 1:
+            raise MedtlError(f"train.threshold={self.threshold!r}; valid: {', '.join(THRESHOLD_METHODS)} "
+                             "or a number between 0 and 1, e.g. 0.5")
+
+
+@dataclass(frozen=True)
+class RunConfig(_Checked):
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs"
+    name: str | None = None
+
+    def check(self) -> None:
+        if not self.out:
+            raise MedtlError("out='' : give a parent folder for run folders, e.g. --out runs")
+        if self.name is not None and (not self.name or Path(self.name).name != self.name or self.name in (".", "..")):
+            raise MedtlError(f"name={self.name!r} must be a plain folder name (no '/' or '..'); "
+                             "use --out for the parent folder")
+
+
+# command-line flags and Python keyword arguments, one table for train, tune, studies and the API
+FLAGS = {"backbone": "model.backbone", "strategy": "model.strategy", "weights": "model.weights",
+         "epochs": "train.epochs", "image_size": "data.image_size", "channels": "data.channels",
+         "seed": "train.seed", "lr": "train.lr", "out": "out", "name": "name", "strict": "data.strict"}
+
+
+def dotted_key(name: str) -> str:
+    """A flag name (`epochs`), a dotted key (`train.epochs`), or a field name found in one section only
+    (`batch_size`) -> the dotted key; raises with the close matches otherwise."""
+    if name in FLAGS:
+        return FLAGS[name]
+    if "." in name or name in ("out", "name"):
+        return name
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    owners = [s for s, cls in sections.items() if name in {f.name for f in dataclasses.fields(cls)}]
+    if len(owners) == 1:
+        return f"{owners[0]}.{name}"
+    every = sorted(set(FLAGS) | {f.name for cls in sections.values() for f in dataclasses.fields(cls)})
+    close = difflib.get_close_matches(name, every, n=3)
+    raise MedtlError(f"unknown setting '{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                     + "; use a flag name such as epochs, or a dotted key such as train.lr")
+
+
+def overrides_of(values: dict[str, Any]) -> dict[str, Any]:
+    """{flag or key: value} -> {dotted key: value}, leaving out values that are None (not given)."""
+    return {dotted_key(k): v for k, v in values.items() if v is not None}
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (tuples as lists) for YAML and checkpoints."""
+    out = dataclasses.asdict(cfg)
+    return _lists(out)
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_lists(v) for v in value]
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from a dict, coercing scalars and naming unknown keys."""
+    if not isinstance(data, dict):
+        raise MedtlError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise MedtlError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(names)}")
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except MedtlError as exc:
+        if cls is not RunConfig or where == "config":
+            raise
+        raise MedtlError(f"{where}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value or {}, where)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if typing.get_origin(hint) is Literal:
+        return str(value)  # the choice itself is checked when the config is made
+    if typing.get_origin(hint) is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(v).strip() for v in items if str(v).strip())
+    try:
+        if hint is bool:
+            return _to_bool(value)
+        return hint(value)
+    except (TypeError, ValueError) as exc:
+        raise MedtlError(f"{where}: cannot read {value!r} as {hint.__name__}") from exc
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply dotted overrides such as {'train.lr': '0.01', 'model.backbone': 'resnet18'}."""
+    tree = to_dict(cfg)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = tree
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise MedtlError(f"override '{dotted}': '{part}' is not a section; sections: data, model, train")
+            node = node[part]
+        node[parts[-1]] = value
+    return from_dict(RunConfig, tree)
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """Parse repeated `--set section.key=value` options."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise MedtlError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.001")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Read a YAML config file (any subset of sections); defaults fill the rest."""
+    if path is None:
+        return RunConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise MedtlError(f"config file {path} not found; pass an existing YAML file or leave --config out")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MedtlError(f"config file {path} is not valid YAML: {exc}") from exc
+    return from_dict(RunConfig, data, where=str(path))
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

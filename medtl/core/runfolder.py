@@ -1,0 +1,71 @@
+"""The run folder: every file a run writes, named in one place.
+
+`medtl train` writes these; studies, tuning, prediction, export and the Python API read them through this
+record, so no file name is spelled twice."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medtl.core.errors import MedtlError
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    config = property(lambda self: self.path / "config.yaml")  # the resolved run config
+    metrics = property(lambda self: self.path / "metrics.json")  # written last: a finished run has it
+    history = property(lambda self: self.path / "history.csv")
+    curves = property(lambda self: self.path / "curves.png")
+    checkpoint = property(lambda self: self.path / "checkpoint.pt")
+    log = property(lambda self: self.path / "train.log")
+    skipped = property(lambda self: self.path / "skipped.txt")
+    audit = property(lambda self: self.path / "audit.txt")
+    state = property(lambda self: self.path / "state.pt")  # per-epoch training state, for --resume
+    cam_grid = property(lambda self: self.path / "cam_grid.png")
+
+    def predictions(self, split: str) -> Path:
+        return self.path / f"predictions_{split}.csv"
+
+    def export(self, fmt: str) -> Path:
+        return self.path / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics.is_file()
+
+    def read_metrics(self) -> dict[str, Any]:
+        if not self.finished:
+            raise MedtlError(f"{self.metrics} not found: the run in {self.path} did not finish; "
+                             f"continue it with `medtl train --resume {self.path}`")
+        return json.loads(self.metrics.read_text())
+
+
+@dataclass(frozen=True)
+class StudyFolder:
+    """`<out>/<name>` of a study: its spec, its run folders and its report."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    spec = property(lambda self: self.path / "study.yaml")
+    runs = property(lambda self: self.path / "runs")
+    figures = property(lambda self: self.path / "figures")
+
+    def run(self, name: str) -> RunFolder:
+        return RunFolder(self.runs / name)

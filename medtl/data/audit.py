@@ -1,0 +1,193 @@
+"""Dataset audit: duplicates within and across splits, unreadable files, class balance, and shortcuts.
+
+A shortcut is an image property that tells the class apart without looking at the anatomy (file format,
+colour mode such as RGBA vs RGB, bit depth, size). A model can learn it and look better than it is, so
+the audit warns about every property whose distribution differs by class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import imagehash
+import numpy as np
+from PIL import Image
+from scipy.stats import chi2_contingency
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.tree import DecisionTreeClassifier
+
+from medtl.data.sources import DataSplits
+from medtl.data.dicom import is_dicom
+from medtl.data.images import NPZ_SEP, open_image, read_bytes, to_uint8
+
+log = logging.getLogger(__name__)
+
+BITS = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16, "I": 32, "F": 32}
+CRAMER_V = 0.3  # association of a property with the class above which the audit warns (a "moderate" effect)
+SIZE_ACCURACY = 0.6  # image size alone predicting the class this well (balanced, chance 0.5) is a shortcut
+NEAR_BITS = 4  # perceptual hashes (64 bits) this close are near-duplicates
+
+
+@dataclass
+class Facts:
+    ref: str
+    split: str
+    label: int
+    sha1: str = ""
+    phash: int = 0
+    format: str = ""
+    mode: str = ""
+    bits: int = 0
+    width: int = 0
+    height: int = 0
+    error: str = ""
+
+
+def image_facts(ref: str, split: str, label: int, perceptual: bool) -> Facts:
+    f = Facts(ref, split, label)
+    try:
+        f.sha1 = hashlib.sha1(read_bytes(ref)).hexdigest()
+        img, f.format = _open_raw(ref, load=perceptual)
+        f.mode, (f.width, f.height) = img.mode, img.size
+        f.bits = BITS.get(img.mode, 8)
+        if perceptual:
+            f.phash = int(str(imagehash.phash(to_uint8(img).convert("L"))), 16)
+    except (OSError, ValueError, SyntaxError) as exc:
+        f.error = f"{exc.__class__.__name__}: {exc}"
+    return f
+
+
+def _open_raw(ref: str, load: bool = True) -> tuple[Image.Image, str]:
+    """The image as stored (mode, size) and its format; with `load`, a truncated file raises here."""
+    if NPZ_SEP in ref:
+        return open_image(ref), "npz"
+    if is_dicom(ref):
+        return open_image(ref), "DICOM"
+    with Image.open(ref) as img:
+        if not load:  # the header tells mode, size and format
+            return img, img.format or "unknown"
+        img.load()
+        return img.copy(), img.format or "unknown"
+
+
+def collect(splits: DataSplits, perceptual: bool = True) -> list[Facts]:
+    jobs = [(r, s, int(y)) for s in splits.refs for r, y in zip(splits.refs[s], splits.labels[s])]
+    with ThreadPoolExecutor() as pool:
+        return list(pool.map(lambda j: image_facts(*j, perceptual), jobs))
+
+
+def exact_duplicates(facts: list[Facts], classes: list[str]) -> list[dict]:
+    groups = defaultdict(list)
+    for f in facts:
+        if not f.error:
+            groups[f.sha1].append(f)
+    out = []
+    for members in groups.values():
+        if len(members) > 1:
+            out.append({"refs": [m.ref for m in members], "splits": sorted({m.split for m in members}),
+                        "classes": sorted({classes[m.label] for m in members})})
+    return sorted(out, key=lambda g: (-len(g["splits"]), g["refs"][0]))
+
+
+def near_duplicates(facts: list[Facts], classes: list[str], max_bits: int = NEAR_BITS) -> list[dict]:
+    """Pairs whose perceptual hashes differ in at most `max_bits` of 64 bits, exact duplicates left out."""
+    ok = [f for f in facts if not f.error]
+    hashes = np.array([f.phash for f in ok], dtype=np.uint64)
+    pairs = []
+    for start in range(0, len(ok), 512):
+        dist = np.bitwise_count(hashes[start:start + 512, None] ^ hashes[None, :])
+        for i, j in zip(*np.nonzero(dist <= max_bits)):
+            a, b = ok[start + i], ok[j]
+            if start + i < j and a.sha1 != b.sha1:
+                pairs.append({"refs": [a.ref, b.ref], "splits": sorted({a.split, b.split}),
+                              "classes": sorted({classes[a.label], classes[b.label]}), "bits": int(dist[i, j])})
+    return sorted(pairs, key=lambda p: (-len(p["splits"]), p["bits"]))
+
+
+def shortcuts(facts: list[Facts], classes: list[str]) -> list[dict]:
+    """Properties whose distribution differs by class: categorical ones by Cramér's V (and values that occur in
+    one class only), size by how well it alone predicts the class."""
+    ok = [f for f in facts if not f.error]
+    out = []
+    for prop in ("format", "mode", "bits"):
+        table = Counter((classes[f.label], str(getattr(f, prop))) for f in ok)
+        values = sorted({v for _, v in table})
+        if len(values) < 2:
+            continue
+        counts = np.array([[table[(c, v)] for v in values] for c in classes])
+        v = _cramers_v(counts)
+        only = {val: classes[int(np.argmax(counts[:, i]))] for i, val in enumerate(values)
+                if (counts[:, i] > 0).sum() == 1 and counts[:, i].sum() >= 5}
+        if v >= CRAMER_V or only:
+            out.append({"property": prop, "cramers_v": v, "only_in_one_class": only,
+                        "by_class": {c: {val: int(counts[k, i]) for i, val in enumerate(values) if counts[k, i]}
+                                     for k, c in enumerate(classes)}})
+    out += _size_shortcut(ok, classes)
+    return out
+
+
+def _cramers_v(counts: np.ndarray) -> float:
+    counts = counts[counts.sum(1) > 0][:, counts.sum(0) > 0]
+    if min(counts.shape) < 2:
+        return 0.0
+    chi2 = chi2_contingency(counts, correction=False)[0]
+    return float(np.sqrt(chi2 / counts.sum() / (min(counts.shape) - 1)))
+
+
+def _size_shortcut(ok: list[Facts], classes: list[str]) -> list[dict]:
+    """How well width and height alone predict the class: 5-fold balanced accuracy of a depth-3 tree."""
+    x = np.array([[f.width, f.height] for f in ok], float)
+    y = np.array([f.label for f in ok])
+    counts = np.bincount(y, minlength=len(classes))
+    if len(np.unique(x, axis=0)) < 2 or (counts[counts > 0] < 5).any() or (counts > 0).sum() < 2:
+        return []
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    score = float(cross_val_score(DecisionTreeClassifier(max_depth=3, random_state=0), x, y, cv=folds,
+                                  scoring="balanced_accuracy").mean())
+    if score < SIZE_ACCURACY:
+        return []
+    sides = {c: f"median {np.median(x[y == k, 0]):.0f}x{np.median(x[y == k, 1]):.0f} px, "
+                f"10-90% width {np.percentile(x[y == k, 0], 10):.0f}-{np.percentile(x[y == k, 0], 90):.0f}"
+             for k, c in enumerate(classes) if counts[k]}
+    return [{"property": "size", "size_alone_balanced_accuracy": score, "by_class": sides}]
+
+
+def audit(splits: DataSplits, perceptual: bool = True) -> dict:
+    """The whole audit as a JSON-able dict."""
+    facts = collect(splits, perceptual)
+    classes = splits.classes
+    balance = {s: {c: int((splits.labels[s] == k).sum()) for k, c in enumerate(classes)} for s in splits.refs}
+    return {"classes": classes, "images": len(facts), "balance": balance,
+            "unreadable": {f.ref: f.error for f in facts if f.error},
+            "exact_duplicates": exact_duplicates(facts, classes),
+            "near_duplicates": near_duplicates(facts, classes) if perceptual else [],
+            "shortcuts": shortcuts(facts, classes)}
+
+
+def warnings_for(report: dict) -> list[str]:
+    """The audit's findings as sentences a user should read before trusting a model."""
+    out = []
+    cross = [g for g in report["exact_duplicates"] if len(g["splits"]) > 1]
+    if cross:
+        out.append(f"{len(cross)} groups of byte-identical images span splits (e.g. {', '.join(cross[0]['refs'][:2])}):"
+                   " a model is scored on images it trained on")
+    conflict = [g for g in report["exact_duplicates"] if len(g["classes"]) > 1]
+    if conflict:
+        out.append(f"{len(conflict)} groups of byte-identical images carry different labels")
+    near = [p for p in report["near_duplicates"] if len(p["splits"]) > 1]
+    if near:
+        out.append(f"{len(near)} near-duplicate pairs span splits (perceptual hash within {NEAR_BITS} bits)")
+    for s in report["shortcuts"]:
+        detail = (", ".join(f"{v} only in {c}" for v, c in s.get("only_in_one_class", {}).items())
+                  or f"by class: {s['by_class']}")
+        if s["property"] == "size":
+            detail = (f"size alone predicts the class with balanced accuracy {s['size_alone_balanced_accuracy']:.2f}; "
+                      f"{s['by_class']}")
+        out.append(f"image {s['property']} differs by class ({detail}): a model may learn this shortcut instead "
+                   "of the anatomy" + ("; --set data.convert_mode=RGB (or L) removes a mode difference"
+                                       if s["property"] == "mode" else ""))
+    return out

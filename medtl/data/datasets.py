@@ -1,0 +1,43 @@
+"""What a model is fed: the image store's rows as tensors, the training augmentation, class weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from medtl.data.preprocess import match_channels
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights N / (K * n_c), the seed study's class weighting."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return torch.tensor(len(labels) / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def train_transform(size: int, hflip: bool) -> v2.Compose:
+    """The seed study's augmentation on uint8 tensors: resized crop, flip, small rotation, jitter."""
+    ops = [v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True)]
+    if hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    ops += [v2.RandomRotation(10), v2.ColorJitter(brightness=0.1, contrast=0.1)]
+    return v2.Compose(ops)
+
+
+class StoreDataset(Dataset):
+    """Rows of an ImageStore as uint8 CxSxS tensors with the channels the model takes."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, labels: np.ndarray, in_chans: int, transform=None):
+        self.array, self.rows, self.labels = array, rows, labels
+        self.in_chans, self.transform = in_chans, transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(np.array(self.array[self.rows[i]]))
+        x = match_channels(x, self.in_chans)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[i])

@@ -1,0 +1,220 @@
+"""Reading one image of any mode, and the decoded-image cache.
+
+Every image is decoded and resized once per data set and size into a uint8 array on disk
+(memory-mapped), so training epochs never decode a JPEG again. The cache file is named by a hash
+of the images' content and the size: a changed file gives a new name, so a stale cache is never read.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from medtl.data.dicom import is_dicom, parse_window, read_dicom
+from medtl.core.errors import MedtlError
+from medtl.core.io import atomic_write
+from medtl.core.logs import progress as progress_of
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "images-v1"  # bump when decoding changes, so older caches are not reused
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)  # what an unreadable file raises
+NPZ_SEP = "::"  # an array image is named "<file.npz>::<split>::<index>"
+
+
+def default_cache_dir(configured: str | None = None) -> Path:
+    return Path(configured or os.environ.get("MEDTL_CACHE") or Path.home() / ".cache" / "medtl")
+
+
+@functools.lru_cache(maxsize=8)
+def _npz_array(path: str, key: str) -> np.ndarray:
+    with np.load(path) as data:
+        return data[key]
+
+
+def read_bytes(ref: str) -> bytes:
+    """The raw content that identifies an image (file bytes, or the array slice)."""
+    if NPZ_SEP in ref:
+        path, split, index = ref.split(NPZ_SEP)
+        return _npz_array(path, f"{split}_images")[int(index)].tobytes()
+    return Path(ref).read_bytes()
+
+
+EIGHT_BIT = {"L", "RGB", "RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1", "RGBa", "La", "LAB", "HSV"}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a file becomes pixels, beyond the size: the DICOM window, and an optional single target mode."""
+
+    window: str = "auto"
+    mode: str = "auto"
+
+    @classmethod
+    def of(cls, data) -> "Decoding":
+        """The decoding a `DataConfig` asks for."""
+        return cls(data.dicom_window, data.convert_mode)
+
+    def check(self) -> None:
+        try:
+            parse_window(self.window)
+        except ValueError as exc:
+            raise MedtlError(f"data.dicom_window: {exc}") from None
+
+
+def open_image(ref: str, window: str = "auto") -> Image.Image:
+    """Open a file or an array image as a PIL image, fully decoded (DICOM through `window`)."""
+    if NPZ_SEP in ref:
+        path, split, index = ref.split(NPZ_SEP)
+        return Image.fromarray(_npz_array(path, f"{split}_images")[int(index)])
+    if is_dicom(ref):
+        return read_dicom(ref, window)
+    with Image.open(ref) as img:
+        img.load()
+        return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
+
+
+def to_uint8(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit 'L' or 'RGB'.
+
+    Alpha is composited over black (what a viewer shows for a transparent background); 16-bit and
+    float images are rescaled from their own min..max to 0..255.
+    """
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        base = "L" if mode.startswith("L") else "RGB"
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert(base)
+    if mode == "P":
+        return to_uint8(img.convert("RGBA"))
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+def decode(ref: str, size: int, decoding: Decoding = Decoding()) -> np.ndarray:
+    """Decode and resize (squash to size x size) to a CxHxW uint8 array; gray RGB becomes 1 channel."""
+    return decode_image(open_image(ref, decoding.window), size, decoding.mode)
+
+
+def decode_image(img: Image.Image, size: int, mode: str = "auto") -> np.ndarray:
+    """`decode` for an opened image: the one preprocessing of training, evaluation and prediction.
+
+    mode 'L' or 'RGB' converts an 8-bit image straight to that mode first (alpha dropped, not composited),
+    so RGBA and RGB files of the same picture give the same pixels."""
+    if mode != "auto":
+        img = img.convert(mode) if img.mode in EIGHT_BIT else to_uint8(img).convert(mode)
+    img = to_uint8(img).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    arr = np.array(img)  # a writable copy
+    if arr.ndim == 2:
+        return arr[None]
+    arr = arr.transpose(2, 0, 1)
+    if np.array_equal(arr[0], arr[1]) and np.array_equal(arr[0], arr[2]):
+        return arr[:1].copy()
+    return np.ascontiguousarray(arr)
+
+
+@dataclass
+class ImageStore:
+    """Decoded images, one row per ref, with the refs that could not be read."""
+
+    array: np.ndarray  # (N, C, S, S) uint8, C = 1 when every image is gray
+    refs: list[str]
+    failed: dict[str, str]  # ref -> reason
+    key: str
+
+    def row(self, ref: str) -> int:
+        return self._rows[ref]
+
+    def __post_init__(self):
+        self._rows = {r: i for i, r in enumerate(self.refs)}
+
+
+def content_key(refs: list[str], *parts: object) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(repr(part).encode())
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        for digest in pool.map(lambda r: hashlib.sha1(_bytes_or_empty(r)).digest(), refs):
+            h.update(digest)
+    return h.hexdigest()[:24]
+
+
+def _bytes_or_empty(ref: str) -> bytes:
+    try:
+        return read_bytes(ref)
+    except OSError:
+        return b""  # unreadable: decode() reports it; the key still changes when the file appears
+
+
+def build_store(refs: list[str], size: int, cache_dir: Path, progress: bool = True,
+                decoding: Decoding = Decoding()) -> ImageStore:
+    """Decoded images for `refs`, from the cache when present and valid, else decoded now."""
+    key = content_key(refs, CACHE_VERSION, size, decoding)
+    folder = cache_dir / "images"
+    npy, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    if npy.is_file() and meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+            array = np.load(npy, mmap_mode="r")
+            if array.shape[0] == len(refs) and meta["refs"] == refs:
+                return ImageStore(array, refs, meta["failed"], key)
+            log.warning("image cache %s does not match its data; rebuilding it", npy)
+        except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
+            log.warning("image cache %s is unreadable (%s); rebuilding it", npy, exc)
+    array, failed = _decode_all(refs, size, progress, decoding)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(npy, lambda fh: np.save(fh, array))
+    atomic_write(meta_path, json.dumps({"refs": refs, "failed": failed, "size": size}))
+    return ImageStore(np.load(npy, mmap_mode="r"), refs, failed, key)
+
+
+def _decode_all(refs: list[str], size: int, progress: bool, decoding: Decoding) -> tuple[np.ndarray, dict[str, str]]:
+    array = np.zeros((len(refs), 1, size, size), dtype=np.uint8)
+    failed: dict[str, str] = {}
+
+    def work(ref: str):
+        try:
+            return decode(ref, size, decoding)
+        except READ_ERRORS as exc:
+            return f"{exc.__class__.__name__}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        results = progress_of(pool.map(work, refs), "decode images", progress, total=len(refs), unit="img")
+        for i, (ref, out) in enumerate(zip(refs, results)):
+            if isinstance(out, str):
+                failed[ref] = out
+                continue
+            if out.shape[0] == 3 and array.shape[1] == 1:
+                array = np.repeat(array, 3, axis=1)  # first colour image: keep all as RGB from now on
+            array[i] = out if out.shape[0] == array.shape[1] else np.repeat(out, array.shape[1], axis=0)
+    return array, failed
+
+
+def check_failures(failed: dict[str, str], strict: bool) -> None:
+    """Unreadable images: fatal with --strict, else logged (and listed in the run folder)."""
+    if not failed:
+        return
+    first, reason = next(iter(failed.items()))
+    if strict:
+        raise MedtlError(f"cannot use image {first} ({reason}); {len(failed)} unusable in all. "
+                         "Fix or remove the file (or manifest row), or drop --strict to skip them")
+    log.warning("skipping %d unreadable image(s), e.g. %s (%s); listed in skipped.txt",
+                len(failed), first, reason)

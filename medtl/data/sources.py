@@ -1,0 +1,139 @@
+"""Data sources: class-per-folder trees, split trees, CSV/TSV manifests and MedMNIST .npz, found and split.
+
+Every image is named by a string `ref` (a file path, or `file.npz::split::index`), so the image
+cache, the splits and the run folder's lists all speak of the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medtl.core.config import DataConfig
+from medtl.core.errors import MedtlError
+from medtl.data.images import NPZ_SEP
+from medtl.data.manifest import from_manifest
+from medtl.data.splits import SPLITS, DataSplits, carve, subset
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
+
+
+def discover(cfg: DataConfig, split_seed: int = 0) -> DataSplits:
+    """Find images and labels under `cfg.path` and make train/val/test splits (stratified, seeded)."""
+    root = Path(cfg.path)
+    if not cfg.path or not root.exists():
+        raise MedtlError(f"data path '{cfg.path}' does not exist; pass a folder of class folders, a folder with "
+                         "train/ (val/, test/) inside, or a MedMNIST .npz file")
+    root = root.resolve()  # cache keys name images by path: one spelling per file, whatever the cwd
+    if root.is_file() and root.suffix.lower() in (".csv", ".tsv"):
+        splits = from_manifest(root, cfg, split_seed)
+    elif root.is_file():
+        if root.suffix != ".npz":
+            raise MedtlError(f"data file {root} is not a .npz or a .csv/.tsv manifest; pass a MedMNIST .npz, "
+                             "a manifest or a folder")
+        splits = _from_npz(root, cfg.class_names)
+    elif (root / "train").is_dir():
+        splits = _from_split_tree(root)
+    else:
+        splits = _from_one_tree(root, cfg, split_seed)
+    if "val" not in splits.refs:
+        carve(splits, "train", "val", cfg.val_fraction, split_seed, splits.groups)
+    if cfg.subset_per_class:
+        subset(splits, cfg.subset_per_class, split_seed)
+    return splits
+
+
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    out = {}
+    for folder in folders:
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise MedtlError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                             "add images or remove the folder")
+        out[folder.name] = files
+    if not out:
+        raise MedtlError(f"no class folders in {root}; expected {root}/<class>/<image> or "
+                         f"{root}/train/<class>/<image>")
+    return out
+
+
+def _need_two(classes: list[str], where: Path) -> None:
+    if len(classes) < 2:
+        raise MedtlError(f"only one class ({', '.join(classes)}) in {where}; a classifier needs at least "
+                         "two class folders")
+
+
+def _from_split_tree(root: Path) -> DataSplits:
+    train = _class_folders(root / "train")
+    classes = sorted(train)
+    _need_two(classes, root / "train")
+    splits = DataSplits(classes)
+    for split in SPLITS:
+        if not (root / split).is_dir():
+            continue
+        folders = train if split == "train" else _class_folders(root / split)
+        unknown = set(folders) - set(classes)
+        if unknown:
+            raise MedtlError(f"{root / split} has class folder(s) {sorted(unknown)} absent from {root / 'train'}; "
+                             f"classes are {classes}")
+        _add(splits, split, folders)
+    if "test" not in splits.refs:
+        log.warning("%s has no test/ folder: final metrics are on validation only", root)
+    return splits
+
+
+def _add(splits: DataSplits, split: str, folders: dict[str, list[Path]]) -> None:
+    refs, labels = [], []
+    for name, files in folders.items():
+        refs += [str(p) for p in files]
+        labels += [splits.classes.index(name)] * len(files)
+    splits.refs[split] = refs
+    splits.labels[split] = np.asarray(labels, dtype=np.int64)
+
+
+def _from_one_tree(root: Path, cfg: DataConfig, seed: int) -> DataSplits:
+    folders = _class_folders(root)
+    classes = sorted(folders)
+    _need_two(classes, root)
+    splits = DataSplits(classes)
+    _add(splits, "train", folders)
+    carve(splits, "train", "test", cfg.test_fraction, seed)
+    return splits
+
+
+def _from_npz(path: Path, class_names: tuple[str, ...]) -> DataSplits:
+    with np.load(path) as data:
+        keys = set(data.files)
+        if "train_images" not in keys or "train_labels" not in keys:
+            raise MedtlError(f"{path} lacks train_images/train_labels; expected MedMNIST keys "
+                             "{train,val,test}_{images,labels}")
+        labels = {s: data[f"{s}_labels"].reshape(-1).astype(np.int64) for s in SPLITS if f"{s}_labels" in keys}
+    k = int(max(v.max() for v in labels.values())) + 1
+    if class_names and len(class_names) != k:
+        raise MedtlError(f"class_names has {len(class_names)} names but {path} has {k} labels; give {k} names")
+    splits = DataSplits(list(class_names) or [f"class_{i}" for i in range(k)])
+    _need_two(splits.classes, path)
+    for split, y in labels.items():
+        splits.refs[split] = [f"{path}{NPZ_SEP}{split}{NPZ_SEP}{i}" for i in range(len(y))]
+        splits.labels[split] = y
+    return splits
+
+
+def expand_inputs(paths: list[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for image and DICOM files (sorted)."""
+    out = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise MedtlError(f"'{path}' does not exist; pass image or DICOM files or folders of them")
+    if not out:
+        raise MedtlError(f"no image files under {', '.join(map(str, paths))} (looked for {sorted(IMAGE_SUFFIXES)})")
+    return out

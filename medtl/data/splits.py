@@ -1,0 +1,74 @@
+"""Train/val/test splits of image refs: carved stratified and seeded, grouped by patient when groups are known."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from medtl.core.errors import MedtlError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataSplits:
+    classes: list[str]
+    refs: dict[str, list[str]] = field(default_factory=dict)  # split -> image refs
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> int labels
+    notes: list[str] = field(default_factory=list)  # how the splits were made, for the log
+    groups: dict[str, str] = field(default_factory=dict)  # ref -> patient: carved splits never split a patient
+    rejected: dict[str, str] = field(default_factory=dict)  # manifest rows left out -> why (row number)
+
+    def all_refs(self) -> list[str]:
+        return [r for s in SPLITS for r in self.refs.get(s, [])]
+
+    def drop(self, bad: set[str]) -> None:
+        for split in list(self.refs):
+            keep = [i for i, r in enumerate(self.refs[split]) if r not in bad]
+            self.refs[split] = [self.refs[split][i] for i in keep]
+            self.labels[split] = self.labels[split][keep]
+
+
+def carve(splits: DataSplits, source: str, target: str, fraction: float, seed: int,
+           groups: dict[str, str] | None = None) -> None:
+    refs, y = splits.refs[source], splits.labels[source]
+    if not 0 < fraction < 1:
+        raise MedtlError(f"{target}_fraction={fraction} must be between 0 and 1")
+    counts = np.bincount(y, minlength=len(splits.classes))
+    if counts.min() < 2:
+        raise MedtlError(f"class '{splits.classes[int(counts.argmin())]}' has {counts.min()} image(s) in "
+                         f"{source}; need at least 2 per class to carve a stratified {target} split")
+    if groups:
+        keep, take = grouped_split(y, [groups[r] for r in refs], fraction, seed)
+    else:
+        keep, take = train_test_split(np.arange(len(refs)), test_size=fraction, stratify=y, random_state=seed)
+    keep, take = np.sort(keep), np.sort(take)
+    splits.refs[target] = [refs[i] for i in take]
+    splits.labels[target] = y[take]
+    splits.refs[source] = [refs[i] for i in keep]
+    splits.labels[source] = y[keep]
+    how = "patient-grouped, stratified" if groups else "stratified"
+    splits.notes.append(f"{target} = {how} {fraction:.0%} of {source} (seed {seed})")
+
+
+def grouped_split(y: np.ndarray, groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, take): whole groups (patients) go to one side; classes balanced as far as groups allow."""
+    n_splits = max(2, round(1 / fraction))
+    if len(set(groups)) < n_splits:
+        raise MedtlError(f"only {len(set(groups))} patients: too few to carve a {fraction:.0%} split by patient; "
+                         "add a split column to the manifest")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    keep, take = next(folds.split(np.zeros(len(y)), y, groups))
+    return keep, take
+
+
+def subset(splits: DataSplits, per_class: int, seed: int) -> None:
+    y = splits.labels["train"]
+    rng = np.random.default_rng(seed)
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class]
+                                   for c in range(len(splits.classes))]))
+    splits.refs["train"] = [splits.refs["train"][i] for i in keep]
+    splits.labels["train"] = y[keep]
+    splits.notes.append(f"train = fixed subset of at most {per_class} images per class (seed {seed})")

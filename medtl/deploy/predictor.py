@@ -1,0 +1,119 @@
+"""A trained run as a predictor: the run's own preprocessing, classes and threshold, for new images.
+
+`medtl predict`, `explain`, `export` and `serve` all go through `Predictor`, so a served or exported
+model sees exactly the pixels that evaluation saw (8-bit, squashed to the run's size, same channels).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medtl.core.device import pick_device
+from medtl.core.io import atomic_write
+from medtl.core.logs import progress as progress_of
+from medtl.core.runfolder import RunFolder
+from medtl.data.dicom import is_dicom, read_dicom
+from medtl.data.images import READ_ERRORS
+from medtl.data.preprocess import Preprocess
+from medtl.evaluation.metrics import class_table, decide
+from medtl.models.checkpoint import Checkpoint
+from medtl.models.strategies import Classifier, to_probs
+
+@dataclass
+class Predictor:
+    """A trained model with its classes, threshold and preprocessing (from its checkpoint), on a device."""
+
+    model: Classifier
+    classes: list[str]
+    threshold: float
+    preprocess: Preprocess
+    backbone: str
+    device: torch.device
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Predictor":
+        ckpt = Checkpoint.load(RunFolder(run_dir).checkpoint)
+        dev = pick_device(device)
+        return cls(ckpt.build().to(dev), ckpt.classes, ckpt.threshold, ckpt.preprocess, ckpt.backbone, dev)
+
+    size = property(lambda self: self.preprocess.size)
+    in_chans = property(lambda self: self.preprocess.in_chans)
+    mean = property(lambda self: self.preprocess.mean)
+    std = property(lambda self: self.preprocess.std)
+    decoding = property(lambda self: self.preprocess.decoding)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    def pixels(self, img: Image.Image) -> torch.Tensor:
+        """uint8 (C, S, S) with the channels the model takes."""
+        return self.preprocess.pixels(img)
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        """`pixels` of a file (image or DICOM, with the run's DICOM window)."""
+        return self.preprocess.load(path)
+
+    def normalized(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, S, S) -> the float input of the network, on its device."""
+        return self.preprocess.normalize(batch.to(self.device))
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """(N, K) class probabilities of a uint8 batch; binary runs give [1 - p, p]."""
+        return class_table(to_probs(self.model(self.normalized(batch)).float()).cpu().numpy())
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Class index per row: the run's threshold (chosen on validation) for binary runs, argmax otherwise."""
+        return decide(probs, self.threshold)
+
+
+def open_upload(data: bytes, window: str = "auto") -> Image.Image:
+    """An uploaded file's bytes as an image (DICOM or anything PIL reads); ValueError when it is neither."""
+    if is_dicom(data):
+        return read_dicom(data, window)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.copy()
+    except READ_ERRORS as exc:
+        raise ValueError(f"not an image PIL or pydicom can read ({exc.__class__.__name__})") from exc
+
+
+def predict_files(pred: Predictor, paths: list[Path], batch_size: int = 32, progress: bool = True):
+    """Rows (path, class, probabilities) for readable files, and {path: reason} for the others."""
+    rows, failed = [], {}
+    for start in progress_of(range(0, len(paths), batch_size), "predict", progress, unit="batch"):
+        chunk, tensors = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                tensors.append(pred.load(path))
+                chunk.append(path)
+            except READ_ERRORS as exc:
+                failed[str(path)] = f"{exc.__class__.__name__}: {exc}"
+        if tensors:
+            probs = pred.probabilities(torch.stack(tensors))
+            for path, k, p in zip(chunk, pred.decide(probs), probs):
+                rows.append({"path": str(path), "predicted": pred.classes[k], "probabilities": p})
+    return rows, failed
+
+
+def write_predictions(path: Path, pred: Predictor, rows: list[dict], failed: dict[str, str]) -> None:
+    """CSV: path, predicted, one probability column per class, threshold, error (unreadable files too)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "predicted", *[f"prob_{c}" for c in pred.classes], "threshold", "error"])
+    threshold = f"{pred.threshold:.6f}" if pred.binary else "argmax"
+    for r in rows:
+        w.writerow([r["path"], r["predicted"], *[f"{p:.6f}" for p in r["probabilities"]], threshold, ""])
+    for p, reason in failed.items():
+        w.writerow([p, "", *[""] * len(pred.classes), threshold, reason])
+    atomic_write(path, buf.getvalue())

@@ -1,0 +1,205 @@
+"""Figures and files of a study report (report.csv, report.md, report.html, figures/*.png)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from medtl.evaluation.compare import METRICS, Run, best_marks, by_group, label, load_runs, paired_tests, summarize  # noqa: E402
+from medtl.core.errors import MedtlError  # noqa: E402
+from medtl.core.io import atomic_write  # noqa: E402
+from medtl.core.runfolder import StudyFolder  # noqa: E402
+
+HEADLINE = ("accuracy", "precision", "sensitivity", "f1", "gmean", "auc")
+FIGURES = {"curves.png": "Training curves (mean over seeds): solid = transfer, dashed = scratch",
+           "metrics.png": "Test metrics by configuration (mean ± std over seeds)",
+           "roc.png": "Test ROC curves (probabilities averaged over seeds)",
+           "confusion.png": "Test confusion matrices (summed over seeds)"}
+
+
+def write_report(study_root: Path, command: str = "") -> Path:
+    meta, runs = load_runs(study_root)
+    if not runs:
+        raise MedtlError(f"{study_root} has no finished runs to report; run `medtl study CONFIG` first")
+    rows, tests = summarize(runs), paired_tests(runs)
+    figures = StudyFolder(study_root).figures
+    figures.mkdir(exist_ok=True)
+    _curves(runs, figures / "curves.png")
+    _metric_bars(rows, figures / "metrics.png")
+    _rocs(runs, figures / "roc.png")
+    _confusions(runs, figures / "confusion.png")
+    _write_csv(rows, study_root / "report.csv")
+    tables = _tables(rows, tests)
+    atomic_write(study_root / "report.md", _markdown(meta, tables, command))
+    atomic_write(study_root / "report.html", _html(meta, tables, command))
+    return study_root / "report.html"
+
+
+def _styles(groups) -> dict[tuple, dict]:
+    """One colour per configuration apart from the strategy; solid for transfer, dashed for scratch."""
+    keys = list(dict.fromkeys(tuple((k, v) for k, v in g if k != "model.strategy") for g in groups))
+    colours = plt.get_cmap("tab10")
+    out = {}
+    for g in groups:
+        base = tuple((k, v) for k, v in g if k != "model.strategy")
+        scratch = dict(g).get("model.strategy") == "scratch"
+        out[g] = {"color": colours(keys.index(base) % 10), "linestyle": "--" if scratch else "-"}
+    return out
+
+
+def _curves(runs: list[Run], path: Path) -> None:
+    groups = by_group(runs)
+    styles = _styles(groups)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for g, members in groups.items():
+        for ax, key in ((ax1, "train_loss"), (ax2, "val_accuracy")):
+            length = min(len(r.history) for r in members)
+            curve = np.nanmean([[h[key] for h in r.history[:length]] for r in members], axis=0)
+            ax.plot(range(1, length + 1), curve, label=label(g), **styles[g])
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax1.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    ax2.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy", ylim=(0, 1.02))
+    ax2.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def _metric_bars(rows: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(rows) + 4), 4.5))
+    width = 0.8 / len(rows)
+    x = np.arange(len(HEADLINE))
+    for i, row in enumerate(rows):
+        means = [row[f"{m}_mean"] for m in HEADLINE]
+        errs = [0 if math.isnan(row[f"{m}_std"]) else row[f"{m}_std"] for m in HEADLINE]
+        name = " ".join(str(v) for k, v in row.items() if k not in ("seeds",) and not k.endswith(("_mean", "_std")))
+        ax.bar(x + i * width, means, width, yerr=errs, label=name, capsize=2)
+    ax.set_xticks(x + 0.4 - width / 2, HEADLINE)
+    ax.set(ylim=(0, 1.05), ylabel="test score")
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    _save(fig, path)
+
+
+def _rocs(runs: list[Run], path: Path) -> None:
+    groups = by_group(runs)
+    styles = _styles(groups)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for g, members in groups.items():
+        probs = np.mean([r.probs for r in members], axis=0)
+        if probs.shape[1] != 2:
+            continue  # multiclass: per-class ROC curves would crowd the figure; AUCs are in the table
+        fpr, tpr, _ = roc_curve(members[0].labels, probs[:, 1])
+        ax.plot(fpr, tpr, label=label(g), **styles[g])
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="test ROC")
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def _confusions(runs: list[Run], path: Path) -> None:
+    groups = by_group(runs)
+    cols = min(4, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (g, members) in zip(axes.flat, groups.items()):
+        k = len(members[0].classes)
+        cm = sum(np.bincount(r.labels * k + r.predicted, minlength=k * k).reshape(k, k) for r in members)
+        ax.axis("on")
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
+        ax.set_xticks(range(k), members[0].classes, fontsize=7)
+        ax.set_yticks(range(k), members[0].classes, fontsize=7)
+        ax.set_title(label(g), fontsize=8)
+        ax.set(xlabel="predicted", ylabel="true")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
+    finally:
+        plt.close(fig)
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue())
+
+
+def _tables(rows: list[dict], tests: list[dict]) -> dict:
+    """Cells as text: the configuration table (best per column marked) and the paired tests."""
+    marks = best_marks(rows)
+    keys = [k for k in rows[0] if not k.endswith(("_mean", "_std"))]
+    head = keys + list(METRICS)
+    body = []
+    for i, row in enumerate(rows):
+        cells = [(str(row[k]), False) for k in keys]
+        for m in METRICS:
+            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
+            fmt = ".0f" if m == "train_seconds" else ".3f"
+            text = "n/a" if math.isnan(mean) else f"{mean:{fmt}}" + ("" if math.isnan(std) else f" ± {std:{fmt}}")
+            cells.append((text, i in marks.get(m, ())))
+        body.append(cells)
+    test_head = ["transfer", "scratch", "seeds", "McNemar p (per seed)", "AUC difference [95 % bootstrap CI]"]
+    test_body = [[(t["transfer"], False), (t["scratch"], False), (str(t["seeds"]), False),
+                  (", ".join(f"{p:.3g}" for p in t["mcnemar_p"]), False),
+                  (f"{t['auc_difference']:+.3f} [{t['auc_ci_low']:+.3f}, {t['auc_ci_high']:+.3f}]", False)]
+                 for t in tests]
+    return {"main": (head, body), "tests": (test_head, test_body)}
+
+
+def _markdown(meta: dict, tables: dict, command: str) -> str:
+    def table(head, body):
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(f"**{t}**" if best else t for t, best in row) + " |" for row in body]
+        return "\n".join(lines)
+    parts = [f"# Study {meta['name']}", _intro(meta, command), "## Test metrics (mean ± std over seeds; best in bold)",
+             table(*tables["main"]), "## Transfer vs scratch, paired on the same test images", table(*tables["tests"])]
+    parts += [f"### {caption}\n\n![{caption}](figures/{name})" for name, caption in FIGURES.items()]
+    if meta.get("skipped"):
+        parts.append("## Runs left out\n\n" + "\n".join(f"- {s}" for s in meta["skipped"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def _intro(meta: dict, command: str) -> str:
+    data = meta["base"]["data"]["path"]
+    grid = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in meta["grid"].items())
+    text = f"Data: `{data}`. Grid: {grid}."
+    return text + (f"\n\nCommand: `{command}`" if command else "")
+
+
+def _html(meta: dict, tables: dict, command: str) -> str:
+    def table(head, body):
+        th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        trs = "".join("<tr>" + "".join(f"<td{' class=best' if best else ''}>{html.escape(t)}</td>" for t, best in row)
+                      + "</tr>" for row in body)
+        return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+    figs = "".join(f"<figure><img src='figures/{n}' alt='{html.escape(c)}'><figcaption>{html.escape(c)}"
+                   "</figcaption></figure>" for n, c in FIGURES.items())
+    skipped = "".join(f"<li>{html.escape(s)}</li>" for s in meta.get("skipped") or [])
+    intro = html.escape(_intro(meta, command)).replace("\n\n", "<br>")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Study {html.escape(meta['name'])}"
+            "</title><style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse;"
+            "font-size:.85rem}td,th{border:1px solid #ccc;padding:.25rem .5rem}.best{font-weight:700;"
+            "background:#e8f5e9}img{max-width:100%}figure{margin:1.5rem 0}</style></head><body>"
+            f"<h1>Study {html.escape(meta['name'])}</h1><p>{intro}</p>"
+            f"<h2>Test metrics (mean ± std over seeds; best highlighted)</h2>{table(*tables['main'])}"
+            f"<h2>Transfer vs scratch, paired on the same test images</h2>{table(*tables['tests'])}{figs}"
+            + (f"<h2>Runs left out</h2><ul>{skipped}</ul>" if skipped else "") + "</body></html>\n")

@@ -1,0 +1,137 @@
+"""A study: a grid of runs (backbones x strategies x learning rates x seeds) on one data set, resumable.
+
+Each run is a normal run folder under `<out>/<name>/runs/<run>`; a run counts as done when its
+`metrics.json` exists (written last), so a killed study restarts where it stopped: finished runs are kept,
+an unfinished folder is removed and its run redone from the start.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from medtl.models.backbones import get_spec, weights_available_offline
+from medtl.core.config import RunConfig, apply_overrides, dotted_key, from_dict, to_dict
+from medtl.core.errors import MedtlError
+from medtl.core.io import atomic_write
+from medtl.core.runfolder import StudyFolder
+
+log = logging.getLogger(__name__)
+
+SHORT = {"model.backbone": "", "model.strategy": "", "train.lr": "lr", "train.seed": "s"}
+
+
+@dataclass
+class Study:
+    name: str
+    base: RunConfig
+    grid: dict[str, list[Any]]  # dotted key -> values, in the order given
+    out: Path
+    exclude: list[dict[str, Any]] = field(default_factory=list)  # grid points to leave out (dotted key -> value)
+    skipped: list[str] = field(default_factory=list)  # runs left out, with why
+
+    @property
+    def root(self) -> Path:
+        return self.out / self.name
+
+    def runs(self) -> list[tuple[str, RunConfig]]:
+        """(run name, config) for every grid point, in a fixed order; transfer runs without offline weights
+        are left out (and listed in `skipped`)."""
+        keys = list(self.grid)
+        planned, self.skipped = [], []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            point = dict(zip(keys, values))
+            if any(all(str(point.get(k)) == str(v) for k, v in rule.items()) for rule in self.exclude):
+                continue
+            cfg = apply_overrides(self.base, {k: str(v) for k, v in point.items()})
+            get_spec(cfg.model.backbone)  # an unknown name fails now, with the close names
+            name = run_name(point)
+            reason = _unavailable(cfg)
+            if reason:
+                self.skipped.append(f"{name}: {reason}")
+                continue
+            planned.append((name, apply_overrides(cfg, {"out": str(self.root / "runs"), "name": name})))
+        return planned
+
+
+def run_name(point: dict[str, Any]) -> str:
+    parts = []
+    for key, value in point.items():
+        prefix = SHORT.get(key, key.split(".")[-1] + "=")
+        parts.append(f"{prefix}{value:g}" if isinstance(value, float) else f"{prefix}{value}")
+    return "-".join(parts).replace("/", "_")
+
+
+def _unavailable(cfg: RunConfig) -> str:
+    if cfg.model.strategy == "scratch" or cfg.model.weights not in ("default", "imagenet", "package"):
+        return ""  # scratch needs no weights; a path is checked when the run starts
+    spec = get_spec(cfg.model.backbone)
+    if weights_available_offline(spec):
+        return ""
+    return (f"no offline weights for {spec.name}; give them by path in the study's grid (weights: [PATH]) "
+            "to run transfer")
+
+
+def load_study(path: str | Path) -> Study:
+    """Read a study YAML: name, out, base (a run config), grid (key -> list of values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedtlError(f"study file {path} not found; see examples/kermany_seed_protocol.yaml")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - {"name", "out", "base", "grid", "exclude"}
+    if unknown:
+        raise MedtlError(f"{path}: unknown keys {sorted(unknown)}; valid: name, out, base, grid, exclude")
+    grid = {}
+    for key, values in (data.get("grid") or {}).items():
+        if not isinstance(values, list) or not values:
+            raise MedtlError(f"{path}: grid.{key} must be a non-empty list, e.g. {key}: [a, b]")
+        grid[dotted_key(key)] = values
+    if not grid:
+        raise MedtlError(f"{path}: the grid is empty; e.g. grid: {{backbone: [efficientnet_lite0], seed: [0, 1]}}")
+    base = from_dict(RunConfig, data.get("base") or {}, where=f"{path}:base")
+    exclude = [{dotted_key(k): v for k, v in rule.items()} for rule in data.get("exclude") or []]
+    for rule in exclude:
+        if set(rule) - set(grid):
+            raise MedtlError(f"{path}: exclude rule {rule} names keys outside the grid ({', '.join(grid)})")
+    study = Study(str(data.get("name") or path.stem), base, grid, Path(data.get("out") or "studies"), exclude)
+    study.runs()  # validates every grid value against the config now, before anything runs
+    return study
+
+
+def run_study(study: Study, progress: bool = True) -> list[Path]:
+    """Run every grid point not yet done; returns the run folders in grid order."""
+    from medtl.training.run import run
+
+    planned = study.runs()
+    study.root.mkdir(parents=True, exist_ok=True)
+    folder = StudyFolder(study.root)
+    atomic_write(folder.spec, yaml.safe_dump(
+        {"name": study.name, "base": to_dict(study.base), "grid": study.grid, "exclude": study.exclude,
+         "skipped": study.skipped},
+        sort_keys=False))
+    for line in study.skipped:
+        log.warning("study %s: skipped %s", study.name, line)
+    todo = [(n, c) for n, c in planned if not folder.run(n).finished]
+    log.info("study %s: %d runs, %d done, %d to run", study.name, len(planned), len(planned) - len(todo), len(todo))
+    columns = [TextColumn("study {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("runs", total=len(todo), name=study.name, current="")
+        for name, cfg in todo:
+            run_folder = folder.run(name).path
+            if run_folder.exists():  # an unfinished run from a killed study: start it again, from scratch
+                shutil.rmtree(run_folder)
+            bar.update(task, current=name)
+            start = time.perf_counter()
+            run(cfg, progress=False)
+            log.info("study %s: %s done in %.0f s", study.name, name, time.perf_counter() - start)
+            bar.advance(task)
+    return [folder.run(n).path for n, _ in planned]

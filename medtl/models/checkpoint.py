@@ -1,0 +1,84 @@
+"""A trained model as one record: weights, the resolved config, classes, the validation threshold and the
+preprocessing that travels with the weights. Saved atomically; loads with `weights_only=True`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medtl.core.config import RunConfig, from_dict, to_dict
+from medtl.core.errors import MedtlError
+from medtl.core.io import atomic_write
+from medtl.data.images import Decoding
+from medtl.data.preprocess import Preprocess
+from medtl.models.strategies import Classifier, build_classifier
+
+
+@dataclass
+class Checkpoint:
+    weights: dict[str, torch.Tensor]  # the classifier's state dict
+    config: RunConfig
+    classes: list[str]
+    threshold: float  # binary runs: chosen on validation; multiclass runs predict the argmax
+    preprocess: Preprocess
+    backbone: str
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    def to_dict(self) -> dict:
+        return {"model": self.weights, "config": to_dict(self.config), "classes": list(self.classes),
+                "threshold": float(self.threshold), "backbone": self.backbone, **self.preprocess.to_dict()}
+
+    def save(self, path: str | Path) -> str:
+        """Write atomically; returns the digest of the weights (the same weights give the same digest,
+        however torch lays out the file)."""
+        state = self.to_dict()
+        atomic_write(path, lambda fh: torch.save(state, fh))
+        return state_digest(state["model"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Checkpoint":
+        path = Path(path)
+        if not path.is_file():
+            raise MedtlError(f"{path} not found; pass a run folder written by `medtl train`")
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = from_dict(RunConfig, d["config"], where=str(path))
+        decoding = None if "dicom_window" in d else Decoding.of(cfg.data)  # older checkpoints: from the config
+        return cls(d["model"], cfg, list(d["classes"]), float(d["threshold"]), Preprocess.from_dict(d, decoding),
+                   d["backbone"])
+
+    def build(self) -> Classifier:
+        """The classifier with these weights, in eval mode (no pretrained weights are read)."""
+        num_out = 1 if self.binary else len(self.classes)
+        model = build_classifier(self.config.model, num_out, self.preprocess.in_chans, load_weights=False)
+        model.load_state_dict(self.weights)
+        return model.eval()
+
+
+def state_digest(state: dict) -> str:
+    """SHA-256 of a state dict's content (tensor bytes and values in key order), independent of how torch.save
+    laid out the file: two checkpoints with this digest hold the same weights and settings."""
+    h = hashlib.sha256()
+
+    def walk(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            h.update(str((obj.dtype, tuple(obj.shape))).encode())
+            h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                     if obj.numel() else b"")
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                h.update(str(k).encode())
+                walk(obj[k])
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+        else:
+            h.update(json.dumps(obj, sort_keys=True, default=str).encode())
+    walk(state)
+    return h.hexdigest()

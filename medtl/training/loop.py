@@ -1,0 +1,262 @@
+"""The training loop: loss, optimizer, schedule, early stopping on validation, best weights kept.
+
+`fit` trains any module on any batches; the cached-feature path (a head on features) and the
+end-to-end path (a whole classifier on images) share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import logging
+import math
+import os
+import random
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medtl.training import distributed
+from medtl.core.config import TrainConfig
+from medtl.core.errors import MedtlError
+from medtl.core.logs import progress as progress_of
+from medtl.evaluation.metrics import score
+from medtl.models.strategies import to_probs
+from medtl.training.resume import load_state, rng_state, save_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop}
+
+Prepare = Callable[[torch.Tensor], torch.Tensor]
+EpochHook = Callable[[int, dict], None]  # (epoch, validation metrics); may raise to stop training
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
+
+
+def tune_allocator() -> bool:
+    """glibc: serve large tensors from the heap and keep freed memory for reuse (no mmap, no trim).
+
+    By default every large tensor is a fresh mmap that the kernel zero-fills page by page and takes back
+    on free; `bench/cpu_settings.py` measured that this doubles Lite0's CPU forward speed on this machine
+    (the same as MALLOC_MMAP_MAX_=0 in the environment, or tcmalloc). Returns False where it does not apply.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic(on: bool):
+    """`train.deterministic`: deterministic kernels only (an error names any op that has none) and no cuDNN
+    autotuning, so a GPU run repeats bit for bit; restored afterwards. CPU runs repeat without it."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable matmuls
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA only: on this class of CPU (AVX2, no AMX) bf16 is far slower than fp32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+
+
+def make_loss(binary: bool, weights: torch.Tensor | None) -> Callable:
+    """Class-weighted BCE on one logit (binary) or weighted softmax cross-entropy."""
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        w = weights.to(logits.device) if weights is not None else None
+        if binary:
+            sample_w = w[y] if w is not None else None
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1), y.float(), weight=sample_w)
+        return F.cross_entropy(logits, y, weight=w)
+    return loss_fn
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.optimizer in ("sgd", "rmsprop"):
+        kwargs["momentum"] = cfg.momentum
+    return OPTIMIZERS[cfg.optimizer](groups, **kwargs)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    return None  # "none"
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, batches: Iterable, prepare: Prepare, device: torch.device,
+            desc: str = "predict", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and labels over `batches` with the model in eval mode; over a sharded loader, those of
+    all processes (in dataset order)."""
+    model.eval()
+    probs, labels = [], []
+    for x, y in progress_of(batches, desc, progress, unit="batch"):
+        with autocast(device):
+            probs.append(to_probs(model(prepare(x))).cpu())
+        labels.append(torch.as_tensor(y))
+    return distributed.gather(batches, torch.cat(probs).numpy(), torch.cat(labels).numpy())
+
+
+@torch.inference_mode()
+def extract(backbone: nn.Module, batches: Iterable, prepare: Prepare, device: torch.device,
+            desc: str, progress: bool) -> np.ndarray:
+    """Backbone features (N, D) float32 over `batches`, backbone in eval mode."""
+    backbone.eval()
+    out = []
+    for x, _ in progress_of(batches, desc, progress, unit="batch"):
+        with autocast(device):
+            out.append(backbone(prepare(x)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def _key(val: dict, monitor: str) -> tuple[float, float]:
+    """Larger is better; AUC ties (common once validation is separable) go to the lower loss."""
+    if monitor == "auc" and not math.isnan(val["auc"]):
+        return (val["auc"], -val["loss"])
+    return (-val["loss"], 0.0) if monitor == "loss" else (-math.inf, -val["loss"])
+
+
+def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare,
+        loss_fn: Callable, cfg: TrainConfig, device: torch.device, classes: list[str],
+        groups: list[dict] | None = None, progress: bool = True,
+        on_epoch: EpochHook | None = None, state_path: Path | None = None) -> tuple[list[dict], dict, int]:
+    """Train with early stopping on validation `cfg.monitor`; returns (history, best state, best epoch).
+
+    The best state is deep-copied: a state_dict() reference would keep changing as training goes on.
+    With `state_path`, the whole training state is saved after every epoch (by rank 0) and, when the file
+    exists, training continues from it exactly where it stopped. Under torchrun the model trains wrapped in
+    DDP on sharded batches; every process sees the same validation metrics, so all stop together.
+    """
+    opt = make_optimizer(groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
+    sched = make_scheduler(opt, cfg)
+    st = {"epoch": 0, "best": [-math.inf, -math.inf], "best_state": None, "best_epoch": 0, "history": [],
+          "stopped": False}
+    world = distributed.current()
+    if state_path is not None and state_path.is_file():
+        st = _resume(state_path, model, opt, sched, world)
+    net = distributed.wrap(model, device, world)
+    epochs = range(st["epoch"] + 1, cfg.epochs + 1) if not st["stopped"] else range(0)
+    for epoch in progress_of(epochs, "epochs", progress, unit="epoch"):
+        start = time.perf_counter()
+        distributed.set_epoch(train_batches, epoch)
+        train_loss = _train_epoch(net, train_batches, prepare, loss_fn, opt, device, progress)
+        distributed.sync_buffers(model, world)
+        probs, y = predict(model, val_batches, prepare, device)
+        val = score(y, probs, classes)
+        _record(st, epoch, train_loss, val, opt.param_groups[0]["lr"], time.perf_counter() - start, cfg)
+        if sched is not None:
+            sched.step()
+        value = _key(val, cfg.monitor)
+        if st["best_state"] is None or value > tuple(st["best"]):
+            st.update(best=list(value), best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
+        if on_epoch is not None:
+            on_epoch(epoch, val)
+        st.update(epoch=epoch, stopped=epoch - st["best_epoch"] >= cfg.patience)
+        if state_path is not None:
+            _save(state_path, st, model, opt, sched, world)
+        if st["stopped"]:
+            log.info("early stop: val %s has not improved for %d epochs (best epoch %d)", cfg.monitor,
+                     cfg.patience, st["best_epoch"])
+            break
+    model.load_state_dict(st["best_state"])
+    return st["history"], st["best_state"], st["best_epoch"]
+
+
+def _record(st: dict, epoch: int, train_loss: float, val: dict, lr: float, seconds: float, cfg: TrainConfig) -> None:
+    st["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+                          "val_accuracy": val["accuracy"], "val_auc": val["auc"],
+                          "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
+                          "val_f1": val["f1"], "lr": lr, "seconds": seconds})
+    log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_auc %.4f (%.1fs)", epoch, cfg.epochs,
+             train_loss, val["loss"], val["accuracy"], val["auc"], seconds)
+
+
+def _save(path: Path, st: dict, model: nn.Module, opt, sched, world: distributed.World) -> None:
+    """The whole training state after an epoch, written by rank 0 with every process's RNG state."""
+    rngs = distributed.collect(rng_state(), world)  # each process's own draws (augmentation, dropout)
+    if world.main:
+        save_state(path, {"fit": st, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict() if sched else None, "rng": rngs[0], "rng_ranks": rngs})
+
+
+def _resume(path: Path, model: nn.Module, opt, sched, world: distributed.World) -> dict:
+    """Every process loads the state; each takes back its own RNG state when the number of processes is the
+    one that saved it (then the run ends as an uninterrupted one would), else rank 0's, with a warning."""
+    saved = load_state(path)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(saved["scheduler"])
+    rngs = saved.get("rng_ranks") or [saved["rng"]]
+    if len(rngs) == world.size:
+        set_rng_state(rngs[world.rank])
+    else:
+        log.warning("%s was saved by %d process(es), resumed on %d: training continues, but augmentation draws "
+                    "differ from an uninterrupted run", path, len(rngs), world.size)
+        set_rng_state(rngs[0])
+        if world.rank:
+            seed_everything(int(torch.randint(2**31 - 1, (1,)).item()) + world.rank)
+    log.info("resuming from %s after epoch %d", path, saved["fit"]["epoch"])
+    return saved["fit"]
+
+
+def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress) -> float:
+    """One pass; returns the mean training loss (over all processes' rows)."""
+    model.train()
+    world = distributed.current()
+    total, count = 0.0, 0
+    for x, y in progress_of(batches, "train", progress, unit="batch"):
+        y = torch.as_tensor(y).to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(prepare(x))
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        (loss * _share(len(y), device, world)).backward()
+        opt.step()
+        total += loss.detach().item() * len(y)
+        count += len(y)
+    total, count = distributed.all_sum([total, count], device, world)
+    return total / max(count, 1)
+
+
+def _share(rows: int, device: torch.device, world: distributed.World) -> float:
+    """The factor that turns this process's mean loss into its part of the global batch's mean loss, times
+    the number of processes (DDP averages gradients over processes): 1 for a single process."""
+    if not world.active:
+        return 1.0
+    total = distributed.all_sum([float(rows)], device, world)[0]
+    return rows * world.size / total

@@ -1,0 +1,161 @@
+"""One training run from config to run folder, and re-scoring a saved run on any data.
+
+Everything that can fail on bad input (config, data, backbone, weights) is checked before the run folder
+is created, so a failed start leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from medtl.core import logs
+from medtl.core.config import RunConfig, dump_yaml, from_dict, to_dict
+from medtl.core.device import pick_device
+from medtl.core.errors import MedtlError
+from medtl.core.io import atomic_write, write_json
+from medtl.core.runfolder import RunFolder
+from medtl.data.datasets import class_weights, train_transform
+from medtl.evaluation.metrics import choose_threshold, score
+from medtl.evaluation.report import format_metrics, plot_curves, write_history, write_predictions
+from medtl.models.checkpoint import Checkpoint
+from medtl.models.strategies import Classifier, build_classifier, param_groups
+from medtl.training import distributed
+from medtl.training.cached import train_head_on_features, train_top_on_activations
+from medtl.training.loop import EpochHook, deterministic, fit, make_loss, predict, seed_everything
+from medtl.training.prepare import Prepared, prepare
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None, resume: bool = False) -> Path:
+    """Train and evaluate per `cfg`; returns the run folder. `on_epoch(epoch, val_metrics)` is called after
+    each epoch (hyperparameter search reports and prunes through it). Under torchrun every process calls
+    this; they train together and rank 0 writes the run folder."""
+    with distributed.session(pick_device(cfg.train.device)) as device, deterministic(cfg.train.deterministic):
+        world = distributed.current()
+        return _run(cfg, progress and world.main, on_epoch, resume, device, world)
+
+
+def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: bool, device: torch.device,
+         world: distributed.World) -> Path:
+    seed_everything(cfg.train.seed)
+    p = prepare(cfg, progress, device)
+    num_out = 1 if p.binary else len(p.splits.classes)
+    model = build_classifier(cfg.model, num_out, p.in_chans).to(p.device)  # the same on every process
+    if world.rank:  # other augmentations (and dropout) than rank 0's; rank 0 draws as one process would
+        seed_everything(cfg.train.seed + world.rank)
+    folder = RunFolder(distributed.broadcast((_resume_dir(cfg) if resume else _make_run_dir(cfg)).path
+                                             if world.main else None))
+    p.state_path = folder.state
+    if not world.main:
+        _train(p, model, progress, on_epoch)
+        return folder.path
+    if not resume:
+        folder.state.unlink(missing_ok=True)  # a killed earlier attempt in this folder: start over
+    with logs.to_file(folder.log):
+        _write_inputs(p, folder, resume)
+        log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s%s", folder,
+                 p.spec.name, p.weights, cfg.model.strategy, p.size, p.device,
+                 f", {world.size} processes (DDP)" if world.active else "")
+        start = time.perf_counter()
+        history, best_epoch, probs = _train(p, model, progress, on_epoch)
+        _finish(p, model, folder, history, best_epoch, probs, time.perf_counter() - start)
+        folder.state.unlink(missing_ok=True)  # the run is complete: the checkpoint holds its result
+    return folder.path
+
+
+def _write_inputs(p: Prepared, folder: RunFolder, resume: bool) -> None:
+    """The resolved config, the audit's warnings and the skipped images, before training starts."""
+    if not resume:
+        atomic_write(folder.config, dump_yaml(p.cfg))
+    if p.audit_notes:
+        atomic_write(folder.audit, "".join(f"warning: {n}\n" for n in p.audit_notes))
+    skipped = {**p.splits.rejected, **p.store.failed}
+    if skipped:
+        atomic_write(folder.skipped, "".join(f"{r}\t{e}\n" for r, e in skipped.items()))
+
+
+def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook | None = None):
+    """Train per strategy; returns (history, best epoch, {split: (probs, labels)})."""
+    tc = p.cfg.train
+    weights = class_weights(p.splits.labels["train"], len(p.splits.classes)) if tc.class_weights else None
+    loss_fn = make_loss(p.binary, weights)
+    if p.cfg.model.strategy == "linear":
+        return train_head_on_features(p, model, loss_fn, progress, on_epoch)
+    if p.cfg.model.strategy == "partial" and tc.cache_frozen:
+        try:
+            return train_top_on_activations(p, model, loss_fn, progress, on_epoch)
+        except ValueError as exc:
+            log.info("partial: training end to end, the frozen prefix cannot be cached (%s)", exc)
+    model.to(memory_format=torch.channels_last)  # as the inputs: measured faster on CPU, no re-layout in DDP
+    if tc.sync_bn:
+        model = distributed.sync_batch_norm(model, p.device)
+    transform = train_transform(p.size, p.cfg.data.hflip) if p.cfg.data.augment else None
+    train = p.loader("train", True, tc.batch_size, transform)
+    val = p.loader("val", False, tc.batch_size)
+    groups = param_groups(model, tc.lr, tc.backbone_lr_scale)
+    history, _, best_epoch = fit(model, train, val, p.prepare, loss_fn, tc, p.device, p.splits.classes, groups,
+                                 progress, on_epoch, p.state_path)
+    probs = {s: predict(model, p.loader(s, False, tc.batch_size), p.prepare, p.device, f"predict {s}", progress)
+             for s in ("val", "test") if s in p.splits.refs}
+    return history, best_epoch, probs
+
+
+def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epoch, probs, seconds) -> None:
+    classes = p.splits.classes
+    val_p, val_y = probs["val"]
+    threshold = choose_threshold(val_y, val_p, p.cfg.train.threshold) if p.binary else 0.5
+    metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "train_seconds": seconds,
+               "threshold": threshold, "threshold_method": p.cfg.train.threshold, "classes": classes,
+               "image_size": p.size, "split_sizes": {s: len(r) for s, r in p.splits.refs.items()},
+               "splits": {s: score(y, pr, classes, threshold) for s, (pr, y) in probs.items()}}
+    for split, m in metrics["splits"].items():
+        log.info(format_metrics(split, m))
+    for split, (pr, y) in probs.items():
+        write_predictions(folder.predictions(split), p.splits.refs[split], y, pr, classes, threshold)
+    ckpt = Checkpoint(model.state_dict(), p.cfg, classes, threshold, p.preprocess, p.spec.name)
+    metrics["weights_sha256"] = ckpt.save(folder.checkpoint)
+    write_history(folder.history, history)
+    plot_curves(folder.curves, history, f"{p.spec.name} {p.cfg.model.strategy}")
+    write_json(folder.metrics, metrics)  # last: its presence marks a finished run (studies resume on it)
+    log.info("training took %.1f s; best epoch %d; threshold %.4f (chosen on validation by %s)",
+             seconds, best_epoch, threshold, p.cfg.train.threshold)
+
+
+def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool = True) -> dict:
+    """Re-score a saved run on a split of any data set with the run's classes, preprocessing and threshold."""
+    ckpt = Checkpoint.load(RunFolder(run_dir).checkpoint)
+    cfg = ckpt.config
+    data_cfg = from_dict(type(cfg.data), {**to_dict(cfg.data), "path": data, "image_size": ckpt.preprocess.size,
+                                          "subset_per_class": None})
+    p = prepare(RunConfig(data=data_cfg, model=cfg.model, train=cfg.train), progress)
+    if p.splits.classes != ckpt.classes:
+        raise MedtlError(f"{data} has classes {p.splits.classes} but the model was trained on {ckpt.classes}; "
+                         "pass data with the same class folders")
+    if split not in p.splits.refs:
+        raise MedtlError(f"{data} has no '{split}' split; available: {', '.join(p.splits.refs)}")
+    model = ckpt.build().to(p.device)
+    pr, y = predict(model, p.loader(split, False, cfg.train.batch_size), p.prepare, p.device, f"predict {split}",
+                    progress)
+    return score(y, pr, ckpt.classes, ckpt.threshold)
+
+
+def _resume_dir(cfg: RunConfig) -> RunFolder:
+    folder = RunFolder(Path(cfg.out) / cfg.name)
+    if folder.finished:
+        raise MedtlError(f"run {folder} has already finished ({folder.metrics.name} exists); nothing to resume")
+    return folder
+
+
+def _make_run_dir(cfg: RunConfig) -> RunFolder:
+    name = cfg.name or f"{cfg.model.backbone}-{cfg.model.strategy}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = RunFolder(Path(cfg.out) / name)
+    if folder.checkpoint.exists():
+        raise MedtlError(f"run folder {folder} already holds a finished run; pass another --name or --out")
+    folder.path.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,0 +1,111 @@
+"""The package's layers, read from its own imports: a lower layer never imports a higher one, prediction never
+needs the trainer, there is no import circle, and files and functions stay short enough to read."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "medtl"
+# low to high; a module may import its own layer and the ones below
+LAYERS = ("core", "data", "models", "evaluation", "training", "deploy", "experiments", "api", "cli")
+TOP_LEVEL = {"__init__": "api", "api": "api", "cli": "cli", "__main__": "cli"}
+FORBIDDEN = {("deploy", "training")}  # predicting, exporting and serving never load the trainer
+MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 50
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "api"
+    return TOP_LEVEL.get(parts[1], parts[1])
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Every medtl module `path` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules and n != "medtl"}
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {m: imports_of(p, set(files)) - {m} for m, p in files.items()}
+
+
+def test_every_module_is_in_a_known_layer():
+    unknown = {m: layer_of(m) for m in graph() if layer_of(m) not in LAYERS}
+    assert not unknown, f"modules outside the layers {LAYERS}: {unknown}"
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one():
+    bad = []
+    for module, targets in graph().items():
+        low = layer_of(module)
+        for target in targets:
+            high = layer_of(target)
+            if high in LAYERS and (LAYERS.index(high) > LAYERS.index(low) or (low, high) in FORBIDDEN):
+                bad.append(f"{module} ({low}) imports {target} ({high})")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_no_import_circle():
+    edges = graph()
+    # packages are namespaces here: a module importing `medtl.data.images` does not import `medtl.data`'s siblings
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(edges.get(m, ())):
+            if state.get(t) == 1:
+                return stack[stack.index(t):] + [t]
+            if t not in state and (cycle := visit(t)):
+                return cycle
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(edges):
+        if m not in state and (cycle := visit(m)):
+            pytest.fail("import circle: " + " -> ".join(cycle))
+
+
+def test_files_and_functions_are_short():
+    long_files, long_functions = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > MAX_FILE_LINES:
+            long_files.append(f"{path.relative_to(PACKAGE)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and not node.name.isupper():
+                    long_functions.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {length} lines")
+    assert not long_files and not long_functions, "\n".join(long_files + long_functions)
+
+
+def test_the_walker_sees_a_violation(tmp_path):
+    """The check can fail: a data module importing the trainer is reported."""
+    pkg = tmp_path / "medtl" / "data"
+    pkg.mkdir(parents=True)
+    (pkg / "bad.py").write_text("def f():\n    from medtl.training.run import run\n")
+    found = imports_of(pkg / "bad.py", {"medtl.training.run", "medtl.data.bad"})
+    assert found == {"medtl.training.run"}
+    assert LAYERS.index(layer_of("medtl.training.run")) > LAYERS.index(layer_of("medtl.data.bad"))
