@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -15,6 +15,17 @@ from medtl.core.errors import MedtlError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning for medical images: train, evaluate, compare backbones.")
 console = Console()
+
+# options that several commands share, defined once
+Backbone = Annotated[Optional[str], typer.Option(help="Backbone name; see `medtl backbones`")]
+Strategy = Annotated[Optional[str], typer.Option(help="scratch | linear | partial | full")]
+Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping may end sooner)")]
+ImageSize = Annotated[Optional[int], typer.Option(help="Input size in px (default: the backbone's)")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config; flags override it")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any config value, e.g. --set train.lr=0.01 "
+                                                   "(repeatable)")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars")]
+RunDir = Annotated[Path, typer.Argument(help="Run folder written by `medtl train`")]
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -27,19 +38,19 @@ def _setup_logging(quiet: bool) -> None:
 def train(
     data: Optional[str] = typer.Argument(None, help="Folder of class folders, folder with train/ (val/, test/), "
                                          "a .csv/.tsv manifest, or .npz"),
-    backbone: Optional[str] = typer.Option(None, help="Backbone name; see `medtl backbones`"),
-    strategy: Optional[str] = typer.Option(None, help="scratch | linear | partial | full"),
+    backbone: Backbone = None,
+    strategy: Strategy = None,
     weights: Optional[str] = typer.Option(None, help="default | imagenet | package | none | PATH"),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping may end sooner)"),
-    image_size: Optional[int] = typer.Option(None, help="Input size in px (default: the backbone's)"),
+    epochs: Epochs = None,
+    image_size: ImageSize = None,
     channels: Optional[str] = typer.Option(None, help="replicate (gray to 3 channels) | adapt (1-channel conv)"),
     seed: Optional[int] = typer.Option(None, help="Training seed"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; flags override it"),
-    set_: list[str] = typer.Option([], "--set", help="Any config value, e.g. --set train.lr=0.01 (repeatable)"),
+    config: ConfigFile = None,
+    set_: Sets = None,
     out: Optional[str] = typer.Option(None, help="Parent folder of run folders"),
     name: Optional[str] = typer.Option(None, help="Run folder name (default backbone-strategy-time)"),
     strict: bool = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping it"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings only, no progress bars"),
+    quiet: Quiet = False,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed run from its last epoch"),
 ) -> None:
     """Train and evaluate a classifier; writes a run folder (or continues one with --resume RUN_DIR)."""
@@ -53,7 +64,7 @@ def train(
     _setup_logging(quiet)
     flags = {"backbone": backbone, "strategy": strategy, "weights": weights, "epochs": epochs,
              "image_size": image_size, "channels": channels, "seed": seed, "out": out, "name": name,
-             "strict": True if strict else None, **parse_set(set_)}
+             "strict": True if strict else None, **parse_set(set_ or [])}
     flags = {k: v for k, v in flags.items() if v is not None}
     with redirect_bars():
         result = api.train(data, config=config, resume=resume, progress=not quiet, **flags)
@@ -71,11 +82,11 @@ def _print_metrics(metrics: dict) -> None:
 
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="Run folder written by `medtl train`"),
+    run_dir: RunDir,
     data: str = typer.Argument(..., help="Data in any layout `train` takes, with the same classes"),
     split: str = typer.Option("test", help="train | val | test"),
     output: Optional[Path] = typer.Option(None, help="Write the metrics JSON here"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: Quiet = False,
 ) -> None:
     """Re-score a trained run on a split of any data set (its own threshold and classes)."""
     from medtl import api
@@ -88,11 +99,11 @@ def evaluate(
 
 @app.command()
 def predict(
-    run_dir: Path = typer.Argument(..., help="Run folder written by `medtl train`"),
+    run_dir: RunDir,
     paths: list[Path] = typer.Argument(..., help="Image or DICOM files, or folders of them"),
     output: Path = typer.Option(Path("predictions.csv"), help="CSV: path, predicted, probabilities, threshold"),
     batch_size: int = typer.Option(32, help="Images per forward pass"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: Quiet = False,
 ) -> None:
     """Score new images with a trained run; unreadable files are listed, not fatal."""
     from medtl import api
@@ -116,7 +127,7 @@ def _list_failures(failed: dict[str, str]) -> None:
 
 @app.command()
 def explain(
-    run_dir: Path = typer.Argument(..., help="Run folder written by `medtl train`"),
+    run_dir: RunDir,
     paths: list[Path] = typer.Argument(None, help="Images to explain (omit with --grid)"),
     out: Path = typer.Option(Path("explain"), help="Folder for the overlay PNGs"),
     method: str = typer.Option("gradcam", help="gradcam | gradcam++ | eigencam"),
@@ -139,7 +150,7 @@ def explain(
 
 @app.command()
 def export(
-    run_dir: Path = typer.Argument(..., help="Run folder written by `medtl train`"),
+    run_dir: RunDir,
     format_: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
     output: Optional[Path] = typer.Option(None, help="File to write (default: in the run folder)"),
     images: list[Path] = typer.Option([], "--image", help="Real images for the parity check (repeatable)"),
@@ -156,7 +167,7 @@ def export(
 
 @app.command()
 def serve(
-    run_dir: Path = typer.Argument(..., help="Run folder written by `medtl train`"),
+    run_dir: RunDir,
     host: str = typer.Option("127.0.0.1", help="Address to listen on (keep 127.0.0.1 unless you mean to share)"),
     port: int = typer.Option(8000),
     max_mb: float = typer.Option(20.0, help="Largest upload accepted, MiB"),
@@ -176,7 +187,7 @@ def serve(
 @app.command()
 def study(
     config: Path = typer.Argument(..., help="Study YAML: name, out, base (a run config), grid"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings only, no progress display"),
+    quiet: Quiet = False,
 ) -> None:
     """Run a grid of runs (resumable: finished runs are kept) and write the study report."""
     from medtl import api
@@ -197,17 +208,17 @@ def report(study_dir: Path = typer.Argument(..., help="A study folder (<out>/<na
 def tune(
     data: str = typer.Argument(..., help="Data as `medtl train` takes it"),
     trials: int = typer.Option(20, help="Trials for this process (workers sharing --storage add up)"),
-    backbone: Optional[str] = typer.Option(None, help="Backbone name; see `medtl backbones`"),
-    strategy: Optional[str] = typer.Option(None, help="scratch | linear | partial | full"),
-    epochs: Optional[int] = typer.Option(None, help="Maximum epochs per trial"),
-    image_size: Optional[int] = typer.Option(None, help="Input size in px"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config; flags override it"),
-    set_: list[str] = typer.Option([], "--set", help="Any config value, e.g. --set train.epochs=5"),
+    backbone: Backbone = None,
+    strategy: Strategy = None,
+    epochs: Epochs = None,
+    image_size: ImageSize = None,
+    config: ConfigFile = None,
+    set_: Sets = None,
     out: Path = typer.Option(Path("tune"), help="Folder for trials' run folders (and tune.db by default)"),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///OUT/tune.db); "
                                           "share one, e.g. postgresql://..., between workers"),
     study_name: str = typer.Option("medtl", help="Optuna study name in the storage"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: Quiet = False,
 ) -> None:
     """Search learning rate, head, dropout, weight decay, batch size (and unfrozen depth for partial) with
     Optuna, pruning on validation AUC."""
@@ -216,7 +227,7 @@ def tune(
 
     _setup_logging(quiet)
     flags = {"backbone": backbone, "strategy": strategy, "epochs": epochs, "image_size": image_size,
-             **parse_set(set_)}
+             **parse_set(set_ or [])}
     study_ = api.tune(data, trials, out, storage, study_name, config,
                       **{k: v for k, v in flags.items() if v is not None})
     finished = [t for t in study_.trials if t.value is not None]
@@ -231,7 +242,7 @@ def audit(
     data: str = typer.Argument(..., help="Data as `medtl train` takes it"),
     output: Optional[Path] = typer.Option(None, help="Write the full audit as JSON here"),
     perceptual: bool = typer.Option(True, help="Also look for near-duplicates (perceptual hash)"),
-    set_: list[str] = typer.Option([], "--set", help="Data options, e.g. --set data.val_fraction=0.2"),
+    set_: Sets = None,
 ) -> None:
     """Duplicates within and across splits, unreadable files, class balance, and class-correlated properties."""
     from medtl import api
@@ -239,7 +250,7 @@ def audit(
     from medtl.data.audit import warnings_for
 
     _setup_logging(False)
-    report_ = api.audit(data, perceptual, output, **parse_set(set_))
+    report_ = api.audit(data, perceptual, output, **parse_set(set_ or []))
     _print_audit(report_)
     for line in warnings_for(report_):
         console.print(f"[yellow]warning:[/yellow] {line}")

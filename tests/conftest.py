@@ -76,3 +76,32 @@ def xray_run(tmp_path_factory):
                           capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr
     return tmp / "runs" / "xray", root
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (read from /proc), including those that started their own session,
+    as torchrun's workers do, so none escapes a kill."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once (a lost machine), by process id, never by name."""
+    import signal
+
+    for p in descendants(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

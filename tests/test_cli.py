@@ -25,6 +25,7 @@ def kermany_subset(tmp_path):
     return kermany_links(tmp_path / "kermany", train=40, test=12)
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_on_real_xrays(kermany_subset, tmp_path):
     out = tmp_path / "runs"
     done = _medtl("train", kermany_subset, "--backbone", "efficientnet_lite0", "--strategy", "linear", "--epochs", 8,
@@ -48,6 +49,7 @@ def test_train_then_evaluate_on_real_xrays(kermany_subset, tmp_path):
     (["train", "{tree}", "--strategy", "frozen"], "valid: scratch, linear, partial, full"),
     (["evaluate", "{tmp}/missing_run", "{tree}"], "checkpoint.pt not found"),
 ])
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line(image_tree, tmp_path, args, message):
     args = [a.format(tree=image_tree, tmp=tmp_path) for a in args]
     done = _medtl(*args, "--quiet", env_cache=tmp_path / "cache")

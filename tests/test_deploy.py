@@ -17,7 +17,7 @@ from medtl.deploy.export import export
 from medtl.data.images import open_image
 from medtl.deploy.predictor import Predictor
 
-pytestmark = pytest.mark.shared_data
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]  # each builds a real run first
 
 
 def _test_images(root):

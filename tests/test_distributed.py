@@ -12,7 +12,7 @@ import pytest
 from medtl.training.distributed import ShardedBatches, World
 from medtl.core.errors import MedtlError
 
-from conftest import kermany_links
+from conftest import kermany_links, kill_tree
 
 
 @pytest.mark.parametrize("rows,batch,procs,drop_last", [(37, 8, 2, True), (37, 8, 3, False), (10, 16, 2, False),
@@ -73,6 +73,7 @@ def kermany_small(tmp_path_factory) -> Path:
     return kermany_links(tmp_path_factory.mktemp("ddp") / "kermany", train=40, test=16)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(kermany_small, tmp_path):
     """linear on real X-rays: the same optimizer steps, so the same metrics to float rounding."""
     env = {**os.environ, "MEDTL_CACHE": str(tmp_path / "cache")}
@@ -98,6 +99,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(kermany_small, 
     assert ddp.stdout.count("run folder:") == 1  # only rank 0 talks
 
 
+@pytest.mark.slow
 def test_ranks_hold_the_same_weights_and_batch_norm_statistics(kermany_small, tmp_path):
     """full fine-tuning (batch norm, augmentation) on 2 processes: the run's validation metrics, gathered
     from both ranks, equal a one-process re-scoring of rank 0's checkpoint."""
@@ -116,6 +118,7 @@ def test_ranks_hold_the_same_weights_and_batch_norm_statistics(kermany_small, tm
     assert again["confusion_matrix"] == saved["confusion_matrix"]
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(kermany_small, tmp_path):
     """SIGKILL every process of a torchrun job after epoch 2 (a lost machine); resumed under torchrun, each
     process takes back its own RNG state, and the run ends with the uninterrupted run's metrics and weights."""
@@ -135,7 +138,7 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(kermany_sm
     while time.monotonic() < deadline and not (log.exists() and "epoch 2/4" in log.read_text()):
         time.sleep(0.02)
     time.sleep(0.3)  # into epoch 3
-    subprocess.run(["pkill", "-9", "-f", "--", "--name killed"], check=True)  # the launcher and both workers
+    kill_tree(job.pid)  # the launcher and both workers
     job.wait(timeout=60)
     assert not (out / "killed" / "metrics.json").exists()
     shutil.copytree(out / "killed", out / "elsewhere")
@@ -150,3 +153,23 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(kermany_sm
     one = _train("--resume", out / "elsewhere", "--quiet", env=env)  # fewer processes than saved it
     assert one.returncode == 0, one.stderr[-3000:]
     assert "saved by 2 process(es), resumed on 1" in (out / "elsewhere" / "train.log").read_text()
+
+
+def test_kill_tree_reaches_processes_in_their_own_session():
+    """The helper that simulates a lost machine kills by process id, including children that left the group."""
+    import time
+
+    from conftest import descendants
+
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
+                               "'-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)"])
+    deadline = time.monotonic() + 20
+    while len(descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tree = descendants(parent.pid)
+    assert len(tree) == 2
+    kill_tree(parent.pid)
+    parent.wait(timeout=10)
+    time.sleep(0.2)
+    child = Path(f"/proc/{tree[1]}/stat")
+    assert not child.exists() or child.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # gone or a zombie

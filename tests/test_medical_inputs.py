@@ -79,6 +79,7 @@ def _write_ct(path: Path, hu: np.ndarray) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+@pytest.mark.slow
 def test_a_dicom_folder_trains_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 16), ("test", 6)):
@@ -125,6 +126,7 @@ def test_a_patient_never_lands_in_two_splits(tmp_path, patients, seed):
     assert sum(len(r) for r in splits.refs.values()) == count
 
 
+@pytest.mark.slow
 def test_manifest_rows_that_cannot_be_used_are_listed_or_fatal(tmp_path, cache_dir):
     rng = np.random.default_rng(0)
     lines = ["file,diagnosis,split"]
@@ -171,6 +173,7 @@ def test_audit_finds_truncated_files_and_cross_split_copies(image_tree):
     assert any("span splits" in w for w in warnings_for(report))
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_audit_of_the_real_sets_finds_their_known_problems():
     covid = audit(discover(DataConfig(path=str(shared_path("covid_ct_ucsd")))), perceptual=False)

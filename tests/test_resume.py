@@ -22,6 +22,7 @@ def _cmd(*args):
     return [sys.executable, "-m", "medtl", "train", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(image_tree, tmp_path):
     env = {**os.environ, "MEDTL_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "runs"

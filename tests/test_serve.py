@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from medtl.deploy.predictor import Predictor
 from medtl.deploy.serve import create_app
 
-pytestmark = pytest.mark.shared_data
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]  # each builds a real run first
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("MEDTL_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
 

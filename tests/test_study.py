@@ -46,6 +46,7 @@ def _metrics(root: Path) -> dict:
     return {p.parent.name: json.loads(p.read_text())["splits"] for p in sorted(root.glob("runs/*/metrics.json"))}
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_to_exactly_the_uninterrupted_runs(image_tree, tmp_path):
     env = {**os.environ, "MEDTL_CACHE": str(tmp_path / "cache")}
     whole = _study(_write(tmp_path, image_tree, tmp_path / "whole"), env)
@@ -88,6 +89,7 @@ def tiny_report(tmp_path_factory):
     return tmp / "out" / "tiny"
 
 
+@pytest.mark.slow
 def test_report_tables_and_paired_tests(tiny_report):
     md = (tiny_report / "report.md").read_text()
     assert md.count("| efficientnet_lite0 |") == 3  # linear x 2 learning rates, scratch x 1
@@ -99,6 +101,7 @@ def test_report_tables_and_paired_tests(tiny_report):
         assert (tiny_report / "figures" / name).stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(tiny_report):
     chromium = "/usr/bin/chromium"
     if not shutil.which(chromium):

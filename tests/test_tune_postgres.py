@@ -13,6 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a PostgreSQL server and two worker processes
+
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 

@@ -22,6 +22,7 @@ from medtl.models.backbones import get_spec, weights_available_offline
 from medtl.core.config import RunConfig, apply_overrides, dotted_key, from_dict, to_dict
 from medtl.core.errors import MedtlError
 from medtl.core.io import atomic_write
+from medtl.core.logs import on_terminal
 from medtl.core.runfolder import StudyFolder
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def run_study(study: Study, progress: bool = True) -> list[Path]:
     log.info("study %s: %d runs, %d done, %d to run", study.name, len(planned), len(planned) - len(todo), len(todo))
     columns = [TextColumn("study {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, disable=not (progress and on_terminal()), transient=False) as bar:
         task = bar.add_task("runs", total=len(todo), name=study.name, current="")
         for name, cfg in todo:
             run_folder = folder.run(name).path
