@@ -21,7 +21,8 @@ from conftest import make_image, shared_path
 from medtl.data.audit import audit, warnings_for
 from medtl.core.config import DataConfig
 from medtl.data.sources import discover
-from medtl.data.dicom import WINDOWS, apply_window, read_dicom
+from medtl.core.windows import WINDOWS
+from medtl.data.dicom import apply_window, read_dicom
 from medtl.core.errors import MedtlError
 from medtl.data.images import Decoding, decode
 
@@ -59,8 +60,8 @@ def test_bad_dicom_files_and_windows_say_what_is_wrong(tmp_path):
         read_dicom(tmp_path / "nopixels.dcm")
     with pytest.raises(ValueError, match="valid: auto .*lung"):
         read_dicom(get_testdata_file("CT_small.dcm"), "lungs")
-    with pytest.raises(MedtlError, match="data.dicom_window"):
-        Decoding("stack:lung,bone").check()
+    with pytest.raises(MedtlError, match="data.dicom_window: .*stack takes three windows"):
+        DataConfig(dicom_window="stack:lung,bone")  # refused when the config is made
 
 
 def _write_ct(path: Path, hu: np.ndarray) -> None:

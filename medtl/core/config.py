@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from medtl.core.errors import MedtlError
+from medtl.core.windows import parse_window
 
 
 Strategy = Literal["scratch", "linear", "partial", "full"]
@@ -55,8 +56,9 @@ class _Checked:
 def _check_choice(hint: Any, value: Any, key: str) -> None:
     choices = _literal(hint)
     if choices and value is not None and value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint_ = f" (did you mean {close[0]}?)" if close else ""
+        lower = {str(c).lower(): str(c) for c in choices}
+        close = difflib.get_close_matches(str(value).lower(), list(lower), n=1)
+        hint_ = f" (did you mean {lower[close[0]]}?)" if close else ""
         raise MedtlError(f"{key}={value!r} is not a choice{hint_}; valid: {', '.join(map(str, choices))}")
 
 
@@ -98,6 +100,13 @@ class DataConfig(_Checked):
     dicom_window: str = "auto"  # auto | lung | mediastinum | bone | brain | abdomen | C,W | stack:W1,W2,W3
     audit: bool = True  # a brief audit (duplicates across splits, class-correlated properties) before training
     convert_mode: Literal["auto", "L", "RGB"] = "auto"  # every image to one mode first (a mode can't leak)
+
+
+    def check(self) -> None:
+        try:
+            parse_window(self.dicom_window)
+        except ValueError as exc:
+            raise MedtlError(f"data.dicom_window: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -222,12 +231,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise MedtlError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(names)}")
         kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
-    try:
-        return cls(**kwargs)
-    except MedtlError as exc:
-        if cls is not RunConfig or where == "config":
-            raise
-        raise MedtlError(f"{where}: {exc}") from None
+    return cls(**kwargs)
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -302,7 +306,17 @@ def load_config(path: str | Path | None) -> RunConfig:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise MedtlError(f"config file {path} is not valid YAML: {exc}") from exc
-    return from_dict(RunConfig, data, where=str(path))
+    return run_config_from(data, str(path))
+
+
+def run_config_from(data: Any, where: str) -> RunConfig:
+    """A RunConfig from a parsed YAML mapping; every error names `where` (the file, or file:section)."""
+    try:
+        return from_dict(RunConfig, data, where=where)
+    except MedtlError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise MedtlError(f"{where}: {exc}") from None  # a value checked when the config was made
 
 
 def dump_yaml(cfg: RunConfig) -> str:

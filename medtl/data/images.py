@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medtl.data.dicom import is_dicom, parse_window, read_dicom
+from medtl.data.dicom import is_dicom, read_dicom
 from medtl.core.errors import MedtlError
 from medtl.core.io import atomic_write
 from medtl.core.logs import progress as progress_of
@@ -63,12 +63,6 @@ class Decoding:
     def of(cls, data) -> "Decoding":
         """The decoding a `DataConfig` asks for."""
         return cls(data.dicom_window, data.convert_mode)
-
-    def check(self) -> None:
-        try:
-            parse_window(self.window)
-        except ValueError as exc:
-            raise MedtlError(f"data.dicom_window: {exc}") from None
 
 
 def open_image(ref: str, window: str = "auto") -> Image.Image:

@@ -19,7 +19,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from medtl.models.backbones import get_spec, weights_available_offline
-from medtl.core.config import RunConfig, apply_overrides, dotted_key, from_dict, to_dict
+from medtl.core.config import RunConfig, apply_overrides, dotted_key, run_config_from, to_dict
 from medtl.core.errors import MedtlError
 from medtl.core.io import atomic_write
 from medtl.core.logs import on_terminal
@@ -97,7 +97,7 @@ def load_study(path: str | Path) -> Study:
         grid[dotted_key(key)] = values
     if not grid:
         raise MedtlError(f"{path}: the grid is empty; e.g. grid: {{backbone: [efficientnet_lite0], seed: [0, 1]}}")
-    base = from_dict(RunConfig, data.get("base") or {}, where=f"{path}:base")
+    base = run_config_from(data.get("base") or {}, f"{path}:base")
     exclude = [{dotted_key(k): v for k, v in rule.items()} for rule in data.get("exclude") or []]
     for rule in exclude:
         if set(rule) - set(grid):

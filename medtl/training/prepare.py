@@ -93,7 +93,6 @@ def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None =
     for note in splits.notes:
         log.info("split: %s", note)
     decoding = Decoding.of(cfg.data)
-    decoding.check()
     pre = Preprocess(cfg.data.image_size or spec.input_size, 1 if cfg.data.channels == "adapt" else 3,
                      spec.mean, spec.std, decoding)
     cache_dir = default_cache_dir(cfg.data.cache_dir)
