@@ -13,9 +13,9 @@ import numpy as np
 
 from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
-from medtl.data.images import NPZ_SEP
 from medtl.data.manifest import from_manifest
-from medtl.data.splits import SPLITS, DataSplits, carve, subset
+from medtl.data.npz import from_npz
+from medtl.data.splits import SPLITS, DataSplits, carve, need_two_classes, subset
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def discover(cfg: DataConfig, split_seed: int = 0) -> DataSplits:
         if root.suffix != ".npz":
             raise MedtlError(f"data file {root} is not a .npz or a .csv/.tsv manifest; pass a MedMNIST .npz, "
                              "a manifest or a folder")
-        splits = _from_npz(root, cfg.class_names)
+        splits = from_npz(root, cfg.class_names)
     elif (root / "train").is_dir():
         splits = _from_split_tree(root)
     else:
@@ -62,16 +62,10 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _need_two(classes: list[str], where: Path) -> None:
-    if len(classes) < 2:
-        raise MedtlError(f"only one class ({', '.join(classes)}) in {where}; a classifier needs at least "
-                         "two class folders")
-
-
 def _from_split_tree(root: Path) -> DataSplits:
     train = _class_folders(root / "train")
     classes = sorted(train)
-    _need_two(classes, root / "train")
+    need_two_classes(classes, root / "train")
     splits = DataSplits(classes)
     for split in SPLITS:
         if not (root / split).is_dir():
@@ -99,28 +93,10 @@ def _add(splits: DataSplits, split: str, folders: dict[str, list[Path]]) -> None
 def _from_one_tree(root: Path, cfg: DataConfig, seed: int) -> DataSplits:
     folders = _class_folders(root)
     classes = sorted(folders)
-    _need_two(classes, root)
+    need_two_classes(classes, root)
     splits = DataSplits(classes)
     _add(splits, "train", folders)
     carve(splits, "train", "test", cfg.test_fraction, seed)
-    return splits
-
-
-def _from_npz(path: Path, class_names: tuple[str, ...]) -> DataSplits:
-    with np.load(path) as data:
-        keys = set(data.files)
-        if "train_images" not in keys or "train_labels" not in keys:
-            raise MedtlError(f"{path} lacks train_images/train_labels; expected MedMNIST keys "
-                             "{train,val,test}_{images,labels}")
-        labels = {s: data[f"{s}_labels"].reshape(-1).astype(np.int64) for s in SPLITS if f"{s}_labels" in keys}
-    k = int(max(v.max() for v in labels.values())) + 1
-    if class_names and len(class_names) != k:
-        raise MedtlError(f"class_names has {len(class_names)} names but {path} has {k} labels; give {k} names")
-    splits = DataSplits(list(class_names) or [f"class_{i}" for i in range(k)])
-    _need_two(splits.classes, path)
-    for split, y in labels.items():
-        splits.refs[split] = [f"{path}{NPZ_SEP}{split}{NPZ_SEP}{i}" for i in range(len(y))]
-        splits.labels[split] = y
     return splits
 
 

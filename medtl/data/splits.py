@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -72,3 +73,9 @@ def subset(splits: DataSplits, per_class: int, seed: int) -> None:
     splits.refs["train"] = [splits.refs["train"][i] for i in keep]
     splits.labels["train"] = y[keep]
     splits.notes.append(f"train = fixed subset of at most {per_class} images per class (seed {seed})")
+
+
+def need_two_classes(classes: list[str], where: Path) -> None:
+    if len(classes) < 2:
+        raise MedtlError(f"only one class ({', '.join(classes)}) in {where}; a classifier needs at least "
+                         "two class folders")
