@@ -1,7 +1,9 @@
 """Whole runs on tiny generated images: every strategy, the run folder, re-scoring, caches."""
 
+import csv
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +90,8 @@ def test_unreadable_image_skipped_and_listed(image_tree, cache_dir, tmp_path):
     bad = image_tree / "train" / "pos" / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
     run_dir = run(_cfg(image_tree, tmp_path / "runs", **{"model.strategy": "full"}), progress=False)
-    assert "broken.png" in (run_dir / "skipped.txt").read_text()
+    rows = list(csv.DictReader(open(run_dir / "skipped.csv")))
+    assert [Path(r["path"]).name for r in rows] == ["broken.png"] and rows[0]["reason"]
     with pytest.raises(MedtlError, match="broken.png"):
         run(_cfg(image_tree, tmp_path / "runs2", **{"model.strategy": "full", "data.strict": True}), progress=False)
     assert not (tmp_path / "runs2").exists()  # nothing written for a failed start

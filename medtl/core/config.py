@@ -100,6 +100,7 @@ class DataConfig(_Checked):
     dicom_window: str = "auto"  # auto | lung | mediastinum | bone | brain | abdomen | C,W | stack:W1,W2,W3
     audit: bool = True  # a brief audit (duplicates across splits, class-correlated properties) before training
     convert_mode: Literal["auto", "L", "RGB"] = "auto"  # every image to one mode first (a mode can't leak)
+    max_pixels: int = field(default=89_478_485, metadata=_at_least(1))  # larger images are refused unread (PIL's)
 
 
     def check(self) -> None:
@@ -195,7 +196,7 @@ def dotted_key(name: str) -> str:
         return f"{owners[0]}.{name}"
     every = sorted(set(FLAGS) | {f.name for cls in sections.values() for f in dataclasses.fields(cls)})
     close = difflib.get_close_matches(name, every, n=3)
-    raise MedtlError(f"unknown setting '{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")
+    raise MedtlError(f"unknown setting {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
                      + "; use a flag name such as epochs, or a dotted key such as train.lr")
 
 
@@ -229,7 +230,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
         if key not in names:
             close = difflib.get_close_matches(key, names, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise MedtlError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(names)}")
+            raise MedtlError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(names)}")
         kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
     return cls(**kwargs)
 
@@ -247,14 +248,32 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if typing.get_origin(hint) is Literal:
         return str(value)  # the choice itself is checked when the config is made
     if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (str, list, tuple)):
+            raise MedtlError(f"{where}: cannot read {value!r} as a list; give names separated by commas, e.g. a,b")
         items = value.split(",") if isinstance(value, str) else list(value)
         return tuple(str(v).strip() for v in items if str(v).strip())
     try:
         if hint is bool:
             return _to_bool(value)
+        if hint is int:
+            return _to_int(value)
+        if hint is float and isinstance(value, bool):
+            raise ValueError(value)
         return hint(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise MedtlError(f"{where}: cannot read {value!r} as {hint.__name__}") from exc
+
+
+def _to_int(value: Any) -> int:
+    """A whole number: 3, "3" or 3.0; never 2.7 truncated, a bool, or infinity."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int):
+        return value
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
 
 
 def _to_bool(value: Any) -> bool:
@@ -278,7 +297,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         parts = dotted.split(".")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
-                raise MedtlError(f"override '{dotted}': '{part}' is not a section; sections: data, model, train")
+                raise MedtlError(f"override {dotted!r}: {part!r} is not a section; sections: data, model, train")
             node = node[part]
         node[parts[-1]] = value
     return from_dict(RunConfig, tree)

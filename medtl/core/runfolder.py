@@ -32,10 +32,11 @@ class RunFolder:
     curves = property(lambda self: self.path / "curves.png")
     checkpoint = property(lambda self: self.path / "checkpoint.pt")
     log = property(lambda self: self.path / "train.log")
-    skipped = property(lambda self: self.path / "skipped.txt")
+    skipped = property(lambda self: self.path / "skipped.csv")  # unreadable images: path, reason
     audit = property(lambda self: self.path / "audit.txt")
     state = property(lambda self: self.path / "state.pt")  # per-epoch training state, for --resume
     cam_grid = property(lambda self: self.path / "cam_grid.png")
+    lock = property(lambda self: self.path / "run.lock")  # held by the process writing the run
 
     def predictions(self, split: str) -> Path:
         return self.path / f"predictions_{split}.csv"

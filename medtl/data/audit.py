@@ -22,7 +22,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from medtl.data.sources import DataSplits
 from medtl.data.dicom import is_dicom
-from medtl.data.images import NPZ_SEP, open_image, read_bytes, to_uint8
+from medtl.data.images import NPZ_SEP, READ_ERRORS, open_checked, open_image, read_bytes, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def image_facts(ref: str, split: str, label: int, perceptual: bool) -> Facts:
         f.bits = BITS.get(img.mode, 8)
         if perceptual:
             f.phash = int(str(imagehash.phash(to_uint8(img).convert("L"))), 16)
-    except (OSError, ValueError, SyntaxError) as exc:
+    except READ_ERRORS as exc:
         f.error = f"{exc.__class__.__name__}: {exc}"
     return f
 
@@ -67,7 +67,7 @@ def _open_raw(ref: str, load: bool = True) -> tuple[Image.Image, str]:
         return open_image(ref), "npz"
     if is_dicom(ref):
         return open_image(ref), "DICOM"
-    with Image.open(ref) as img:
+    with open_checked(ref) as img:
         if not load:  # the header tells mode, size and format
             return img, img.format or "unknown"
         img.load()

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,14 @@ from PIL import Image, UnidentifiedImageError
 
 from medtl.data.dicom import is_dicom, read_dicom
 from medtl.core.errors import MedtlError
-from medtl.core.io import atomic_write
+from medtl.core.io import array_digest, atomic_write, make_dir
 from medtl.core.logs import progress as progress_of
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = "images-v1"  # bump when decoding changes, so older caches are not reused
-READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)  # what an unreadable file raises
+# what an unreadable file raises (PIL's bomb error is none of the others)
+READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 NPZ_SEP = "::"  # an array image is named "<file.npz>::<split>::<index>"
 
 
@@ -49,32 +51,56 @@ def read_bytes(ref: str) -> bytes:
     return Path(ref).read_bytes()
 
 
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own default (89.5 MP): larger images are refused unread
 EIGHT_BIT = {"L", "RGB", "RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1", "RGBa", "La", "LAB", "HSV"}
 
 
 @dataclass(frozen=True)
 class Decoding:
-    """How a file becomes pixels, beyond the size: the DICOM window, and an optional single target mode."""
+    """How a file becomes pixels, beyond the size: the DICOM window, an optional single target mode, and the
+    largest image (in pixels) that is decoded at all."""
 
     window: str = "auto"
     mode: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @classmethod
     def of(cls, data) -> "Decoding":
         """The decoding a `DataConfig` asks for."""
-        return cls(data.dicom_window, data.convert_mode)
+        return cls(data.dicom_window, data.convert_mode, data.max_pixels)
 
 
-def open_image(ref: str, window: str = "auto") -> Image.Image:
-    """Open a file or an array image as a PIL image, fully decoded (DICOM through `window`)."""
+def open_image(ref: str, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open a file or an array image as a PIL image, fully decoded (DICOM through `window`). An image over
+    `max_pixels` is refused from its header, before any pixel is decoded (a decompression bomb)."""
     if NPZ_SEP in ref:
         path, split, index = ref.split(NPZ_SEP)
         return Image.fromarray(_npz_array(path, f"{split}_images")[int(index)])
     if is_dicom(ref):
         return read_dicom(ref, window)
-    with Image.open(ref) as img:
+    with open_checked(ref, max_pixels) as img:
         img.load()
         return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
+
+
+def open_checked(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """`Image.open` (header only) of a path or file object, refusing images over `max_pixels` with a ValueError
+    that names the size and the setting."""
+    if max_pixels > Image.MAX_IMAGE_PIXELS:  # the user raised the limit above PIL's own: PIL must not refuse first
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        img = Image.open(source)
+    except Image.DecompressionBombError as exc:
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))  # PIL names the size it refused
+        size = f"{int(claimed.group(1)) / 1e6:.0f} MP" if claimed else "the image"
+        raise ValueError(f"{size} is over the pixel limit {max_pixels / 1e6:.0f} MP (data.max_pixels): a "
+                         "decompression bomb, or raise the limit") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise ValueError(f"{width}x{height} px ({width * height / 1e6:.0f} MP) is over the pixel limit "
+                         f"{max_pixels / 1e6:.0f} MP (data.max_pixels): a decompression bomb, or raise the limit")
+    return img
 
 
 def to_uint8(img: Image.Image) -> Image.Image:
@@ -105,7 +131,7 @@ def to_uint8(img: Image.Image) -> Image.Image:
 
 def decode(ref: str, size: int, decoding: Decoding = Decoding()) -> np.ndarray:
     """Decode and resize (squash to size x size) to a CxHxW uint8 array; gray RGB becomes 1 channel."""
-    return decode_image(open_image(ref, decoding.window), size, decoding.mode)
+    return decode_image(open_image(ref, decoding.window, decoding.max_pixels), size, decoding.mode)
 
 
 def decode_image(img: Image.Image, size: int, mode: str = "auto") -> np.ndarray:
@@ -168,15 +194,18 @@ def build_store(refs: list[str], size: int, cache_dir: Path, progress: bool = Tr
         try:
             meta = json.loads(meta_path.read_text())
             array = np.load(npy, mmap_mode="r")
-            if array.shape[0] == len(refs) and meta["refs"] == refs:
+            if array.shape[0] != len(refs) or meta["refs"] != refs:
+                log.warning("image cache %s does not match its data; rebuilding it", npy)
+            elif meta.get("sha256") != array_digest(array):
+                log.warning("image cache %s does not match its checksum (changed on disk); rebuilding it", npy)
+            else:
                 return ImageStore(array, refs, meta["failed"], key)
-            log.warning("image cache %s does not match its data; rebuilding it", npy)
         except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
             log.warning("image cache %s is unreadable (%s); rebuilding it", npy, exc)
     array, failed = _decode_all(refs, size, progress, decoding)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     atomic_write(npy, lambda fh: np.save(fh, array))
-    atomic_write(meta_path, json.dumps({"refs": refs, "failed": failed, "size": size}))
+    atomic_write(meta_path, json.dumps({"refs": refs, "failed": failed, "size": size, "sha256": array_digest(array)}))
     return ImageStore(np.load(npy, mmap_mode="r"), refs, failed, key)
 
 
@@ -210,5 +239,5 @@ def check_failures(failed: dict[str, str], strict: bool) -> None:
     if strict:
         raise MedtlError(f"cannot use image {first} ({reason}); {len(failed)} unusable in all. "
                          "Fix or remove the file (or manifest row), or drop --strict to skip them")
-    log.warning("skipping %d unreadable image(s), e.g. %s (%s); listed in skipped.txt",
+    log.warning("skipping %d unreadable image(s), e.g. %s (%s); listed in the run folder's skipped.csv",
                 len(failed), first, reason)

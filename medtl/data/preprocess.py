@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from medtl.data.images import Decoding, decode_image, open_image
+from medtl.data.images import DEFAULT_MAX_PIXELS, Decoding, decode_image, open_image
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,18 @@ class Preprocess:
 
     def load(self, ref: str | Path) -> torch.Tensor:
         """`pixels` of a file or array image (DICOM through the run's window)."""
-        return self.pixels(open_image(str(ref), self.decoding.window))
+        return self.pixels(open_image(str(ref), self.decoding.window, self.decoding.max_pixels))
 
     def to_dict(self) -> dict[str, Any]:
         return {"image_size": self.size, "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std),
-                "dicom_window": self.decoding.window, "convert_mode": self.decoding.mode}
+                "dicom_window": self.decoding.window, "convert_mode": self.decoding.mode,
+                "max_pixels": self.decoding.max_pixels}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], decoding: Decoding | None = None) -> "Preprocess":
         """From `to_dict`; checkpoints written before the decoding was stored take it from their config."""
-        dec = decoding or Decoding(d.get("dicom_window", "auto"), d.get("convert_mode", "auto"))
+        dec = decoding or Decoding(d.get("dicom_window", "auto"), d.get("convert_mode", "auto"),
+                                   int(d.get("max_pixels", DEFAULT_MAX_PIXELS)))
         return cls(int(d["image_size"]), int(d["in_chans"]), tuple(map(float, d["mean"])), tuple(map(float, d["std"])),
                    dec)
 

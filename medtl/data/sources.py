@@ -22,10 +22,13 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 
 
-def discover(cfg: DataConfig, split_seed: int = 0) -> DataSplits:
-    """Find images and labels under `cfg.path` and make train/val/test splits (stratified, seeded)."""
+def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = None) -> DataSplits:
+    """Find images and labels under `cfg.path` and make train/val/test splits (stratified, seeded).
+
+    With `whole_tree_as` (re-scoring a trained run), a plain class-folder tree is not split: all its images
+    form that one split."""
     root = Path(cfg.path)
-    if not cfg.path or not root.exists():
+    if not cfg.path or not _exists(root):
         raise MedtlError(f"data path '{cfg.path}' does not exist; pass a folder of class folders, a folder with "
                          "train/ (val/, test/) inside, or a MedMNIST .npz file")
     root = root.resolve()  # cache keys name images by path: one spelling per file, whatever the cwd
@@ -38,6 +41,8 @@ def discover(cfg: DataConfig, split_seed: int = 0) -> DataSplits:
         splits = from_npz(root, cfg.class_names)
     elif (root / "train").is_dir():
         splits = _from_split_tree(root)
+    elif whole_tree_as:
+        return _whole_tree(root, whole_tree_as)
     else:
         splits = _from_one_tree(root, cfg, split_seed)
     if "val" not in splits.refs:
@@ -45,6 +50,14 @@ def discover(cfg: DataConfig, split_seed: int = 0) -> DataSplits:
     if cfg.subset_per_class:
         subset(splits, cfg.subset_per_class, split_seed)
     return splits
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # e.g. a name longer than the system allows
+        raise MedtlError(f"data path '{str(path)[:80]}...' cannot be used: {exc.strerror}; pass a shorter path "
+                         "(move or link the data closer to the root)") from exc
 
 
 def _class_folders(root: Path) -> dict[str, list[Path]]:
@@ -88,6 +101,14 @@ def _add(splits: DataSplits, split: str, folders: dict[str, list[Path]]) -> None
         labels += [splits.classes.index(name)] * len(files)
     splits.refs[split] = refs
     splits.labels[split] = np.asarray(labels, dtype=np.int64)
+
+
+def _whole_tree(root: Path, split: str) -> DataSplits:
+    folders = _class_folders(root)
+    splits = DataSplits(sorted(folders))
+    _add(splits, split, folders)
+    splits.notes.append(f"{split} = every image of {root} (one class-folder tree, not split)")
+    return splits
 
 
 def _from_one_tree(root: Path, cfg: DataConfig, seed: int) -> DataSplits:

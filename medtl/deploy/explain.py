@@ -22,7 +22,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 
 from medtl.models.backbones import get_spec  # noqa: E402
 from medtl.core.errors import MedtlError  # noqa: E402
-from medtl.core.io import atomic_write  # noqa: E402
+from medtl.core.io import atomic_write, make_dir  # noqa: E402
 from medtl.core.runfolder import RunFolder  # noqa: E402
 from medtl.data.images import READ_ERRORS  # noqa: E402
 from medtl.deploy.predictor import Predictor  # noqa: E402
@@ -73,7 +73,7 @@ def mass_outside_center(cam: np.ndarray, margin: float = 0.1) -> float:
 
 def explain_files(pred: Predictor, paths: list[Path], out_dir: Path, method: str = "gradcam") -> tuple[list[Path], dict]:
     """One overlay PNG per readable image (<name>_<method>.png) in out_dir; returns (written, {path: reason})."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     written, failed = [], {}
     for path in paths:
         try:

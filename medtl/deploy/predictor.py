@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 from medtl.core.device import pick_device
-from medtl.core.io import atomic_write
+from medtl.core.io import atomic_write, make_dir
 from medtl.core.logs import progress as progress_of
 from medtl.core.runfolder import RunFolder
 from medtl.data.dicom import is_dicom, read_dicom
-from medtl.data.images import READ_ERRORS
+from medtl.data.images import DEFAULT_MAX_PIXELS, READ_ERRORS, open_checked
 from medtl.data.preprocess import Preprocess
 from medtl.evaluation.metrics import class_table, decide
 from medtl.models.checkpoint import Checkpoint
@@ -75,15 +75,18 @@ class Predictor:
         return decide(probs, self.threshold)
 
 
-def open_upload(data: bytes, window: str = "auto") -> Image.Image:
-    """An uploaded file's bytes as an image (DICOM or anything PIL reads); ValueError when it is neither."""
+def open_upload(data: bytes, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An uploaded file's bytes as an image (DICOM or anything PIL reads); ValueError when it is neither, or when
+    it is larger than `max_pixels` (the message then says so)."""
     if is_dicom(data):
         return read_dicom(data, window)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_checked(io.BytesIO(data), max_pixels) as img:
             img.load()
             return img.copy()
     except READ_ERRORS as exc:
+        if isinstance(exc, ValueError) and "pixel limit" in str(exc):
+            raise
         raise ValueError(f"not an image PIL or pydicom can read ({exc.__class__.__name__})") from exc
 
 
@@ -107,7 +110,7 @@ def predict_files(pred: Predictor, paths: list[Path], batch_size: int = 32, prog
 
 def write_predictions(path: Path, pred: Predictor, rows: list[dict], failed: dict[str, str]) -> None:
     """CSV: path, predicted, one probability column per class, threshold, error (unreadable files too)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "predicted", *[f"prob_{c}" for c in pred.classes], "threshold", "error"])

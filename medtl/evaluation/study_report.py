@@ -18,7 +18,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from medtl.evaluation.compare import METRICS, Run, best_marks, by_group, label, load_runs, paired_tests, summarize  # noqa: E402
 from medtl.core.errors import MedtlError  # noqa: E402
-from medtl.core.io import atomic_write  # noqa: E402
+from medtl.core.io import atomic_write, make_dir  # noqa: E402
 from medtl.core.runfolder import StudyFolder  # noqa: E402
 
 HEADLINE = ("accuracy", "precision", "sensitivity", "f1", "gmean", "auc")
@@ -34,7 +34,7 @@ def write_report(study_root: Path, command: str = "") -> Path:
         raise MedtlError(f"{study_root} has no finished runs to report; run `medtl study CONFIG` first")
     rows, tests = summarize(runs), paired_tests(runs)
     figures = StudyFolder(study_root).figures
-    figures.mkdir(exist_ok=True)
+    make_dir(figures)
     _curves(runs, figures / "curves.png")
     _metric_bars(rows, figures / "metrics.png")
     _rocs(runs, figures / "roc.png")

@@ -23,6 +23,7 @@ import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from medtl.core.io import make_dir
 from medtl.core.config import RunConfig, apply_overrides
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
@@ -80,7 +81,7 @@ def tune(base: RunConfig, trials: int, out: Path, storage: str | None = None, st
     """Run `trials` trials (this process's share when workers share the storage); returns the study."""
     if trials < 1:
         raise MedtlError(f"--trials {trials}: give at least 1")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     shared = storage is not None  # workers sharing a database must not all draw the same seeded samples
     with _storage(storage or f"sqlite:///{(out / 'tune.db').resolve()}") as rdb:
         study = optuna.create_study(study_name=study_name, storage=rdb, direction="maximize", load_if_exists=True,

@@ -265,9 +265,16 @@ def build_backbone(spec: BackboneSpec, weights: str, in_chans: int = 3) -> nn.Mo
 def _load_without_classifier(model: nn.Module, spec: BackboneSpec, state: dict, source: str) -> None:
     skip = (spec.classifier + ".",) + spec.ignore_weight_prefixes
     state = {k: v for k, v in state.items() if not k.startswith(skip)}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(spec.classifier + ".")]
-    if missing or result.unexpected_keys:
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+    wrong_shape = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if wrong_shape or missing or unexpected:
+        example = (f"{wrong_shape[0]} is {tuple(state[wrong_shape[0]].shape)}, the model's "
+                   f"{tuple(own[wrong_shape[0]].shape)}" if wrong_shape else
+                   f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
         raise MedtlError(
-            f"weights '{source}' do not fit backbone '{spec.name}': missing {missing[:5]}, unexpected "
-            f"{result.unexpected_keys[:5]}; pass weights saved from the same architecture")
+            f"weights '{source}' do not fit backbone '{spec.name}': {len(wrong_shape)} tensors of another shape, "
+            f"{len(missing)} missing, {len(unexpected)} unexpected (e.g. {example}); pass weights saved from "
+            f"the same architecture, or pick the backbone they belong to (medtl backbones)")
+    model.load_state_dict(state, strict=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +15,12 @@ import torch
 from medtl.core.config import RunConfig, from_dict, to_dict
 from medtl.core.errors import MedtlError
 from medtl.core.io import atomic_write
+from medtl.core.runfolder import RunFolder
 from medtl.data.images import Decoding
 from medtl.data.preprocess import Preprocess
 from medtl.models.strategies import Classifier, build_classifier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,7 +52,12 @@ class Checkpoint:
         path = Path(path)
         if not path.is_file():
             raise MedtlError(f"{path} not found; pass a run folder written by `medtl train`")
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+            raise MedtlError(f"checkpoint {path} is unreadable ({exc.__class__.__name__}); it is damaged or not a "
+                             "medtl checkpoint: train the run again") from exc
+        _verify(path, d["model"])
         cfg = from_dict(RunConfig, d["config"], where=str(path))
         decoding = None if "dicom_window" in d else Decoding.of(cfg.data)  # older checkpoints: from the config
         return cls(d["model"], cfg, list(d["classes"]), float(d["threshold"]), Preprocess.from_dict(d, decoding),
@@ -59,6 +69,21 @@ class Checkpoint:
         model = build_classifier(self.config.model, num_out, self.preprocess.in_chans, load_weights=False)
         model.load_state_dict(self.weights)
         return model.eval()
+
+
+def _verify(path: Path, weights: dict) -> None:
+    """The weights must be the ones the run recorded in its metrics (`weights_sha256`), when it did."""
+    metrics = RunFolder(path.parent).metrics
+    if not metrics.is_file():
+        return
+    try:
+        expected = json.loads(metrics.read_text()).get("weights_sha256")
+    except (OSError, ValueError) as exc:
+        log.warning("cannot check %s against %s (%s): the weights are used unverified", path, metrics, exc)
+        return
+    if expected and state_digest(weights) != expected:
+        raise MedtlError(f"checkpoint {path} holds other weights than its run recorded (weights_sha256 in "
+                         f"{metrics.name}): the file changed after training; train the run again")
 
 
 def state_digest(state: dict) -> str:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from medtl.core.io import atomic_write
+from medtl.core.io import array_digest, atomic_write, make_dir
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +30,23 @@ def feature_key(*parts: object) -> str:
 
 
 def cached(cache_dir: Path, key: str, rows: int, compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-    """Features for `key` from the cache (memory-mapped), or computed and stored. Returns (array, hit)."""
+    """Features for `key` from the cache (memory-mapped, checked against the checksum written beside it), or
+    computed and stored. Returns (array, hit)."""
     path = cache_dir / "features" / f"{key}.npy"
+    digest = path.with_suffix(".sha256")
     if path.is_file():
         try:
             array = np.load(path, mmap_mode="r")
-            if array.ndim == 2 and array.shape[0] == rows:
+            if array.ndim != 2 or array.shape[0] != rows:
+                log.warning("feature cache %s has shape %s, expected %d rows; rebuilding it", path, array.shape, rows)
+            elif not digest.is_file() or digest.read_text().strip() != array_digest(array):
+                log.warning("feature cache %s does not match its checksum (changed on disk); rebuilding it", path)
+            else:
                 return array, True
-            log.warning("feature cache %s has shape %s, expected %d rows; rebuilding it", path, array.shape, rows)
         except (ValueError, OSError) as exc:
             log.warning("feature cache %s is unreadable (%s); rebuilding it", path, exc)
     array = np.ascontiguousarray(compute(), dtype=np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     atomic_write(path, lambda fh: np.save(fh, array))  # a killed run never leaves a half-written cache
+    atomic_write(digest, array_digest(array))  # after the array: a missing checksum means "rebuild"
     return np.load(path, mmap_mode="r"), False

@@ -153,12 +153,13 @@ def _key(val: dict, monitor: str) -> tuple[float, float]:
 def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare,
         loss_fn: Callable, cfg: TrainConfig, device: torch.device, classes: list[str],
         groups: list[dict] | None = None, progress: bool = True,
-        on_epoch: EpochHook | None = None, state_path: Path | None = None) -> tuple[list[dict], dict, int]:
+        on_epoch: EpochHook | None = None, state_path: Path | None = None,
+        resume: bool = False) -> tuple[list[dict], dict, int]:
     """Train with early stopping on validation `cfg.monitor`; returns (history, best state, best epoch).
 
     The best state is deep-copied: a state_dict() reference would keep changing as training goes on.
-    With `state_path`, the whole training state is saved after every epoch (by rank 0) and, when the file
-    exists, training continues from it exactly where it stopped. Under torchrun the model trains wrapped in
+    With `state_path`, the whole training state is saved after every epoch (by rank 0) and, with `resume`
+    and the file there, training continues from it exactly where it stopped. Under torchrun the model trains wrapped in
     DDP on sharded batches; every process sees the same validation metrics, so all stop together.
     """
     opt = make_optimizer(groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
@@ -166,7 +167,7 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     st = {"epoch": 0, "best": [-math.inf, -math.inf], "best_state": None, "best_epoch": 0, "history": [],
           "stopped": False}
     world = distributed.current()
-    if state_path is not None and state_path.is_file():
+    if resume and state_path is not None and state_path.is_file():
         st = _resume(state_path, model, opt, sched, world)
     net = distributed.wrap(model, device, world)
     epochs = range(st["epoch"] + 1, cfg.epochs + 1) if not st["stopped"] else range(0)
@@ -174,6 +175,10 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
         start = time.perf_counter()
         distributed.set_epoch(train_batches, epoch)
         train_loss = _train_epoch(net, train_batches, prepare, loss_fn, opt, device, progress)
+        if not math.isfinite(train_loss):
+            raise MedtlError(f"training diverged in epoch {epoch} (training loss {train_loss}); lower the learning "
+                             f"rate (train.lr={cfg.lr:g}) and start again; epochs 1..{epoch - 1} are kept in the "
+                             "run folder's state.pt")
         distributed.sync_buffers(model, world)
         probs, y = predict(model, val_batches, prepare, device)
         val = score(y, probs, classes)

@@ -43,6 +43,7 @@ class Prepared:
     cache_dir: Path
     audit_notes: list[str] = field(default_factory=list)
     state_path: Path | None = None  # per-epoch training state, for --resume
+    resume: bool = False  # continue from state_path (only when asked: --resume)
 
     @property
     def binary(self) -> bool:
@@ -80,7 +81,8 @@ class Prepared:
         return self.preprocess.normalize(x.to(self.device, non_blocking=True))
 
 
-def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None = None) -> Prepared:
+def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None = None,
+            whole_tree_as: str | None = None) -> Prepared:
     """Check the backbone, weights and data, decode images (cached; under torchrun by the first process of
     each node while the others wait); raises MedtlError on bad input."""
     spec = get_spec(cfg.model.backbone)
@@ -89,7 +91,7 @@ def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None =
     if device.type == "cpu" and cfg.train.tune_malloc:
         log.info("glibc allocator tuned (no mmap, no trim): %s", tune_allocator())
     torch.set_num_threads(cfg.train.threads or distributed.default_threads())
-    splits = discover(cfg.data, cfg.data.split_seed)
+    splits = discover(cfg.data, cfg.data.split_seed, whole_tree_as)
     for note in splits.notes:
         log.info("split: %s", note)
     decoding = Decoding.of(cfg.data)
@@ -101,7 +103,7 @@ def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None =
     check_failures({**splits.rejected, **store.failed}, cfg.data.strict)
     splits.drop(set(store.failed))
     _log_counts(splits)
-    if len(np.unique(splits.labels["train"])) < 2:
+    if "train" in splits.labels and len(np.unique(splits.labels["train"])) < 2:
         raise MedtlError(f"train split of {cfg.data.path} has one class after skipping unreadable images")
     notes = warnings_for(audit(splits, perceptual=False)) if cfg.data.audit else []
     for note in notes:

@@ -4,6 +4,8 @@ state behind, and loaded with `weights_only=True` (plain tensors and numbers onl
 
 from __future__ import annotations
 
+import io
+import pickle
 import random
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 
 from medtl.core.errors import MedtlError
-from medtl.core.io import atomic_write
+from medtl.core.io import atomic_write, sealed, unseal
 
 
 def rng_state() -> dict:
@@ -37,12 +39,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_state(path: Path, state: dict) -> None:
-    atomic_write(path, lambda fh: torch.save(state, fh), fsync=True)
+    """Written atomically and sealed with a checksum (a bit flipped on disk is refused, never trained on)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, sealed(buf.getvalue()), fsync=True)
 
 
 def load_state(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise MedtlError(f"training state {path} is unreadable ({exc.__class__.__name__}); it was not written by "
-                         "this medtl, or the disk lost it: delete it to restart the run from epoch 1") from exc
+        payload = unseal(path.read_bytes(), path)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else exc.__class__.__name__
+        raise MedtlError(f"training state {path} is unreadable ({reason}); delete it to restart the run from "
+                         "epoch 1") from exc

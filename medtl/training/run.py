@@ -6,18 +6,25 @@ is created, so a failed start leaves nothing half-written behind.
 
 from __future__ import annotations
 
+import csv
+import fcntl
+import io
 import logging
+import os
 import time
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
 
 from medtl.core import logs
 from medtl.core.config import RunConfig, dump_yaml, from_dict, to_dict
 from medtl.core.device import pick_device
-from medtl.core.errors import MedtlError
-from medtl.core.io import atomic_write, write_json
+from medtl.core.errors import Interrupted, MedtlError
+from medtl.core.io import atomic_write, make_dir, write_json
 from medtl.core.runfolder import RunFolder
 from medtl.data.datasets import class_weights, train_transform
 from medtl.evaluation.metrics import choose_threshold, score
@@ -49,24 +56,76 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
     model = build_classifier(cfg.model, num_out, p.in_chans).to(p.device)  # the same on every process
     if world.rank:  # other augmentations (and dropout) than rank 0's; rank 0 draws as one process would
         seed_everything(cfg.train.seed + world.rank)
-    folder = RunFolder(distributed.broadcast((_resume_dir(cfg) if resume else _make_run_dir(cfg)).path
-                                             if world.main else None))
-    p.state_path = folder.state
-    if not world.main:
-        _train(p, model, progress, on_epoch)
-        return folder.path
-    if not resume:
-        folder.state.unlink(missing_ok=True)  # a killed earlier attempt in this folder: start over
-    with logs.to_file(folder.log):
-        _write_inputs(p, folder, resume)
-        log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s%s", folder,
-                 p.spec.name, p.weights, cfg.model.strategy, p.size, p.device,
-                 f", {world.size} processes (DDP)" if world.active else "")
-        start = time.perf_counter()
-        history, best_epoch, probs = _train(p, model, progress, on_epoch)
-        _finish(p, model, folder, history, best_epoch, probs, time.perf_counter() - start)
-        folder.state.unlink(missing_ok=True)  # the run is complete: the checkpoint holds its result
+    p.resume = resume
+    with ExitStack() as held:
+        folder, error = None, None
+        if world.main:
+            try:
+                folder = _claim(cfg, resume, held)
+            except MedtlError as exc:
+                error = exc
+        path, message = distributed.broadcast((folder and str(folder.path), error and str(error)))
+        if error is not None:
+            raise error
+        if message:  # every process stops with rank 0's reason, none waits for it
+            raise MedtlError(message)
+        folder = RunFolder(path)
+        p.state_path = folder.state
+        if not world.main:
+            _train(p, model, progress, on_epoch)
+            return folder.path
+        with logs.to_file(folder.log), _interruptible(folder):
+            _write_inputs(p, folder, resume)
+            log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s%s", folder,
+                     p.spec.name, p.weights, cfg.model.strategy, p.size, p.device,
+                     f", {world.size} processes (DDP)" if world.active else "")
+            start = time.perf_counter()
+            history, best_epoch, probs = _train(p, model, progress, on_epoch)
+            _finish(p, model, folder, history, best_epoch, probs, time.perf_counter() - start)
+            folder.state.unlink(missing_ok=True)  # the run is complete: the checkpoint holds its result
     return folder.path
+
+
+def _claim(cfg: RunConfig, resume: bool, held: ExitStack) -> RunFolder:
+    """The run folder, made (or found, for --resume) and locked for this process until `held` closes."""
+    folder = _resume_dir(cfg) if resume else _make_run_dir(cfg)
+    held.enter_context(_locked(folder))
+    if not resume and folder.state.exists():
+        raise MedtlError(f"run folder {folder} holds an unfinished run ({folder.state.name}); continue it with "
+                         f"`medtl train --resume {folder}`, or pass another --name")
+    return folder
+
+
+@contextmanager
+def _locked(folder: RunFolder) -> Iterator[None]:
+    """One process per run folder: a second run with the same --name fails at once instead of mixing its
+    epochs into the first one's state."""
+    with open(folder.lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise MedtlError(f"run folder {folder} is in use by {holder}; wait for it to finish, or pass another "
+                             "--name") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"medtl pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            folder.lock.unlink(missing_ok=True)  # before the lock is released: a waiting run sees a fresh file
+
+
+@contextmanager
+def _interruptible(folder: RunFolder) -> Iterator[None]:
+    """Ctrl-C: one line saying how to continue (exit 130), instead of a traceback or a silent exit."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = "the last finished epoch is kept" if folder.state.exists() else "no epoch had finished"
+        raise Interrupted(f"interrupted: {kept}; continue with `medtl train --resume {folder}`") from None
 
 
 def _write_inputs(p: Prepared, folder: RunFolder, resume: bool) -> None:
@@ -76,8 +135,12 @@ def _write_inputs(p: Prepared, folder: RunFolder, resume: bool) -> None:
     if p.audit_notes:
         atomic_write(folder.audit, "".join(f"warning: {n}\n" for n in p.audit_notes))
     skipped = {**p.splits.rejected, **p.store.failed}
-    if skipped:
-        atomic_write(folder.skipped, "".join(f"{r}\t{e}\n" for r, e in skipped.items()))
+    if skipped:  # CSV, quoted: a file name may hold a tab or a newline
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "reason"])
+        writer.writerows(skipped.items())
+        atomic_write(folder.skipped, buf.getvalue())
 
 
 def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook | None = None):
@@ -100,7 +163,7 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
     val = p.loader("val", False, tc.batch_size)
     groups = param_groups(model, tc.lr, tc.backbone_lr_scale)
     history, _, best_epoch = fit(model, train, val, p.prepare, loss_fn, tc, p.device, p.splits.classes, groups,
-                                 progress, on_epoch, p.state_path)
+                                 progress, on_epoch, p.state_path, p.resume)
     probs = {s: predict(model, p.loader(s, False, tc.batch_size), p.prepare, p.device, f"predict {s}", progress)
              for s in ("val", "test") if s in p.splits.refs}
     return history, best_epoch, probs
@@ -133,10 +196,13 @@ def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool
     cfg = ckpt.config
     data_cfg = from_dict(type(cfg.data), {**to_dict(cfg.data), "path": data, "image_size": ckpt.preprocess.size,
                                           "subset_per_class": None})
-    p = prepare(RunConfig(data=data_cfg, model=cfg.model, train=cfg.train), progress)
-    if p.splits.classes != ckpt.classes:
-        raise MedtlError(f"{data} has classes {p.splits.classes} but the model was trained on {ckpt.classes}; "
-                         "pass data with the same class folders")
+    p = prepare(RunConfig(data=data_cfg, model=cfg.model, train=cfg.train), progress, whole_tree_as=split)
+    unknown = sorted(set(p.splits.classes) - set(ckpt.classes))
+    if unknown:
+        raise MedtlError(f"{data} has classes {unknown} that the model was not trained on ({ckpt.classes}); "
+                         "pass data whose class folders are among the run's classes")
+    index = np.array([ckpt.classes.index(c) for c in p.splits.classes])  # a subset of the classes is fine
+    p.splits.labels = {s: index[y] for s, y in p.splits.labels.items()}
     if split not in p.splits.refs:
         raise MedtlError(f"{data} has no '{split}' split; available: {', '.join(p.splits.refs)}")
     model = ckpt.build().to(p.device)
@@ -157,5 +223,5 @@ def _make_run_dir(cfg: RunConfig) -> RunFolder:
     folder = RunFolder(Path(cfg.out) / name)
     if folder.checkpoint.exists():
         raise MedtlError(f"run folder {folder} already holds a finished run; pass another --name or --out")
-    folder.path.mkdir(parents=True, exist_ok=True)
+    make_dir(folder.path)
     return folder
