@@ -57,7 +57,7 @@ def test_truncated_file_is_reported_and_strict_fails(tmp_path, caplog):
         check_failures(store.failed, strict=True)
     with caplog.at_level(logging.WARNING):
         check_failures(store.failed, strict=False)
-    assert "skipping 1 unreadable" in caplog.text
+    assert "skipping 1 image(s) or manifest row(s) that cannot be used" in caplog.text
 
 
 def test_image_cache_hit_miss_and_corrupt_rebuild(tmp_path, caplog):

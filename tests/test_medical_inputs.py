@@ -134,14 +134,15 @@ def test_manifest_rows_that_cannot_be_used_are_listed_or_fatal(tmp_path, cache_d
     for i in range(24):
         make_image(i % 2, rng).save(tmp_path / f"{i}.png")
         lines.append(f"{i}.png,{'pos' if i % 2 else 'neg'},{'test' if i >= 18 else 'train'}")
-    lines += ["missing.png,pos,train", "0.png,unknown,test"]
+    make_image(0, rng).save(tmp_path / "24.png")  # its own file: 0.png listed again with another label is fatal
+    lines += ["missing.png,pos,train", "24.png,unknown,test"]
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     base = [sys.executable, "-m", "medtl", "train", str(tmp_path / "m.csv"), "--strategy", "linear",
             "--image-size", "32", "--epochs", "2", "--out", str(tmp_path / "runs"), "--quiet"]
     env = {**os.environ, "MEDTL_CACHE": str(cache_dir)}
     done = subprocess.run(base + ["--name", "ok"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    skipped = (tmp_path / "runs" / "ok" / "skipped.txt").read_text()
+    skipped = (tmp_path / "runs" / "ok" / "skipped.csv").read_text()
     assert "m.csv row 26: file 'missing.png' not found" in skipped
     assert "m.csv row 27: label 'unknown' is not a class" in skipped
     strict = subprocess.run(base + ["--name", "strict", "--strict"], capture_output=True, text=True, env=env)

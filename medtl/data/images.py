@@ -77,7 +77,7 @@ def open_image(ref: str, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIX
         path, split, index = ref.split(NPZ_SEP)
         return Image.fromarray(_npz_array(path, f"{split}_images")[int(index)])
     if is_dicom(ref):
-        return read_dicom(ref, window)
+        return read_dicom(ref, window, max_pixels)
     with open_checked(ref, max_pixels) as img:
         img.load()
         return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -239,5 +239,6 @@ def check_failures(failed: dict[str, str], strict: bool) -> None:
     if strict:
         raise MedtlError(f"cannot use image {first} ({reason}); {len(failed)} unusable in all. "
                          "Fix or remove the file (or manifest row), or drop --strict to skip them")
-    log.warning("skipping %d unreadable image(s), e.g. %s (%s); listed in the run folder's skipped.csv",
+    log.warning("skipping %d image(s) or manifest row(s) that cannot be used, e.g. %s (%s); listed in the run "
+                "folder's skipped.csv",
                 len(failed), first, reason)

@@ -3,7 +3,9 @@
 Paths are relative to the manifest's folder unless absolute. Without a split column, test and val are
 carved from the rows, grouped by patient when an ID column is present (a patient's images all land in one
 split) and stratified by label. Rows naming a missing file or an unknown label are left out and listed
-(with their row number) in the run folder; `--strict` fails on the first instead.
+(with their row number) in the run folder; `--strict` fails on the first instead. An image listed twice is
+kept once (the extra rows listed the same way) when its rows agree, and refused, naming both rows, when they
+give it different labels, splits or patients: otherwise one image could be trained on and tested on.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def from_manifest(path: Path, cfg: DataConfig, seed: int):
 
 
 def _entries(path: Path, roles: dict[str, str], rows) -> tuple[list[dict], dict[str, str]]:
-    entries, rejected = [], {}
+    entries, rejected, seen, again = [], {}, {}, {}
     for number, row in rows:
         raw = (row.get(roles["path"]) or "").strip()
         file = Path(raw) if Path(raw).is_absolute() else path.parent / raw
@@ -82,10 +84,27 @@ def _entries(path: Path, roles: dict[str, str], rows) -> tuple[list[dict], dict[
         if not raw or not file.is_file():
             rejected[str(file)] = f"{path.name} row {number}: file '{raw}' not found"
             continue
-        entries.append({"row": number, "ref": str(file.resolve()), "label": (row.get(roles["label"]) or "").strip(),
-                        "patient": (row.get(roles["patient"]) or "").strip() if "patient" in roles else "",
-                        "split": SPLIT_NAMES[split] if split else None})
+        entry = {"row": number, "ref": str(file.resolve()), "label": (row.get(roles["label"]) or "").strip(),
+                 "patient": (row.get(roles["patient"]) or "").strip() if "patient" in roles else "",
+                 "split": SPLIT_NAMES[split] if split else None}
+        first = seen.setdefault(entry["ref"], entry)
+        if first is entry:
+            entries.append(entry)
+            continue
+        _same_or_fail(path, raw, first, entry)  # one image twice: kept once, else it could land in two splits
+        again.setdefault(entry["ref"], []).append(number)
+        numbers = again[entry["ref"]]
+        rejected[entry["ref"]] = (f"{path.name} row{'s' * (len(numbers) > 1)} {', '.join(map(str, numbers))}: "
+                                  f"'{raw}' again, as in row {first['row']} (same label); row {first['row']} is kept")
     return entries, rejected
+
+
+def _same_or_fail(path: Path, raw: str, first: dict, entry: dict) -> None:
+    """A file listed twice must say the same thing twice; name both rows when it does not."""
+    for key in ("label", "split", "patient"):
+        if first[key] != entry[key]:
+            raise MedtlError(f"manifest {path}: '{raw}' is listed twice with different {key}s (row {first['row']}: "
+                             f"'{first[key] or ''}', row {entry['row']}: '{entry[key] or ''}'); keep one row per image")
 
 
 def _check_patients(path: Path, entries: list[dict]) -> None:

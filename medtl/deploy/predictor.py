@@ -79,7 +79,7 @@ def open_upload(data: bytes, window: str = "auto", max_pixels: int = DEFAULT_MAX
     """An uploaded file's bytes as an image (DICOM or anything PIL reads); ValueError when it is neither, or when
     it is larger than `max_pixels` (the message then says so)."""
     if is_dicom(data):
-        return read_dicom(data, window)
+        return read_dicom(data, window, max_pixels)
     try:
         with open_checked(io.BytesIO(data), max_pixels) as img:
             img.load()

@@ -82,29 +82,96 @@ def _unavailable(cfg: RunConfig) -> str:
 
 
 def load_study(path: str | Path) -> Study:
-    """Read a study YAML: name, out, base (a run config), grid (key -> list of values)."""
+    """Read a study YAML: name, out, base (a run config), grid (key -> list of values), exclude (grid points)."""
     path = Path(path)
-    if not path.is_file():
-        raise MedtlError(f"study file {path} not found; see examples/kermany_seed_protocol.yaml")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _read_yaml(path)
     unknown = set(data) - {"name", "out", "base", "grid", "exclude"}
     if unknown:
-        raise MedtlError(f"{path}: unknown keys {sorted(unknown)}; valid: name, out, base, grid, exclude")
+        raise MedtlError(f"{path}: unknown keys {sorted(map(str, unknown))}; valid: name, out, base, grid, exclude")
     grid = {}
-    for key, values in (data.get("grid") or {}).items():
+    for key, values in _mapping(path, data, "grid", "grid: {backbone: [resnet18], seed: [0, 1]}").items():
         if not isinstance(values, list) or not values:
             raise MedtlError(f"{path}: grid.{key} must be a non-empty list, e.g. {key}: [a, b]")
-        grid[dotted_key(key)] = values
+        grid[_key(path, key, "grid")] = values
     if not grid:
         raise MedtlError(f"{path}: the grid is empty; e.g. grid: {{backbone: [efficientnet_lite0], seed: [0, 1]}}")
-    base = run_config_from(data.get("base") or {}, f"{path}:base")
-    exclude = [{dotted_key(k): v for k, v in rule.items()} for rule in data.get("exclude") or []]
+    base = run_config_from(_mapping(path, data, "base", "base: {epochs: 10, image_size: 224}"), f"{path}:base")
+    exclude = _exclude(path, data.get("exclude"), grid)
+    for key in ("name", "out"):
+        if not isinstance(data.get(key), (str, int, float, type(None))) or isinstance(data.get(key), bool):
+            raise MedtlError(f"{path}: {key} must be a plain name, not {_kind(data[key])}; e.g. {key}: kermany")
+    study = Study(str(data.get("name") or path.stem), base, grid, Path(str(data.get("out") or "studies")), exclude)
+    try:
+        study.runs()  # validates every grid value against the config now, before anything runs
+    except MedtlError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise MedtlError(f"{path}: {exc}") from exc
+    return study
+
+
+def _read_yaml(path: Path) -> dict:
+    """The file's top-level mapping; syntax errors as one line with the line and column."""
+    if not path.is_file():
+        raise MedtlError(f"study file {path} not found; see examples/kermany_seed_protocol.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise MedtlError(f"{path} is not a UTF-8 text file ({exc.reason} at byte {exc.start}); save the study "
+                         "as plain YAML text") from exc
+    except yaml.YAMLError as exc:
+        raise MedtlError(f"{path}: not valid YAML{_where(exc)}; fix the syntax there "
+                         "(e.g. a missing colon, a tab, an unclosed bracket or quote)") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MedtlError(f"{path}: the top level is {_kind(data)}; a study is a mapping with keys name, out, base, "
+                         "grid, exclude (see examples/kermany_seed_protocol.yaml)")
+    return data
+
+
+def _where(exc: yaml.YAMLError) -> str:
+    """' at line L, column C: problem' (1-based, as editors count), from a multi-line yaml error."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else f": {problem}"
+
+
+def _kind(value: Any) -> str:
+    return f"a {type(value).__name__.replace('dict', 'mapping').replace('NoneType', 'null')} ({str(value)[:40]!r})"
+
+
+def _mapping(path: Path, data: dict, key: str, example: str) -> dict:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MedtlError(f"{path}: {key} must be a mapping, not {_kind(value)}; e.g. {example}")
+    return value
+
+
+def _key(path: Path, key: Any, where: str) -> str:
+    """A grid or exclude key as a dotted config key; an unknown one names the file."""
+    if not isinstance(key, str):
+        raise MedtlError(f"{path}: {where} key {key!r} is not a setting name; use names such as backbone or train.lr")
+    try:
+        return dotted_key(key)
+    except MedtlError as exc:
+        raise MedtlError(f"{path}: {where}: {exc}") from exc
+
+
+def _exclude(path: Path, rules: Any, grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    if rules is None:
+        return []
+    example = "exclude: [{backbone: resnet18, strategy: scratch}]"
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise MedtlError(f"{path}: exclude must be a list of mappings (grid key -> value), not {_kind(rules)}; "
+                         f"e.g. {example}")
+    exclude = [{_key(path, k, "exclude"): v for k, v in rule.items()} for rule in rules]
     for rule in exclude:
         if set(rule) - set(grid):
             raise MedtlError(f"{path}: exclude rule {rule} names keys outside the grid ({', '.join(grid)})")
-    study = Study(str(data.get("name") or path.stem), base, grid, Path(data.get("out") or "studies"), exclude)
-    study.runs()  # validates every grid value against the config now, before anything runs
-    return study
+    return exclude
 
 
 def run_study(study: Study, progress: bool = True) -> list[Path]:
