@@ -101,6 +101,9 @@ class DataConfig(_Checked):
     audit: bool = True  # a brief audit (duplicates across splits, class-correlated properties) before training
     convert_mode: Literal["auto", "L", "RGB"] = "auto"  # every image to one mode first (a mode can't leak)
     max_pixels: int = field(default=89_478_485, metadata=_at_least(1))  # larger images are refused unread (PIL's)
+    # carved splits keep together: copies of one image (content), also near-duplicates (perceptual-hash clusters,
+    # a patient proxy when there are no patient IDs), or nothing; manifests with patient IDs group by patient
+    group: Literal["content", "near_duplicates", "none"] = "content"
 
 
     def check(self) -> None:
@@ -139,6 +142,7 @@ class TrainConfig(_Checked):
     monitor: Literal["auc", "loss"] = "auc"  # on validation
     class_weights: bool = True
     threshold: str = "youden"  # youden | f1 | a number such as 0.5; chosen on validation, never test
+    bootstrap: int = field(default=1000, metadata={"min": 0, "max": 100_000})  # resamples for the 95 % intervals
     feature_views: int = field(default=2, metadata={"min": 0, "max": 64})  # linear/partial: augmented views cached
     cache_frozen: bool = True  # partial: cache the frozen prefix's activations, train the top on them
     seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})

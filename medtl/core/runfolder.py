@@ -30,6 +30,8 @@ class RunFolder:
     metrics = property(lambda self: self.path / "metrics.json")  # written last: a finished run has it
     history = property(lambda self: self.path / "history.csv")
     curves = property(lambda self: self.path / "curves.png")
+    reliability = property(lambda self: self.path / "reliability.png")  # calibration of val and test
+    confusion = property(lambda self: self.path / "confusion.png")
     checkpoint = property(lambda self: self.path / "checkpoint.pt")
     log = property(lambda self: self.path / "train.log")
     skipped = property(lambda self: self.path / "skipped.csv")  # unreadable images: path, reason

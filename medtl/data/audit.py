@@ -20,7 +20,7 @@ from scipy.stats import chi2_contingency
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.tree import DecisionTreeClassifier
 
-from medtl.data.sources import DataSplits
+from medtl.data.splits import DataSplits
 from medtl.data.dicom import is_dicom
 from medtl.data.images import NPZ_SEP, READ_ERRORS, open_checked, open_image, read_bytes, to_uint8
 

@@ -13,6 +13,8 @@ import numpy as np
 
 from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
+from medtl.data.groups import content_groups
+from medtl.data.layout import split_folders, subfolders
 from medtl.data.manifest import from_manifest
 from medtl.data.npz import from_npz
 from medtl.data.splits import SPLITS, DataSplits, carve, need_two_classes, subset
@@ -39,17 +41,27 @@ def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = N
             raise MedtlError(f"data file {root} is not a .npz or a .csv/.tsv manifest; pass a MedMNIST .npz, "
                              "a manifest or a folder")
         splits = from_npz(root, cfg.class_names)
-    elif (root / "train").is_dir():
-        splits = _from_split_tree(root)
+    elif (folders := split_folders(root)) is not None:
+        splits = _from_split_tree(root, folders)
     elif whole_tree_as:
         return _whole_tree(root, whole_tree_as)
     else:
         splits = _from_one_tree(root, cfg, split_seed)
     if "val" not in splits.refs:
-        carve(splits, "train", "val", cfg.val_fraction, split_seed, splits.groups)
+        carve(splits, "train", "val", cfg.val_fraction, split_seed, *_grouping(splits, "train", cfg))
     if cfg.subset_per_class:
         subset(splits, cfg.subset_per_class, split_seed)
     return splits
+
+
+def _grouping(splits: DataSplits, split: str, cfg: DataConfig) -> tuple[dict[str, str] | None, str]:
+    """(groups, kind) for carving out of `split`: patients when a manifest names them, else copies (and with
+    data.group=near_duplicates, near-duplicates) of one image, else none."""
+    if splits.groups:
+        return splits.groups, "patient"
+    if cfg.group == "none":
+        return None, "none"
+    return content_groups(splits.refs[split], near=cfg.group == "near_duplicates"), cfg.group
 
 
 def _exists(path: Path) -> bool:
@@ -61,7 +73,10 @@ def _exists(path: Path) -> bool:
 
 
 def _class_folders(root: Path) -> dict[str, list[Path]]:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = subfolders(root)
+    if len(folders) == 1 and split_folders(folders[0]) is not None:  # an unzipped archive's own top folder
+        raise MedtlError(f"{root} holds one folder, {folders[0].name}, with split folders inside; pass "
+                         f"{folders[0]} as the data")
     out = {}
     for folder in folders:
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -75,22 +90,24 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _from_split_tree(root: Path) -> DataSplits:
-    train = _class_folders(root / "train")
+def _from_split_tree(root: Path, folders: dict[str, Path]) -> DataSplits:
+    train = _class_folders(folders["train"])
     classes = sorted(train)
-    need_two_classes(classes, root / "train")
+    need_two_classes(classes, folders["train"])
     splits = DataSplits(classes)
     for split in SPLITS:
-        if not (root / split).is_dir():
+        if split not in folders:
             continue
-        folders = train if split == "train" else _class_folders(root / split)
-        unknown = set(folders) - set(classes)
+        found = train if split == "train" else _class_folders(folders[split])
+        unknown = set(found) - set(classes)
         if unknown:
-            raise MedtlError(f"{root / split} has class folder(s) {sorted(unknown)} absent from {root / 'train'}; "
-                             f"classes are {classes}")
-        _add(splits, split, folders)
+            raise MedtlError(f"{folders[split]} has class folder(s) {sorted(unknown)} absent from "
+                             f"{folders['train']}; classes are {classes}")
+        _add(splits, split, found)
+    named = ", ".join(f"{s} = {f.name}/" for s, f in folders.items())
+    splits.notes.append(f"split folders: {named}")
     if "test" not in splits.refs:
-        log.warning("%s has no test/ folder: final metrics are on validation only", root)
+        log.warning("%s has no test split folder: final metrics are on validation only", root)
     return splits
 
 
@@ -117,7 +134,7 @@ def _from_one_tree(root: Path, cfg: DataConfig, seed: int) -> DataSplits:
     need_two_classes(classes, root)
     splits = DataSplits(classes)
     _add(splits, "train", folders)
-    carve(splits, "train", "test", cfg.test_fraction, seed)
+    carve(splits, "train", "test", cfg.test_fraction, seed, *_grouping(splits, "train", cfg))
     return splits
 
 

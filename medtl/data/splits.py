@@ -20,6 +20,7 @@ class DataSplits:
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # split -> int labels
     notes: list[str] = field(default_factory=list)  # how the splits were made, for the log
     groups: dict[str, str] = field(default_factory=dict)  # ref -> patient: carved splits never split a patient
+    carved: dict[str, str] = field(default_factory=dict)  # split -> the split it was carved from (given: absent)
     rejected: dict[str, str] = field(default_factory=dict)  # manifest rows left out -> why (row number)
 
     def all_refs(self) -> list[str]:
@@ -33,16 +34,19 @@ class DataSplits:
 
 
 def carve(splits: DataSplits, source: str, target: str, fraction: float, seed: int,
-           groups: dict[str, str] | None = None) -> None:
+          groups: dict[str, str] | None = None, kind: str = "patient") -> None:
+    """Move a stratified, seeded `fraction` of `source` into `target`. With `groups` (ref -> group), a group's
+    images all land on one side: patients (`kind="patient"`), or copies of one image (`kind="content"`: the
+    split is drawn over groups, so with no copies it is exactly the ungrouped split)."""
     refs, y = splits.refs[source], splits.labels[source]
-    if not 0 < fraction < 1:
-        raise MedtlError(f"{target}_fraction={fraction} must be between 0 and 1")
     counts = np.bincount(y, minlength=len(splits.classes))
     if counts.min() < 2:
         raise MedtlError(f"class '{splits.classes[int(counts.argmin())]}' has {counts.min()} image(s) in "
                          f"{source}; need at least 2 per class to carve a stratified {target} split")
-    if groups:
+    if groups and kind == "patient":
         keep, take = grouped_split(y, [groups[r] for r in refs], fraction, seed)
+    elif groups:
+        keep, take = _split_over_groups(y, [groups.get(r, r) for r in refs], fraction, seed, splits.classes)
     else:
         keep, take = train_test_split(np.arange(len(refs)), test_size=fraction, stratify=y, random_state=seed)
     keep, take = np.sort(keep), np.sort(take)
@@ -50,8 +54,29 @@ def carve(splits: DataSplits, source: str, target: str, fraction: float, seed: i
     splits.labels[target] = y[take]
     splits.refs[source] = [refs[i] for i in keep]
     splits.labels[source] = y[keep]
-    how = "patient-grouped, stratified" if groups else "stratified"
+    how = {"patient": "patient-grouped, stratified", "content": "stratified, copies of an image kept together",
+           "near_duplicates": "stratified, near-duplicate clusters kept together"}.get(kind) if groups else "stratified"
+    splits.carved[target] = source
     splits.notes.append(f"{target} = {how} {fraction:.0%} of {source} (seed {seed})")
+
+
+def _split_over_groups(y: np.ndarray, groups: list[str], fraction: float, seed: int,
+                       classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, take) from a stratified split of the groups (in order of first appearance, each labelled
+    by its first image), so that no group straddles the two sides."""
+    order: dict[str, int] = {}
+    for g in groups:
+        order.setdefault(g, len(order))
+    index = np.array([order[g] for g in groups])
+    first = np.unique(index, return_index=True)[1]
+    labels = y[first]
+    counts = np.bincount(labels, minlength=len(classes))
+    if counts.min() < 2:
+        raise MedtlError(f"class '{classes[int(counts.argmin())]}' has {counts.min()} distinct image(s) once copies "
+                         "are grouped; need at least 2 per class, or set data.group=none")
+    keep_g, take_g = train_test_split(np.arange(len(order)), test_size=fraction, stratify=labels, random_state=seed)
+    take = np.isin(index, take_g)
+    return np.flatnonzero(~take), np.flatnonzero(take)
 
 
 def grouped_split(y: np.ndarray, groups: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

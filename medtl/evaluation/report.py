@@ -25,38 +25,25 @@ def write_history(path: Path, history: list[dict]) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def plot_curves(path: Path, history: list[dict], title: str) -> None:
-    """Loss (train, val) and validation accuracy/AUC per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
-    ax1.plot(epochs, [r["val_loss"] for r in history], label="validation")
-    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax1.legend()
-    ax2.plot(epochs, [r["val_accuracy"] for r in history], label="val accuracy (threshold 0.5)")
-    ax2.plot(epochs, [r["val_auc"] for r in history], label="val ROC-AUC")
-    ax2.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
-    ax2.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
-    finally:
-        plt.close(fig)
-
-
 def format_metrics(name: str, m: dict) -> str:
-    """One line of the headline metrics; undefined values print as 'undefined'."""
+    """One line of the headline metrics with their 95 % intervals; undefined values print as 'undefined'."""
+    ci = m.get("ci95") or {}
+
     def f(key: str) -> str:
         value = clean(m.get(key))
-        return "undefined" if value is None else f"{value:.4f}"
+        text = "undefined" if value is None else f"{value:.4f}"
+        low_high = ci.get(key)
+        return text + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "")
     keys = ("accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "gmean", "loss")
-    return f"{name}: " + ", ".join(f"{k} {f(k)}" for k in keys)
+    line = f"{name}: " + ", ".join(f"{k} {f(k)}" for k in keys)
+    if "calibration" in m:
+        line += f", ECE {m['calibration']['ece']:.4f}, Brier {m['calibration']['brier']:.4f}"
+    if "removed" in m:
+        line += f" ({m['removed']} test images with a copy in train left out)"
+    if m.get("per_class"):
+        line += "; per class recall " + ", ".join(f"{c} {f'{v:.3f}' if v == v else 'undefined'}"
+                                                  for c, v in ((c, d["recall"]) for c, d in m["per_class"].items()))
+    return line
 
 
 def write_predictions(path: Path, refs: list[str], labels, probs, classes: list[str], threshold: float) -> None:

@@ -20,6 +20,7 @@ from medtl.evaluation.compare import METRICS, Run, best_marks, by_group, label, 
 from medtl.core.errors import MedtlError  # noqa: E402
 from medtl.core.io import atomic_write, make_dir  # noqa: E402
 from medtl.core.runfolder import StudyFolder  # noqa: E402
+from medtl.evaluation.figures import save_figure  # noqa: E402
 
 HEADLINE = ("accuracy", "precision", "sensitivity", "f1", "gmean", "auc")
 FIGURES = {"curves.png": "Training curves (mean over seeds): solid = transfer, dashed = scratch",
@@ -72,7 +73,7 @@ def _curves(runs: list[Run], path: Path) -> None:
     ax1.set(xlabel="epoch", ylabel="training loss", title="training loss")
     ax2.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy", ylim=(0, 1.02))
     ax2.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path, dpi=90)
 
 
 def _metric_bars(rows: list[dict], path: Path) -> None:
@@ -87,7 +88,7 @@ def _metric_bars(rows: list[dict], path: Path) -> None:
     ax.set_xticks(x + 0.4 - width / 2, HEADLINE)
     ax.set(ylim=(0, 1.05), ylabel="test score")
     ax.legend(fontsize=7, ncol=2, loc="lower left")
-    _save(fig, path)
+    save_figure(fig, path, dpi=90)
 
 
 def _rocs(runs: list[Run], path: Path) -> None:
@@ -103,7 +104,7 @@ def _rocs(runs: list[Run], path: Path) -> None:
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="test ROC")
     ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
+    save_figure(fig, path, dpi=90)
 
 
 def _confusions(runs: list[Run], path: Path) -> None:
@@ -124,15 +125,7 @@ def _confusions(runs: list[Run], path: Path) -> None:
         ax.set_yticks(range(k), members[0].classes, fontsize=7)
         ax.set_title(label(g), fontsize=8)
         ax.set(xlabel="predicted", ylabel="true")
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:

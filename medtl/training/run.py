@@ -28,7 +28,10 @@ from medtl.core.io import atomic_write, make_dir, write_json
 from medtl.core.runfolder import RunFolder
 from medtl.data.datasets import class_weights, train_transform
 from medtl.evaluation.metrics import choose_threshold, score
-from medtl.evaluation.report import format_metrics, plot_curves, write_history, write_predictions
+from medtl.data.groups import content_groups
+from medtl.evaluation.figures import plot_confusions, plot_curves, plot_reliability
+from medtl.evaluation.report import format_metrics, write_history, write_predictions
+from medtl.evaluation.splits_report import split_report, without_train_copies
 from medtl.models.checkpoint import Checkpoint
 from medtl.models.strategies import Classifier, build_classifier, param_groups
 from medtl.training import distributed
@@ -176,7 +179,7 @@ def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epo
     metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "train_seconds": seconds,
                "threshold": threshold, "threshold_method": p.cfg.train.threshold, "classes": classes,
                "image_size": p.size, "split_sizes": {s: len(r) for s, r in p.splits.refs.items()},
-               "splits": {s: score(y, pr, classes, threshold) for s, (pr, y) in probs.items()}}
+               "splits": _split_reports(p, probs, threshold)}
     for split, m in metrics["splits"].items():
         log.info(format_metrics(split, m))
     for split, (pr, y) in probs.items():
@@ -185,9 +188,28 @@ def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epo
     metrics["weights_sha256"] = ckpt.save(folder.checkpoint)
     write_history(folder.history, history)
     plot_curves(folder.curves, history, f"{p.spec.name} {p.cfg.model.strategy}")
+    plot_reliability(folder.reliability, metrics["splits"], f"{p.spec.name} {p.cfg.model.strategy}")
+    plot_confusions(folder.confusion, metrics["splits"], classes)
     write_json(folder.metrics, metrics)  # last: its presence marks a finished run (studies resume on it)
     log.info("training took %.1f s; best epoch %d; threshold %.4f (chosen on validation by %s)",
              seconds, best_epoch, threshold, p.cfg.train.threshold)
+
+
+def _split_reports(p: Prepared, probs: dict, threshold: float) -> dict:
+    """Every evaluated split, and `test_deduplicated` when the given test split shares images with train
+    (byte-identical, or near-duplicate with data.group=near_duplicates)."""
+    n, seed, classes = p.cfg.train.bootstrap, p.cfg.train.seed, p.splits.classes
+    out = {s: split_report(y, pr, classes, threshold, n, seed) for s, (pr, y) in probs.items()}
+    if "test" in probs and p.splits.carved.get("test") is None and p.cfg.data.group != "none":
+        keys = content_groups(p.splits.refs["train"] + p.splits.refs["test"],
+                              near=p.cfg.data.group == "near_duplicates")
+        kept = without_train_copies([keys[r] for r in p.splits.refs["test"]],
+                                    {keys[r] for r in p.splits.refs["train"]})
+        if 0 < len(kept) < len(p.splits.refs["test"]):
+            pr, y = probs["test"]
+            out["test_deduplicated"] = {**split_report(y[kept], pr[kept], classes, threshold, n, seed),
+                                        "removed": len(p.splits.refs["test"]) - len(kept)}
+    return out
 
 
 def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool = True) -> dict:

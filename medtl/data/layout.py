@@ -1,0 +1,47 @@
+"""Split folders as people publish them: `train/val/test`, `Training/Testing`, `train/valid/test`,
+`training/validation/testing`, in any case. A folder whose "classes" look like split names is never trained
+as classes: it is read as splits, or refused in one line when the layout is ambiguous."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from medtl.core.errors import MedtlError
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "test": "test", "testing": "test"}
+
+
+def subfolders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def split_folders(root: Path) -> dict[str, Path] | None:
+    """{split: folder} when the folders of `root` are splits, None when they are classes; MedtlError naming
+    the folders and the fix when they are neither clearly."""
+    dirs = subfolders(root)
+    splitlike = [d for d in dirs if d.name.lower() in SPLIT_ALIASES]
+    if not splitlike:
+        return None
+    others = [d.name for d in dirs if d not in splitlike]
+    if others:
+        raise MedtlError(f"{root} mixes split folders ({', '.join(d.name for d in splitlike)}) with other folders "
+                         f"({', '.join(others)}); put every class folder inside the splits ({splitlike[0].name}/"
+                         "<class>/...), or rename a class that is called like a split")
+    for d in splitlike:
+        if not subfolders(d):
+            raise MedtlError(f"{d} looks like a split folder but holds no class folders; arrange it as {d}/<class>/"
+                             f"<image>, or rename it if '{d.name}' really is a class")
+    by_split: dict[str, list[Path]] = defaultdict(list)
+    for d in splitlike:
+        by_split[SPLIT_ALIASES[d.name.lower()]].append(d)
+    doubled = {s: f for s, f in by_split.items() if len(f) > 1}
+    if doubled:
+        split, folders = next(iter(doubled.items()))
+        raise MedtlError(f"{root}: {' and '.join(f.name for f in folders)} are both the {split} split; keep one "
+                         "(merge or remove the other)")
+    if "train" not in by_split:
+        raise MedtlError(f"{root} has split folders ({', '.join(d.name for d in splitlike)}) but no training split; "
+                         "add train/ (or Training/) with class folders, or pass a folder of class folders")
+    return {split: folders[0] for split, folders in by_split.items()}

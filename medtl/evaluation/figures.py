@@ -1,0 +1,75 @@
+"""A run's figures beside its metrics: training curves, the reliability diagram (are the probabilities
+calibrated?) and the confusion matrices, one panel per evaluated split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from medtl.core.io import atomic_write  # noqa: E402
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    """Lay out, write atomically as PNG, and free the figure whatever happens."""
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
+def plot_curves(path: Path, history: list[dict], title: str) -> None:
+    """Loss (train, val) and validation accuracy/AUC per epoch."""
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in history], label="train")
+    ax1.plot(epochs, [r["val_loss"] for r in history], label="validation")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax1.legend()
+    ax2.plot(epochs, [r["val_accuracy"] for r in history], label="val accuracy (threshold 0.5)")
+    ax2.plot(epochs, [r["val_auc"] for r in history], label="val ROC-AUC")
+    ax2.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
+    ax2.legend()
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_reliability(path: Path, splits: dict[str, dict], title: str) -> None:
+    """Observed rate against mean predicted probability per bin (the diagonal is perfect calibration); the
+    marker area follows the number of images in the bin."""
+    shown = {s: m for s, m in splits.items() if "calibration" in m}
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4.2), squeeze=False)
+    for ax, (split, m) in zip(axes[0], shown.items()):
+        cal = m["calibration"]
+        bins = np.array(cal["bins"]) if cal["bins"] else np.zeros((0, 3))
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfectly calibrated")
+        ax.plot(bins[:, 0], bins[:, 1], color="C0", lw=1)
+        ax.scatter(bins[:, 0], bins[:, 1], s=20 + 200 * bins[:, 2] / max(1, bins[:, 2].max()), color="C0",
+                   label="this run")
+        two = len(m.get("confusion_matrix", [])) == 2
+        ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xlabel="predicted probability" + (" (positive)" if two else " (top class)"),
+               ylabel="observed rate" if two else "accuracy",
+               title=f"{split}: ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f} (n={m['n']})")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"{title}: reliability")
+    save_figure(fig, path)
+
+
+def plot_confusions(path: Path, splits: dict[str, dict], classes: list[str]) -> None:
+    """Counts per (true, predicted) class, at the run's threshold."""
+    fig, axes = plt.subplots(1, len(splits), figsize=(3.2 + 0.5 * len(classes)) * np.array([len(splits), 1]),
+                             squeeze=False)
+    for ax, (split, m) in zip(axes[0], splits.items()):
+        cm = np.array(m["confusion_matrix"])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+               xlabel="predicted", ylabel="true", title=f"{split} (n={m['n']})")
+        ax.tick_params(axis="x", labelrotation=45 if len(classes) > 3 else 0)
+    save_figure(fig, path)

@@ -1,0 +1,109 @@
+"""How sure a metric is, and whether a probability means what it says.
+
+Bootstrap intervals resample each class separately (the class counts of a split are fixed by its design, not
+random), seeded, and vectorised over resamples: 1,000 resamples of 624 test images take well under a second.
+Calibration: expected calibration error (ECE, equal-width bins) and the Brier score, with the bins for a
+reliability diagram.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+from medtl.evaluation.metrics import class_table, decide
+
+INTERVAL_METRICS = ("accuracy", "sensitivity", "specificity", "f1", "gmean", "auc")
+BINS = 15
+
+
+def intervals(y: np.ndarray, probs: np.ndarray, threshold: float, resamples: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict[str, list[float | None]]:
+    """{metric: [low, high]}: percentile bootstrap intervals, resampling within each class. A metric that is
+    undefined in some resamples (e.g. no positive prediction) is taken over the others; never defined: None."""
+    y = np.asarray(y).astype(int)
+    if resamples <= 0 or len(y) == 0:
+        return {}
+    table = class_table(probs)
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), (resamples, int((y == c).sum())))
+                          for c in np.unique(y)], axis=1)
+    yb, pb = y[idx], table[idx]  # (B, n), (B, n, K)
+    predicted = decide(table, threshold)[idx]
+    values = _binary(yb, pb[..., 1], predicted) if table.shape[1] == 2 else _multiclass(yb, pb, predicted)
+    tail = (1 - level) / 2 * 100
+    out = {}
+    for name, v in values.items():
+        v = v[np.isfinite(v)]
+        out[name] = [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) else None
+    return out
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _binary(y: np.ndarray, p: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
+    tp = ((y == 1) & (pred == 1)).sum(1)
+    tn = ((y == 0) & (pred == 0)).sum(1)
+    fp = ((y == 0) & (pred == 1)).sum(1)
+    fn = ((y == 1) & (pred == 0)).sum(1)
+    sens, spec, prec = _div(tp, tp + fn), _div(tn, tn + fp), _div(tp, tp + fp)
+    return {"accuracy": (tp + tn) / y.shape[1], "sensitivity": sens, "specificity": spec,
+            "f1": _div(2 * prec * sens, prec + sens), "gmean": np.sqrt(sens * spec), "auc": _auc(y == 1, p)}
+
+
+def _auc(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC per row (ties counted half), NaN where a row has one class only."""
+    ranks = rankdata(score, axis=1)
+    n_pos = positive.sum(1)
+    n_neg = positive.shape[1] - n_pos
+    return _div((ranks * positive).sum(1) - n_pos * (n_pos + 1) / 2, n_pos * n_neg)
+
+
+def _multiclass(y: np.ndarray, p: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """Macro averages over the classes present, as `multiclass_metrics` reports them."""
+    k = p.shape[-1]
+    recall, spec, f1, auc = [], [], [], []
+    for c in range(k):
+        tp = ((y == c) & (pred == c)).sum(1)
+        fn = ((y == c) & (pred != c)).sum(1)
+        fp = ((y != c) & (pred == c)).sum(1)
+        tn = ((y != c) & (pred != c)).sum(1)
+        rec, prec = _div(tp, tp + fn), _div(tp, tp + fp)
+        recall.append(rec)
+        spec.append(_div(tn, tn + fp))
+        f1.append(_div(2 * prec * rec, prec + rec))
+        auc.append(_auc(y == c, p[..., c]))
+    return {"accuracy": (pred == y).mean(1), "sensitivity": _nanmean(recall), "specificity": _nanmean(spec),
+            "f1": _nanmean(f1), "gmean": np.prod(recall, 0) ** (1 / k), "auc": _nanmean(auc)}
+
+
+def _nanmean(rows: list[np.ndarray]) -> np.ndarray:
+    """Mean over the defined values of each column; NaN where none is defined."""
+    stacked = np.stack(rows)
+    defined = np.isfinite(stacked)
+    return _div(np.where(defined, stacked, 0).sum(0), defined.sum(0))
+
+
+def calibration(y: np.ndarray, probs: np.ndarray, bins: int = BINS) -> dict:
+    """ECE and Brier score; binary runs on P(positive) against the positive rate, multiclass on the top class's
+    probability against accuracy. `bins` holds (mean confidence, observed rate, count) per non-empty bin."""
+    y = np.asarray(y).astype(int)
+    table = class_table(probs)
+    if table.shape[1] == 2:
+        confidence, hit = table[:, 1], (y == 1).astype(float)
+    else:
+        confidence, hit = table.max(1), (table.argmax(1) == y).astype(float)
+    onehot = np.eye(table.shape[1])[y]
+    brier = float(np.mean(((table - onehot) ** 2).sum(1)) / (1 if table.shape[1] > 2 else 2))
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            conf, rate, n = float(confidence[members].mean()), float(hit[members].mean()), int(members.sum())
+            ece += n / len(y) * abs(conf - rate)
+            rows.append([conf, rate, n])
+    return {"ece": float(ece), "brier": brier, "bins": rows}
