@@ -162,7 +162,8 @@ def _auc_difference(pairs: list[tuple[Run, Run]], rng: np.random.Generator) -> d
     def diff(idx):
         return float(np.mean([_auc(labels[idx], a.probs[idx]) - _auc(labels[idx], b.probs[idx]) for a, b in pairs]))
     point = diff(np.arange(len(labels)))
-    boots = np.array([diff(rng.integers(0, len(labels), len(labels))) for _ in range(BOOTSTRAP)])
+    by_class = [np.flatnonzero(labels == k) for k in np.unique(labels)]  # stratified: every class in every draw
+    boots = np.array([diff(np.concatenate([rng.choice(m, len(m)) for m in by_class])) for _ in range(BOOTSTRAP)])
     lo, hi = np.nanpercentile(boots, [2.5, 97.5])
     return {"auc_difference": point, "auc_ci_low": float(lo), "auc_ci_high": float(hi)}
 

@@ -97,12 +97,14 @@ def _rocs(runs: list[Run], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 6))
     for g, members in groups.items():
         probs = np.mean([r.probs for r in members], axis=0)
-        if probs.shape[1] != 2:
-            continue  # multiclass: per-class ROC curves would crowd the figure; AUCs are in the table
-        fpr, tpr, _ = roc_curve(members[0].labels, probs[:, 1])
+        if probs.shape[1] == 2:
+            fpr, tpr, _ = roc_curve(members[0].labels, probs[:, 1])
+        else:  # one curve per configuration: the micro-average over one-vs-rest decisions
+            fpr, tpr, _ = roc_curve(np.eye(probs.shape[1])[members[0].labels].ravel(), probs.ravel())
         ax.plot(fpr, tpr, label=label(g), **styles[g])
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="test ROC")
+    title = "test ROC" if runs[0].probs.shape[1] == 2 else "test ROC (micro-average, one class vs the rest)"
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title)
     ax.legend(fontsize=7, loc="lower right")
     save_figure(fig, path, dpi=90)
 
