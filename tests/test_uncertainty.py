@@ -81,3 +81,25 @@ def test_no_copies_no_deduplicated_block(image_tree, cache_dir, tmp_path):
                       strategy="full", epochs=1, image_size=32, bootstrap=0)
     splits = run.metrics["splits"]
     assert set(splits) == {"val", "test"} and splits["test"]["ci95"] == {}
+
+
+def test_temperature_scaling_is_fitted_on_validation_and_travels_with_the_model(image_tree, cache_dir, tmp_path):
+    from medtl.evaluation.uncertainty import apply_temperature, fit_temperature
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1, 2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-z))).astype(int)
+    overconfident = 1 / (1 + np.exp(-3 * z))
+    t = fit_temperature(y, overconfident)
+    assert 2.5 < t < 3.5
+    assert calibration(y, apply_temperature(overconfident, t))["ece"] < calibration(y, overconfident)["ece"] / 2
+
+    run = medtl.train(image_tree, out=tmp_path / "runs", name="t", backbone="resnet18", weights="none",
+                      strategy="full", epochs=2, image_size=32, calibrate="temperature")
+    metrics = run.metrics
+    assert metrics["temperature"] != 1.0 and set(metrics["uncalibrated"]) == {"val", "test"}
+    rows = {r["path"]: float(r["prob_pos"]) for r in csv.DictReader(open(run.folder.predictions("test")))}
+    again = run.predict(list(rows))  # the predictor applies the same temperature
+    assert all(abs(r["prob_pos"] - rows[r["path"]]) < 1e-4 for r in again)
+    path, diff = run.export("onnx")
+    assert diff <= 1e-4

@@ -143,6 +143,8 @@ class TrainConfig(_Checked):
     class_weights: bool = True
     threshold: str = "youden"  # youden | f1 | a number such as 0.5; chosen on validation, never test
     bootstrap: int = field(default=1000, metadata={"min": 0, "max": 100_000})  # resamples for the 95 % intervals
+    # temperature: probabilities rescaled by one temperature fitted on validation (ranking, AUC unchanged)
+    calibrate: Literal["none", "temperature"] = "none"
     feature_views: int = field(default=2, metadata={"min": 0, "max": 64})  # linear/partial: augmented views cached
     cache_frozen: bool = True  # partial: cache the frozen prefix's activations, train the top on them
     seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})

@@ -34,9 +34,10 @@ class Exported(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.binary = pred.binary
+        self.temperature = float(pred.temperature)  # a Python constant in the exported graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net((x - self.mean) / self.std).float()
+        logits = self.net((x - self.mean) / self.std).float() / self.temperature
         if self.binary:  # a Python constant, so tracing and export see one branch
             p = torch.sigmoid(logits[:, 0])
             return torch.stack([1 - p, p], 1)
@@ -45,6 +46,7 @@ class Exported(nn.Module):
 
 def metadata(pred: Predictor) -> dict[str, str]:
     return {"medtl.classes": json.dumps(pred.classes), "medtl.threshold": repr(pred.threshold),
+            "medtl.temperature": repr(pred.temperature),
             "medtl.backbone": pred.backbone, "medtl.image_size": str(pred.size),
             "medtl.channels": str(pred.in_chans), "medtl.dicom_window": pred.decoding.window,
             "medtl.convert_mode": pred.decoding.mode, "medtl.mean": json.dumps(pred.mean), "medtl.std": json.dumps(pred.std),

@@ -36,12 +36,14 @@ class Predictor:
     preprocess: Preprocess
     backbone: str
     device: torch.device
+    temperature: float = 1.0  # fitted on validation when the run was calibrated
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Predictor":
         ckpt = Checkpoint.load(RunFolder(run_dir).checkpoint)
         dev = pick_device(device)
-        return cls(ckpt.build().to(dev), ckpt.classes, ckpt.threshold, ckpt.preprocess, ckpt.backbone, dev)
+        return cls(ckpt.build().to(dev), ckpt.classes, ckpt.threshold, ckpt.preprocess, ckpt.backbone, dev,
+                   ckpt.temperature)
 
     size = property(lambda self: self.preprocess.size)
     in_chans = property(lambda self: self.preprocess.in_chans)
@@ -68,7 +70,8 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """(N, K) class probabilities of a uint8 batch; binary runs give [1 - p, p]."""
-        return class_table(to_probs(self.model(self.normalized(batch)).float()).cpu().numpy())
+        logits = self.model(self.normalized(batch)).float() / self.temperature
+        return class_table(to_probs(logits).cpu().numpy())
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class index per row: the run's threshold (chosen on validation) for binary runs, argmax otherwise."""

@@ -107,3 +107,28 @@ def calibration(y: np.ndarray, probs: np.ndarray, bins: int = BINS) -> dict:
             ece += n / len(y) * abs(conf - rate)
             rows.append([conf, rate, n])
     return {"ece": float(ece), "brier": brier, "bins": rows}
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities of logits divided by `temperature` (binary: P(positive) vectors; multiclass: rows). The
+    order of the scores never changes, so neither does any ranking metric (AUC)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+    if p.ndim == 1:
+        return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+    z = np.log(p) / temperature
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_temperature(y: np.ndarray, probs: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of `probs` on these labels (validation)."""
+    from scipy.optimize import minimize_scalar
+
+    y = np.asarray(y).astype(int)
+
+    def nll(log_t: float) -> float:
+        table = class_table(apply_temperature(probs, float(np.exp(log_t))))
+        return float(-np.mean(np.log(np.clip(table[np.arange(len(y)), y], 1e-12, 1))))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))

@@ -31,6 +31,7 @@ class Checkpoint:
     threshold: float  # binary runs: chosen on validation; multiclass runs predict the argmax
     preprocess: Preprocess
     backbone: str
+    temperature: float = 1.0  # logits are divided by it (train.calibrate=temperature; 1: as trained)
 
     @property
     def binary(self) -> bool:
@@ -38,7 +39,8 @@ class Checkpoint:
 
     def to_dict(self) -> dict:
         return {"model": self.weights, "config": to_dict(self.config), "classes": list(self.classes),
-                "threshold": float(self.threshold), "backbone": self.backbone, **self.preprocess.to_dict()}
+                "threshold": float(self.threshold), "backbone": self.backbone, "temperature": float(self.temperature),
+                **self.preprocess.to_dict()}
 
     def save(self, path: str | Path) -> str:
         """Write atomically; returns the digest of the weights (the same weights give the same digest,
@@ -61,7 +63,7 @@ class Checkpoint:
         cfg = from_dict(RunConfig, d["config"], where=str(path))
         decoding = None if "dicom_window" in d else Decoding.of(cfg.data)  # older checkpoints: from the config
         return cls(d["model"], cfg, list(d["classes"]), float(d["threshold"]), Preprocess.from_dict(d, decoding),
-                   d["backbone"])
+                   d["backbone"], float(d.get("temperature", 1.0)))
 
     def build(self) -> Classifier:
         """The classifier with these weights, in eval mode (no pretrained weights are read)."""

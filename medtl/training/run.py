@@ -32,6 +32,7 @@ from medtl.data.groups import content_groups
 from medtl.evaluation.figures import plot_confusions, plot_curves, plot_reliability
 from medtl.evaluation.report import format_metrics, write_history, write_predictions
 from medtl.evaluation.splits_report import split_report, without_train_copies
+from medtl.evaluation.uncertainty import apply_temperature, calibration, fit_temperature
 from medtl.models.checkpoint import Checkpoint
 from medtl.models.strategies import Classifier, build_classifier, param_groups
 from medtl.training import distributed
@@ -174,17 +175,20 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
 
 def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epoch, probs, seconds) -> None:
     classes = p.splits.classes
+    probs, temperature, before = _calibrate(p, probs)
     val_p, val_y = probs["val"]
     threshold = choose_threshold(val_y, val_p, p.cfg.train.threshold) if p.binary else 0.5
     metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "train_seconds": seconds,
                "threshold": threshold, "threshold_method": p.cfg.train.threshold, "classes": classes,
                "image_size": p.size, "split_sizes": {s: len(r) for s, r in p.splits.refs.items()},
-               "splits": _split_reports(p, probs, threshold)}
+               "splits": _split_reports(p, probs, threshold), "temperature": temperature}
+    if before:
+        metrics["uncalibrated"] = before
     for split, m in metrics["splits"].items():
         log.info(format_metrics(split, m))
     for split, (pr, y) in probs.items():
         write_predictions(folder.predictions(split), p.splits.refs[split], y, pr, classes, threshold)
-    ckpt = Checkpoint(model.state_dict(), p.cfg, classes, threshold, p.preprocess, p.spec.name)
+    ckpt = Checkpoint(model.state_dict(), p.cfg, classes, threshold, p.preprocess, p.spec.name, temperature)
     metrics["weights_sha256"] = ckpt.save(folder.checkpoint)
     write_history(folder.history, history)
     plot_curves(folder.curves, history, f"{p.spec.name} {p.cfg.model.strategy}")
@@ -193,6 +197,19 @@ def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epo
     write_json(folder.metrics, metrics)  # last: its presence marks a finished run (studies resume on it)
     log.info("training took %.1f s; best epoch %d; threshold %.4f (chosen on validation by %s)",
              seconds, best_epoch, threshold, p.cfg.train.threshold)
+
+
+def _calibrate(p: Prepared, probs: dict) -> tuple[dict, float, dict]:
+    """train.calibrate=temperature: one temperature fitted on validation rescales every split's probabilities;
+    returns (probabilities, temperature, {split: calibration before})."""
+    if p.cfg.train.calibrate == "none":
+        return probs, 1.0, {}
+    val_p, val_y = probs["val"]
+    t = fit_temperature(val_y, val_p)
+    before = {s: calibration(y, pr) for s, (pr, y) in probs.items()}
+    log.info("temperature %.3f fitted on validation (ECE before: %s)", t,
+             ", ".join(f"{s} {c['ece']:.4f}" for s, c in before.items()))
+    return {s: (apply_temperature(pr, t), y) for s, (pr, y) in probs.items()}, t, before
 
 
 def _split_reports(p: Prepared, probs: dict, threshold: float) -> dict:
