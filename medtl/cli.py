@@ -1,20 +1,29 @@
-"""The `medtl` command line: a thin layer over the library. Bad input exits 2 with one line."""
+"""The `medtl` command line: a thin layer over the library. Bad input exits 2 with one line.
+
+Naming: an option that names a file the command writes is `--output/-o FILE`; one that names a folder is
+`--output-dir/-o DIR`. Old spellings still work for now and log a one-line deprecation notice.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from medtl import __version__
 from medtl.core.errors import MedtlError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Transfer learning for medical images: train, evaluate, compare backbones.")
+                  help="Transfer learning for medical images: train, evaluate, compare backbones.",
+                  epilog="Example: medtl train data/ --strategy linear --output-dir runs")
 console = Console()
+log = logging.getLogger(__name__)
 
 # options that several commands share, defined once
 Backbone = Annotated[Optional[str], typer.Option(help="Backbone name; see `medtl backbones`")]
@@ -26,6 +35,8 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any config val
                                                    "(repeatable)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars")]
 RunDir = Annotated[Path, typer.Argument(help="Run folder written by `medtl train`")]
+# the spelling before output options were named one way; hidden, accepted with a deprecation notice
+OldOut = Annotated[Optional[Path], typer.Option("--out", hidden=True, help="Deprecated: use --output-dir")]
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -34,7 +45,38 @@ def _setup_logging(quiet: bool) -> None:
     to_console(quiet)
 
 
-@app.command()
+def _say(text: str) -> None:
+    """One message on stdout; never re-wrapped, so a long path stays on one line and can be copied."""
+    console.print(text, soft_wrap=True, highlight=False)
+
+
+def _renamed(new: Any, old: Any, old_flag: str, new_flag: str, notify: bool = True) -> Any:
+    """The value of an option given under its new or its deprecated spelling (not both); `notify=False` on
+    the other processes of a torchrun job, so the notice is logged once."""
+    if old is None:
+        return new
+    if new is not None:
+        raise MedtlError(f"{old_flag} and {new_flag} both given; pass only {new_flag}")
+    if notify:
+        log.warning("%s is deprecated; use %s (same meaning)", old_flag, new_flag)
+    return old
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"medtl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print medtl's version and exit"),
+) -> None:
+    pass
+
+
+@app.command(epilog="Example: medtl train data/ --strategy linear --epochs 5 --output-dir runs --name first")
 def train(
     data: Optional[str] = typer.Argument(None, help="Folder of class folders, folder with train/ (val/, test/), "
                                          "a .csv/.tsv manifest, or .npz"),
@@ -47,11 +89,13 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Training seed"),
     config: ConfigFile = None,
     set_: Sets = None,
-    out: Optional[str] = typer.Option(None, help="Parent folder of run folders"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o",
+                                              help="Parent folder of run folders (default: runs)"),
     name: Optional[str] = typer.Option(None, help="Run folder name (default backbone-strategy-time)"),
     strict: bool = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping it"),
     quiet: Quiet = False,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed run from its last epoch"),
+    out: OldOut = None,
 ) -> None:
     """Train and evaluate a classifier; writes a run folder (or continues one with --resume RUN_DIR)."""
     from medtl import api
@@ -62,14 +106,16 @@ def train(
     main_process = from_env().main  # under torchrun, only rank 0 talks
     quiet = quiet or not main_process
     _setup_logging(quiet)
+    output_dir = _renamed(output_dir, out, "--out", "--output-dir", notify=main_process)
     flags = {"backbone": backbone, "strategy": strategy, "weights": weights, "epochs": epochs,
-             "image_size": image_size, "channels": channels, "seed": seed, "out": out, "name": name,
+             "image_size": image_size, "channels": channels, "seed": seed,
+             "out": str(output_dir) if output_dir is not None else None, "name": name,
              "strict": True if strict else None, **parse_set(set_ or [])}
     flags = {k: v for k, v in flags.items() if v is not None}
     with redirect_bars():
         result = api.train(data, config=config, resume=resume, progress=not quiet, **flags)
     if main_process:
-        console.print(f"run folder: {result.path}")
+        _say(f"run folder: {result.path}")
         _print_metrics(result.metrics)
 
 
@@ -80,12 +126,12 @@ def _print_metrics(metrics: dict) -> None:
         print(format_metrics(split, m))
 
 
-@app.command()
+@app.command(epilog="Example: medtl evaluate runs/first other_hospital/ --split test --output metrics.json")
 def evaluate(
     run_dir: RunDir,
     data: str = typer.Argument(..., help="Data in any layout `train` takes, with the same classes"),
     split: str = typer.Option("test", help="train | val | test"),
-    output: Optional[Path] = typer.Option(None, help="Write the metrics JSON here"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics JSON here"),
     quiet: Quiet = False,
 ) -> None:
     """Re-score a trained run on a split of any data set (its own threshold and classes)."""
@@ -97,11 +143,12 @@ def evaluate(
     print(format_metrics(split, metrics))
 
 
-@app.command()
+@app.command(epilog="Example: medtl predict runs/first new_xrays/ scan.dcm --output predictions.csv")
 def predict(
     run_dir: RunDir,
     paths: list[Path] = typer.Argument(..., help="Image or DICOM files, or folders of them"),
-    output: Path = typer.Option(Path("predictions.csv"), help="CSV: path, predicted, probabilities, threshold"),
+    output: Path = typer.Option(Path("predictions.csv"), "--output", "-o",
+                                help="CSV: path, predicted, probabilities, threshold"),
     batch_size: int = typer.Option(32, help="Images per forward pass"),
     quiet: Quiet = False,
 ) -> None:
@@ -113,7 +160,7 @@ def predict(
     rows = run.predict(paths, batch_size, progress=not quiet)
     rows.to_csv(output)
     counts = {c: sum(r["predicted"] == c for r in rows) for c in run.predictor.classes}
-    console.print(f"{len(rows)} images scored ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {output}")
+    _say(f"{len(rows)} images scored ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {output}")
     _list_failures(rows.failed)
 
 
@@ -125,34 +172,37 @@ def _list_failures(failed: dict[str, str]) -> None:
             print(f"  {path}: {reason}", file=sys.stderr)
 
 
-@app.command()
+@app.command(epilog="Example: medtl explain runs/first xray1.png xray2.png --output-dir cams")
 def explain(
     run_dir: RunDir,
     paths: list[Path] = typer.Argument(None, help="Images to explain (omit with --grid)"),
-    out: Path = typer.Option(Path("explain"), help="Folder for the overlay PNGs"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o",
+                                              help="Folder for the overlay PNGs (default: explain)"),
     method: str = typer.Option("gradcam", help="gradcam | gradcam++ | eigencam"),
     grid: bool = typer.Option(False, "--grid", help="Also write cam_grid.png (test TPs/FPs/FNs) into the run folder"),
+    out: OldOut = None,
 ) -> None:
     """Grad-CAM heat maps over images (PNG), and a grid of test examples for the run's report."""
     from medtl import api
 
     _setup_logging(False)
+    output_dir = _renamed(output_dir, out, "--out", "--output-dir") or Path("explain")
     if not paths and not grid:
         raise MedtlError("nothing to explain: pass image files or folders, or --grid")
     run = api.Run.load(run_dir)
     if paths:
-        written, failed = run.explain(paths, out, method)
-        console.print(f"{len(written)} overlays -> {out}")
+        written, failed = run.explain(paths, output_dir, method)
+        _say(f"{len(written)} overlays -> {output_dir}")
         _list_failures(failed)
     if grid:
-        console.print(f"grid -> {run.cam_grid(method)}")
+        _say(f"grid -> {run.cam_grid(method)}")
 
 
-@app.command()
+@app.command(epilog="Example: medtl export runs/first --format onnx --image test_xrays/ --output model.onnx")
 def export(
     run_dir: RunDir,
     format_: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
-    output: Optional[Path] = typer.Option(None, help="File to write (default: in the run folder)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write (default: in the run folder)"),
     images: list[Path] = typer.Option([], "--image", help="Real images for the parity check (repeatable)"),
     tolerance: float = typer.Option(1e-4, help="Largest allowed |exported - PyTorch| probability difference"),
 ) -> None:
@@ -161,30 +211,31 @@ def export(
 
     _setup_logging(False)
     path, diff = api.Run.load(run_dir).export(format_, output, images or None, tolerance)
-    console.print(f"{path} written; parity with PyTorch: max |difference| {diff:.2e} on "
-                  f"{'the given images' if images else '8 noise inputs'}")
+    _say(f"{path} written; parity with PyTorch: max |difference| {diff:.2e} on "
+         f"{'the given images' if images else '8 noise inputs'}")
 
 
-@app.command()
+@app.command(epilog="Example: medtl serve runs/first --port 8000   # then open http://127.0.0.1:8000/")
 def serve(
     run_dir: RunDir,
     host: str = typer.Option("127.0.0.1", help="Address to listen on (keep 127.0.0.1 unless you mean to share)"),
-    port: int = typer.Option(8000),
+    port: int = typer.Option(8000, help="Port to listen on"),
     max_mb: float = typer.Option(20.0, help="Largest upload accepted, MiB"),
 ) -> None:
     """A local web page: upload an image or DICOM, see probabilities and the Grad-CAM overlay."""
     import uvicorn
 
     from medtl import api
-    from medtl.deploy.serve import create_app
+    from medtl.deploy.serve import check_address, create_app
 
     _setup_logging(False)
+    check_address(host, port)  # a bad port or a busy address: one line, before the model loads
     app_ = create_app(api.Run.load(run_dir).predictor, int(max_mb * 2**20))
-    console.print(f"serving {run_dir} on http://{host}:{port}/")
+    _say(f"serving {run_dir} on http://{host}:{port}/")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
-@app.command()
+@app.command(epilog="Example: medtl study examples/kermany_seed_protocol.yaml")
 def study(
     config: Path = typer.Argument(..., help="Study YAML: name, out, base (a run config), grid"),
     quiet: Quiet = False,
@@ -193,18 +244,18 @@ def study(
     from medtl import api
 
     _setup_logging(quiet)
-    console.print(f"report: {api.study(config, progress=not quiet)}")
+    _say(f"report: {api.study(config, progress=not quiet)}")
 
 
-@app.command()
+@app.command(epilog="Example: medtl report studies/kermany_seed_protocol")
 def report(study_dir: Path = typer.Argument(..., help="A study folder (<out>/<name>)")) -> None:
     """(Re)write a study's report from its finished runs."""
     from medtl import api
 
-    console.print(f"report: {api.report(study_dir)}")
+    _say(f"report: {api.report(study_dir)}")
 
 
-@app.command()
+@app.command(epilog="Example: medtl tune data/ --strategy linear --trials 30 --output-dir tune")
 def tune(
     data: str = typer.Argument(..., help="Data as `medtl train` takes it"),
     trials: int = typer.Option(20, help="Trials for this process (workers sharing --storage add up)"),
@@ -214,11 +265,13 @@ def tune(
     image_size: ImageSize = None,
     config: ConfigFile = None,
     set_: Sets = None,
-    out: Path = typer.Option(Path("tune"), help="Folder for trials' run folders (and tune.db by default)"),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///OUT/tune.db); "
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Folder for trials' run folders "
+                                              "(and tune.db by default; default: tune)"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default sqlite:///OUTPUT_DIR/tune.db); "
                                           "share one, e.g. postgresql://..., between workers"),
     study_name: str = typer.Option("medtl", help="Optuna study name in the storage"),
     quiet: Quiet = False,
+    out: OldOut = None,
 ) -> None:
     """Search learning rate, head, dropout, weight decay, batch size (and unfrozen depth for partial) with
     Optuna, pruning on validation AUC."""
@@ -226,21 +279,22 @@ def tune(
     from medtl.core.config import parse_set
 
     _setup_logging(quiet)
+    output_dir = _renamed(output_dir, out, "--out", "--output-dir") or Path("tune")
     flags = {"backbone": backbone, "strategy": strategy, "epochs": epochs, "image_size": image_size,
              **parse_set(set_ or [])}
-    study_ = api.tune(data, trials, out, storage, study_name, config,
+    study_ = api.tune(data, trials, output_dir, storage, study_name, config,
                       **{k: v for k, v in flags.items() if v is not None})
     finished = [t for t in study_.trials if t.value is not None]
     if finished:
         best = study_.best_trial
-        console.print(f"best of {len(finished)} finished trials: validation AUC {best.value:.4f} with {best.params}; "
-                      f"run folder {best.user_attrs.get('run_dir')}")
+        _say(f"best of {len(finished)} finished trials: validation AUC {best.value:.4f} with {best.params}; "
+             f"run folder {best.user_attrs.get('run_dir')}")
 
 
-@app.command()
+@app.command(epilog="Example: medtl audit data/ --output audit.json")
 def audit(
     data: str = typer.Argument(..., help="Data as `medtl train` takes it"),
-    output: Optional[Path] = typer.Option(None, help="Write the full audit as JSON here"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the full audit as JSON here"),
     perceptual: bool = typer.Option(True, help="Also look for near-duplicates (perceptual hash)"),
     set_: Sets = None,
 ) -> None:
@@ -253,56 +307,82 @@ def audit(
     report_ = api.audit(data, perceptual, output, **parse_set(set_ or []))
     _print_audit(report_)
     for line in warnings_for(report_):
-        console.print(f"[yellow]warning:[/yellow] {line}")
+        console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
+
+
+def _show_table(title: str, header: list[str], rows: list[list[str]], caption: str = "", right: bool = False) -> None:
+    """Print a table whose cells are never cut short. The first column holds names a user types back: never
+    folded or wrapped; other cells fold onto a second line on a narrow terminal. Boxed on a terminal; piped
+    or redirected, plain columns with no trailing spaces (for grep, cut, awk)."""
+    plain = not console.is_terminal
+    table = Table(title=None if plain else title, caption=None if plain else caption or None,
+                  box=None if plain else box.HEAVY_HEAD, pad_edge=not plain, header_style="bold")
+    for i, name in enumerate(header):
+        table.add_column(name, overflow="fold", no_wrap=i == 0, justify="right" if right and i else "left",
+                         min_width=max(len(r[0]) for r in [header, *rows]) if i == 0 else None)
+    for row in rows:
+        table.add_row(*row)
+    if not plain:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    print("\n".join(line.rstrip() for line in captured.get().splitlines()) + (f"\n{caption}" if caption else ""))
 
 
 def _print_audit(r: dict) -> None:
-    table = Table(title=f"audit: {r['images']} images")
-    table.add_column("split")
-    for c in r["classes"]:
-        table.add_column(c, justify="right")
-    for split, counts in r["balance"].items():
-        table.add_row(split, *[str(counts[c]) for c in r["classes"]])
-    console.print(table)
+    rows = [[split, *[str(counts[c]) for c in r["classes"]]] for split, counts in r["balance"].items()]
+    _show_table(f"audit: {r['images']} images", ["split", *r["classes"]], rows, right=True)
     dup = r["exact_duplicates"]
     cross = sum(len(g["splits"]) > 1 for g in dup)
     near_cross = sum(len(p["splits"]) > 1 for p in r["near_duplicates"])
-    console.print(f"unreadable: {len(r['unreadable'])}; byte-identical groups: {len(dup)} ({cross} across splits); "
-                  f"near-duplicate pairs: {len(r['near_duplicates'])} ({near_cross} across splits)")
+    _say(f"unreadable: {len(r['unreadable'])}; byte-identical groups: {len(dup)} ({cross} across splits); "
+         f"near-duplicate pairs: {len(r['near_duplicates'])} ({near_cross} across splits)")
     for s in r["shortcuts"]:
-        console.print(f"class-correlated {s['property']}: {s['by_class']}")
+        _say(f"class-correlated {s['property']}: {s['by_class']}")
 
 
-@app.command()
+@app.command(epilog="Example: medtl backbones | grep yes   # the backbones whose weights load offline")
 def backbones() -> None:
-    """List the backbones: parameters, input size, default weights, and whether they load offline."""
+    """List the backbones: parameters, input size, feature dim, default weights, and whether they load offline."""
+    import torch
+
     from medtl.models.backbones import BACKBONES, weights_available_offline
 
-    table = Table(title="medtl backbones", caption="offline 'no': pass --weights PATH, or train --strategy scratch")
-    for col in ("name", "params (M)", "input px", "feature dim", "default weights", "offline"):
-        table.add_column(col, no_wrap=True)
+    rows = []
     for spec in BACKBONES.values():
-        params = sum(p.numel() for p in spec.builder().parameters()) / 1e6
-        table.add_row(spec.name, f"{params:.1f}", str(spec.input_size), str(spec.feature_dim),
-                      spec.default_weights, "yes" if weights_available_offline(spec) else "no")
-    console.print(table)
+        with torch.device("meta"):  # shapes only: counting parameters needs no memory and no init time
+            params = sum(p.numel() for p in spec.builder().parameters()) / 1e6
+        rows.append([spec.name, f"{params:.1f}", str(spec.input_size), str(spec.feature_dim), spec.default_weights,
+                     "yes" if weights_available_offline(spec) else "no"])
+    _show_table("medtl backbones", ["name", "params M", "input px", "features", "weights", "offline"], rows,
+                caption="offline 'no': pass --weights PATH, or train --strategy scratch")
 
 
 def main() -> None:
+    """The `medtl` entry point: every failure ends in one `error: ...` line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except MedtlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        code = 130
+    except typer.TyperException as exc:  # usage errors (typer's own click), e.g. an unknown option
+        _usage_error(exc)
+    if code == 130:  # typer turns Ctrl-C into exit code 130
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors
-        import click
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _usage_error(exc: typer.TyperException) -> None:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare `medtl`: typer has already shown the help
+        sys.exit(2)
+    if hasattr(exc, "possibilities"):  # click's "did you mean" also offers hidden, deprecated spellings
+        exc.possibilities = [p for p in exc.possibilities if p != "--out"]
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    message = " ".join(exc.format_message().split())  # one line, whatever click put in it
+    print(f"error: {message}{where}", file=sys.stderr)
+    sys.exit(getattr(exc, "exit_code", 2))

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import urllib.error
@@ -29,7 +31,7 @@ def kermany_subset(tmp_path):
 def test_train_then_evaluate_on_real_xrays(kermany_subset, tmp_path):
     out = tmp_path / "runs"
     done = _medtl("train", kermany_subset, "--backbone", "efficientnet_lite0", "--strategy", "linear", "--epochs", 8,
-                  "--image-size", 128, "--out", out, "--name", "e2e", "--quiet", env_cache=tmp_path / "cache")
+                  "--image-size", 128, "--output-dir", out, "--name", "e2e", "--quiet", env_cache=tmp_path / "cache")
     assert done.returncode == 0, done.stderr
     run_dir = out / "e2e"
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -69,7 +71,7 @@ def test_weights_not_available_offline(image_tree, tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(backbones.tvm, "get_model_weights", offline)
     monkeypatch.setattr(sys, "argv", ["medtl", "train", str(image_tree), "--backbone", "resnet18",
-                                      "--strategy", "linear", "--out", str(tmp_path / "runs"), "--quiet"])
+                                      "--strategy", "linear", "--output-dir", str(tmp_path / "runs"), "--quiet"])
     monkeypatch.setenv("MEDTL_CACHE", str(tmp_path / "cache"))
     with pytest.raises(SystemExit) as info:
         cli.main()
@@ -77,3 +79,122 @@ def test_weights_not_available_offline(image_tree, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "cannot download ImageNet weights for 'resnet18'" in err and "--weights /path/to/file.pth" in err
     assert not (tmp_path / "runs").exists()
+
+
+# --- reading well in any terminal: whole names, one naming scheme, --version, examples in --help ------------
+
+def _invoke(*args, env=None):
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(cli.app, list(args), env={"COLUMNS": "80", **(env or {})}, prog_name="medtl")
+
+
+def _rows_with_names(text: str) -> dict[str, str]:
+    return {name: next((line for line in text.splitlines() if re.search(rf"(^|[\s│┃]){name}([\s│┃]|$)", line)), "")
+            for name in backbones.BACKBONES}
+
+
+def test_backbones_piped_at_80_columns_prints_every_name_whole():
+    """`COLUMNS=80 medtl backbones | cat`: plain columns, every name in full, nothing cut with an ellipsis."""
+    done = subprocess.run(["bash", "-c", f"COLUMNS=80 {shlex.quote(sys.executable)} -m medtl backbones | cat"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = _rows_with_names(done.stdout)
+    assert all(rows.values()), f"names missing or cut: {[n for n, r in rows.items() if not r]}\n{done.stdout}"
+    assert "…" not in done.stdout and "│" not in done.stdout  # plain layout when piped
+    assert done.stdout.splitlines()[0].split() == ["name", "params", "M", "input", "px", "features", "weights",
+                                                   "offline"]
+    assert rows["efficientnet_lite0"].split()[-2:] == ["package", "yes"]
+
+
+@pytest.mark.parametrize("width", [80, 50])
+def test_backbones_on_a_narrow_terminal_keeps_names_whole(monkeypatch, width):
+    from rich.console import Console
+
+    term = Console(width=width, force_terminal=True, no_color=True, record=True)
+    monkeypatch.setattr(cli, "console", term)
+    cli.backbones()
+    text = term.export_text()
+    rows = _rows_with_names(text)
+    assert all(rows.values()), f"names cut at {width} columns:\n{text}"
+    assert "…" not in text and max(map(len, text.splitlines())) <= width
+
+
+def test_long_messages_are_never_wrapped(monkeypatch, capsys):
+    """A path printed by the CLI stays on one line, so it can be copied, however narrow the terminal."""
+    from rich.console import Console
+
+    monkeypatch.setattr(cli, "console", Console(width=40, no_color=True))
+    path = "/very/long/folder/name/" * 5 + "run"
+    cli._say(f"run folder: {path}")
+    assert capsys.readouterr().out == f"run folder: {path}\n"
+
+
+def test_version(capsys, monkeypatch):
+    import medtl
+
+    assert _invoke("--version").output.strip() == f"medtl {medtl.__version__}"
+    monkeypatch.setattr(sys, "argv", ["medtl", "--version"])
+    cli.main()  # exit code 0: returns
+    assert capsys.readouterr().out.strip() == f"medtl {medtl.__version__}"
+
+
+def test_every_command_help_has_an_example_line():
+    import typer.main
+
+    names = list(typer.main.get_command(cli.app).commands)
+    assert {"train", "predict", "export", "backbones"} <= set(names)
+    for name in names:
+        out = _invoke(name, "--help").output
+        assert re.search(rf"Example: medtl {name}\b", out), f"`medtl {name} --help` has no example line:\n{out}"
+    assert "Example: medtl" in _invoke("--help").output
+
+
+@pytest.mark.parametrize("command, new", [("train", "--output-dir"), ("explain", "--output-dir"),
+                                          ("tune", "--output-dir"), ("predict", "--output"), ("export", "--output"),
+                                          ("evaluate", "--output"), ("audit", "--output")])
+def test_output_options_are_named_one_way(command, new):
+    """A file a command writes is --output, a folder --output-dir; both with the short form -o."""
+    import typer.main
+
+    params = typer.main.get_command(cli.app).commands[command].params
+    visible = [p.opts for p in params if not getattr(p, "hidden", False) and any("out" in o for o in p.opts)]
+    assert visible == [[new, "-o"]], visible
+
+
+def test_old_out_spelling_still_works_with_a_deprecation_notice(monkeypatch, caplog, tmp_path):
+    from medtl import api
+
+    seen = {}
+
+    def fake_train(data, **kwargs):
+        seen.update(kwargs, data=data)
+        return type("R", (), {"path": tmp_path / "runs" / "x", "metrics": {"splits": {}}})()
+
+    monkeypatch.setattr(api, "train", fake_train)
+    monkeypatch.setattr(sys, "argv", ["medtl", "train", "data", "--out", str(tmp_path / "runs"), "--quiet"])
+    with caplog.at_level("WARNING", logger="medtl"):
+        cli.main()
+    assert seen["out"] == str(tmp_path / "runs")
+    notices = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert notices == ["--out is deprecated; use --output-dir (same meaning)"]
+
+
+def test_old_and_new_spelling_together_is_an_error(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["medtl", "explain", "run", "a.png", "--out", "x", "--output-dir", "y"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "error: --out and --output-dir both given; pass only --output-dir\n"
+
+
+@pytest.mark.parametrize("args, start", [(["train", "--bogus"], "error: No such option: --bogus"),
+                                         (["predict"], "error: Missing argument"),
+                                         (["train", "--epochs", "x"], "error: Invalid value for '--epochs'")])
+def test_usage_errors_are_one_line_and_exit_2(monkeypatch, capsys, args, start):
+    monkeypatch.setattr(sys, "argv", ["medtl", *args])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(start) and err.count("\n") == 1 and "--out," not in err and "--out)" not in err, err

@@ -177,10 +177,10 @@ class RunConfig(_Checked):
 
     def check(self) -> None:
         if not self.out:
-            raise MedtlError("out='' : give a parent folder for run folders, e.g. --out runs")
+            raise MedtlError("out='' : give a parent folder for run folders, e.g. --output-dir runs")
         if self.name is not None and (not self.name or Path(self.name).name != self.name or self.name in (".", "..")):
             raise MedtlError(f"name={self.name!r} must be a plain folder name (no '/' or '..'); "
-                             "use --out for the parent folder")
+                             "use --output-dir for the parent folder")
 
 
 # command-line flags and Python keyword arguments, one table for train, tune, studies and the API

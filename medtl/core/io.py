@@ -54,7 +54,7 @@ class cannot_write:
     def __exit__(self, kind, exc, tb) -> bool:
         if isinstance(exc, OSError) and exc.errno in USER_FIXABLE:
             raise MedtlError(f"cannot write {self.path}: {exc.strerror}; free disk space, fix the folder's "
-                             "permissions, or write elsewhere (--out, MEDTL_CACHE)") from exc
+                             "permissions, or write elsewhere (--output-dir, MEDTL_CACHE)") from exc
         return False
 
 

@@ -136,4 +136,4 @@ def _reach(url: str, open_: Callable[[], T]) -> T:
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise MedtlError(f"--storage {shown}: {reason}; check that the database server runs and the URL's user, "
-                         "password, host, port and database, or leave out --storage (SQLite in --out)") from exc
+                         "password, host, port and database, or leave out --storage (SQLite in --output-dir)") from exc

@@ -261,6 +261,6 @@ def _make_run_dir(cfg: RunConfig) -> RunFolder:
     name = cfg.name or f"{cfg.model.backbone}-{cfg.model.strategy}-{datetime.now():%Y%m%d-%H%M%S}"
     folder = RunFolder(Path(cfg.out) / name)
     if folder.checkpoint.exists():
-        raise MedtlError(f"run folder {folder} already holds a finished run; pass another --name or --out")
+        raise MedtlError(f"run folder {folder} already holds a finished run; pass another --name or --output-dir")
     make_dir(folder.path)
     return folder

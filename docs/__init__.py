@@ -1,0 +1,1 @@
+"""Generators for the documentation site (run by docs/hooks.py during `mkdocs build`) and its checks."""
