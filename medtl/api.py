@@ -36,8 +36,26 @@ def make_config(data: PathLike | None = None, *, config: PathLike | None = None,
 def train(data: PathLike | None = None, backbone: str | None = None, strategy: str | None = None, *,
           config: PathLike | RunConfig | None = None, resume: PathLike | None = None, progress: bool = False,
           **settings: Any) -> "Run":
-    """Train and evaluate a classifier; returns the finished run. `resume=RUN_DIR` continues a killed run
-    from its last finished epoch with the config it was started with (no other settings may be given)."""
+    """Train and evaluate a classifier, writing a run folder.
+
+    Args:
+        data: A folder of class folders, a folder of split folders (train/val/test, Training/Testing, ...),
+            a .csv/.tsv manifest, or a MedMNIST .npz file.
+        backbone: A name from `medtl backbones` (default efficientnet_lite0).
+        strategy: scratch, linear, partial or full (default linear).
+        config: A YAML run config (or a `RunConfig`) that the other arguments override.
+        resume: A run folder whose killed run to continue from its last finished epoch, with the config it
+            was started with (no other argument may be given then).
+        progress: Show progress (bars on a terminal, log lines otherwise).
+        **settings: Any other setting: a flag name (`epochs=5`), a field found in one section (`batch_size=32`)
+            or a dotted key (`**{"train.lr": 0.01}`).
+
+    Returns:
+        The finished run.
+
+    Raises:
+        MedtlError: A bad setting, data or weights (before anything is written), or a run that cannot go on.
+    """
     from medtl.training.run import run as run_training
 
     if resume is not None:
@@ -85,6 +103,7 @@ class Run:
 
     @classmethod
     def load(cls, path: PathLike) -> "Run":
+        """The run in the folder `path` (written by `medtl train` or `medtl.train`)."""
         folder = RunFolder(path)
         if not folder.checkpoint.is_file():
             raise MedtlError(f"{folder.checkpoint} not found; pass a run folder written by `medtl train`")
@@ -92,6 +111,7 @@ class Run:
 
     @property
     def path(self) -> Path:
+        """The run folder."""
         return self.folder.path
 
     @property
@@ -102,17 +122,30 @@ class Run:
 
     @property
     def config(self) -> RunConfig:
+        """The resolved config the run was trained with."""
         return load_config(self.folder.config)
 
     @functools.cached_property
     def predictor(self):
+        """The model with its classes, threshold and preprocessing, loaded once (checked against the digest
+        its run recorded)."""
         from medtl.deploy.predictor import Predictor
 
         return Predictor.from_run(self.path)
 
     def predict(self, images: Sequence[PathLike] | PathLike, batch_size: int = 32,
                 progress: bool = False) -> Predictions:
-        """Score image or DICOM files (folders are searched); unreadable files land in `.failed`."""
+        """Score image or DICOM files with the run's preprocessing, threshold (and temperature).
+
+        Args:
+            images: Files, or folders searched recursively for images and DICOM files.
+            batch_size: Images per forward pass.
+            progress: Show progress.
+
+        Returns:
+            One dict per readable image (`path`, `predicted`, `prob_<class>`); unreadable files, with the
+            reason, in `.failed`; `.to_csv(path)` writes them all.
+        """
         from medtl.data.sources import expand_inputs
         from medtl.deploy.predictor import predict_files, write_predictions
 

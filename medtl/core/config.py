@@ -85,7 +85,7 @@ def _check_range(meta: Any, value: Any, key: str) -> None:
 @dataclass(frozen=True)
 class DataConfig(_Checked):
     SECTION = "data"
-    path: str = ""
+    path: str = ""  # a folder of class folders, a folder of split folders, a .csv/.tsv manifest or a .npz
     image_size: int | None = field(default=None, metadata={"min": 16, "max": 4096})  # None: the backbone's native size
     channels: Literal["replicate", "adapt"] = "replicate"  # replicate: gray copied to 3 channels; adapt: 1-channel conv
     val_fraction: float = field(default=0.15, metadata=_between(0, 1))  # carved (stratified, seeded) when no val/
@@ -93,7 +93,7 @@ class DataConfig(_Checked):
     split_seed: int = field(default=0, metadata=_at_least(0))  # fixed across training seeds: same split for all
     subset_per_class: int | None = field(default=None, metadata=_at_least(1))  # fixed stratified subset of train
     augment: bool = True  # random resized crop, flip, small rotation, brightness/contrast jitter
-    hflip: bool = True
+    hflip: bool = True  # horizontal flips in the augmentation (turn off where left and right matter)
     strict: bool = False  # an unreadable image fails the run instead of being skipped and listed
     cache_dir: str | None = None  # None: $MEDTL_CACHE or ~/.cache/medtl
     class_names: tuple[str, ...] = ()  # names for .npz labels 0..K-1
@@ -116,11 +116,11 @@ class DataConfig(_Checked):
 @dataclass(frozen=True)
 class ModelConfig(_Checked):
     SECTION = "model"
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "efficientnet_lite0"  # a name from `medtl backbones`
     weights: str = "default"  # default | imagenet | package | none | path to a .pth/.safetensors file
-    strategy: Strategy = "linear"
+    strategy: Strategy = "linear"  # scratch | linear (frozen backbone) | partial (top stages) | full
     unfreeze_stages: int = field(default=2, metadata=_at_least(1))  # for partial: how many top stages train
-    head: Literal["linear", "mlp"] = "linear"
+    head: Literal["linear", "mlp"] = "linear"  # the new classifier: one linear layer, or a hidden layer first
     hidden: int = field(default=256, metadata=_at_least(1))  # width of the mlp head
     dropout: float = field(default=0.2, metadata={"min": 0, "lt": 1})  # before the mlp head's last layer
 
@@ -172,8 +172,8 @@ class RunConfig(_Checked):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    out: str = "runs"
-    name: str | None = None
+    out: str = "runs"  # the parent folder of run folders (--output-dir)
+    name: str | None = None  # the run folder's name; None: backbone-strategy-date-time
 
     def check(self) -> None:
         if not self.out:

@@ -141,8 +141,9 @@ def _write_csv(rows: list[dict], path: Path) -> None:
 def _tables(rows: list[dict], tests: list[dict]) -> dict:
     """Cells as text: the configuration table (best per column marked) and the paired tests."""
     marks = best_marks(rows)
-    keys = [k for k in rows[0] if not k.endswith(("_mean", "_std"))]
-    head = keys + list(METRICS)
+    keys = [k for k in rows[0] if not k.endswith(("_mean", "_std", "95% CI"))]
+    intervals = [k for k in rows[0] if k.endswith("95% CI")]
+    head = keys + list(METRICS) + [f"test {k} (per run, mean over seeds)" for k in intervals]
     body = []
     for i, row in enumerate(rows):
         cells = [(str(row[k]), False) for k in keys]
@@ -151,7 +152,7 @@ def _tables(rows: list[dict], tests: list[dict]) -> dict:
             fmt = ".0f" if m == "train_seconds" else ".3f"
             text = "n/a" if math.isnan(mean) else f"{mean:{fmt}}" + ("" if math.isnan(std) else f" ± {std:{fmt}}")
             cells.append((text, i in marks.get(m, ())))
-        body.append(cells)
+        body.append(cells + [(row[k], False) for k in intervals])
     test_head = ["transfer", "scratch", "seeds", "McNemar p (per seed)", "AUC difference [95 % bootstrap CI]"]
     test_body = [[(t["transfer"], False), (t["scratch"], False), (str(t["seeds"]), False),
                   (", ".join(f"{p:.3g}" for p in t["mcnemar_p"]), False),
