@@ -135,3 +135,11 @@ def test_near_duplicate_clusters_never_straddle_carved_splits_on_real_mri():
     across = [p for p in near_duplicates(collect(grouped), grouped.classes) if len(p["splits"]) > 1]
     before = [p for p in near_duplicates(collect(plain), plain.classes) if len(p["splits"]) > 1]
     assert before and not across  # a random split puts near-duplicates on both sides; the grouped one does not
+
+
+def test_a_folder_without_images_beside_the_splits_is_ignored(tmp_path):
+    root = tree(tmp_path / "d", {"train": 4, "val": 4, "test": 4})
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("a.png\n")  # published split lists, as COVID-CT ships them
+    splits = discover(DataConfig(path=str(root)))
+    assert set(splits.refs) == {"train", "val", "test"} and splits.classes == ["neg", "pos"]

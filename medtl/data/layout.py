@@ -9,12 +9,17 @@ from pathlib import Path
 
 from medtl.core.errors import MedtlError
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "test": "test", "testing": "test"}
 
 
 def subfolders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.rglob("*"))
 
 
 def split_folders(root: Path) -> dict[str, Path] | None:
@@ -24,7 +29,8 @@ def split_folders(root: Path) -> dict[str, Path] | None:
     splitlike = [d for d in dirs if d.name.lower() in SPLIT_ALIASES]
     if not splitlike:
         return None
-    others = [d.name for d in dirs if d not in splitlike]
+    # folders without any image (split lists, notes) sit beside the splits in published sets: not classes
+    others = [d.name for d in dirs if d not in splitlike and has_images(d)]
     if others:
         raise MedtlError(f"{root} mixes split folders ({', '.join(d.name for d in splitlike)}) with other folders "
                          f"({', '.join(others)}); put every class folder inside the splits ({splitlike[0].name}/"

@@ -14,14 +14,13 @@ import numpy as np
 from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.groups import content_groups
-from medtl.data.layout import split_folders, subfolders
+from medtl.data.layout import IMAGE_SUFFIXES, split_folders, subfolders
 from medtl.data.manifest import from_manifest
 from medtl.data.npz import from_npz
 from medtl.data.splits import SPLITS, DataSplits, carve, need_two_classes, subset
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 
 
 def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = None) -> DataSplits:
