@@ -46,6 +46,7 @@ def test_predict_gives_rows_and_lists_unreadable_files(tiny_run, image_tree, tmp
     assert rows == tiny_run.predict(image_tree / "test" / "pos")[:3]  # a folder is searched, in sorted order
 
 
+@pytest.mark.slow
 def test_export_and_evaluate_from_python(tiny_run, image_tree):
     path, diff = tiny_run.export("onnx")
     assert path == tiny_run.path / "model.onnx" and path.is_file() and diff <= 1e-4

@@ -94,6 +94,7 @@ def _rows_with_names(text: str) -> dict[str, str]:
             for name in backbones.BACKBONES}
 
 
+@pytest.mark.slow
 def test_backbones_piped_at_80_columns_prints_every_name_whole():
     """`COLUMNS=80 medtl backbones | cat`: plain columns, every name in full, nothing cut with an ellipsis."""
     done = subprocess.run(["bash", "-c", f"COLUMNS=80 {shlex.quote(sys.executable)} -m medtl backbones | cat"],

@@ -46,6 +46,7 @@ def _no_temporary_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_is_an_unreadable_image_everywhere(image_tree, cache_dir, tmp_path, bomb):
     target = image_tree / "train" / "pos" / "bomb.png"
     target.write_bytes(bomb.read_bytes())
@@ -113,6 +114,7 @@ def test_a_damaged_training_state_is_refused_in_one_line(tmp_path):
         assert "delete it to restart" in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_changed_checkpoint_is_refused(image_tree, cache_dir, tmp_path):
     run = medtl.train(image_tree, out=tmp_path / "runs", name="c", **TINY)
     state = torch.load(run.folder.checkpoint, weights_only=True)
@@ -136,6 +138,7 @@ def test_cache_contents_are_verified_and_rebuilt(image_tree, cache_dir, tmp_path
     assert second.metrics["splits"] == first.metrics["splits"]  # trained on rebuilt, not on zeroed, data
 
 
+@pytest.mark.slow
 def test_evaluating_a_class_folder_tree_scores_all_of_it(image_tree, cache_dir, tmp_path):
     run = medtl.train(image_tree, out=tmp_path / "runs", name="e", **TINY)
     whole = run.evaluate(image_tree / "test")  # test/{neg,pos}: 8 + 8 images, no split inside
@@ -193,6 +196,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(image_tree, cache_
             subprocess.run(["umount", str(out)], check=True)
 
 
+@pytest.mark.slow
 def test_a_failed_export_leaves_no_file(image_tree, cache_dir, tmp_path):
     run = medtl.train(image_tree, out=tmp_path / "runs", name="x", **TINY)
     with pytest.raises(MedtlError, match="do not deploy it"):
@@ -200,6 +204,7 @@ def test_a_failed_export_leaves_no_file(image_tree, cache_dir, tmp_path):
     assert not run.folder.export("onnx").exists() and _no_temporary_files(run.path) == []
 
 
+@pytest.mark.slow
 def test_file_names_with_tabs_and_newlines_survive_in_skipped_csv(image_tree, cache_dir, tmp_path):
     odd = image_tree / "train" / "pos" / "bad\tname\nwith lines.png"
     odd.write_bytes(b"not an image")

@@ -40,6 +40,7 @@ def test_each_strategy_writes_a_complete_run_folder(image_tree, cache_dir, tmp_p
     assert again["confusion_matrix"] == metrics["splits"]["test"]["confusion_matrix"]
 
 
+@pytest.mark.slow
 def test_linear_learns_with_pretrained_features_and_reuses_the_cache(image_tree, cache_dir, tmp_path, caplog):
     cfg = _cfg(image_tree, tmp_path / "runs", **{"model.backbone": "efficientnet_lite0", "model.weights": "package",
                                                   "model.strategy": "linear", "train.epochs": 15,

@@ -15,6 +15,7 @@ def _base(image_tree, tmp_path, strategy="linear"):
                                          "train.epochs": "3", "model.strategy": strategy})
 
 
+@pytest.mark.slow
 def test_trials_score_validation_auc_and_the_storage_is_resumed(image_tree, tmp_path, cache_dir):
     out = tmp_path / "tune"
     study = tune(_base(image_tree, tmp_path), 2, out)

@@ -14,6 +14,7 @@ from medtl.evaluation.metrics import score
 from medtl.evaluation.uncertainty import calibration, intervals
 
 
+@pytest.mark.slow
 def test_bootstrap_intervals_match_a_plain_stratified_bootstrap():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 300)
@@ -83,6 +84,7 @@ def test_no_copies_no_deduplicated_block(image_tree, cache_dir, tmp_path):
     assert set(splits) == {"val", "test"} and splits["test"]["ci95"] == {}
 
 
+@pytest.mark.slow
 def test_temperature_scaling_is_fitted_on_validation_and_travels_with_the_model(image_tree, cache_dir, tmp_path):
     from medtl.evaluation.uncertainty import apply_temperature, fit_temperature
 
