@@ -12,6 +12,7 @@ import logging
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator
 
 import imagehash
 import numpy as np
@@ -96,16 +97,23 @@ def exact_duplicates(facts: list[Facts], classes: list[str]) -> list[dict]:
 def near_duplicates(facts: list[Facts], classes: list[str], max_bits: int = NEAR_BITS) -> list[dict]:
     """Pairs whose perceptual hashes differ in at most `max_bits` of 64 bits, exact duplicates left out."""
     ok = [f for f in facts if not f.error]
-    hashes = np.array([f.phash for f in ok], dtype=np.uint64)
     pairs = []
-    for start in range(0, len(ok), 512):
+    for i, j, bits in near_pairs(np.array([f.phash for f in ok], dtype=np.uint64), max_bits):
+        a, b = ok[i], ok[j]
+        if a.sha1 != b.sha1:
+            pairs.append({"refs": [a.ref, b.ref], "splits": sorted({a.split, b.split}),
+                          "classes": sorted({classes[a.label], classes[b.label]}), "bits": bits})
+    return sorted(pairs, key=lambda p: (-len(p["splits"]), p["bits"]))
+
+
+def near_pairs(hashes: np.ndarray, max_bits: int = NEAR_BITS) -> Iterator[tuple[int, int, int]]:
+    """(i, j, bits) for every i < j whose 64-bit hashes differ in at most `max_bits` bits; compared 512 rows
+    at a time, so memory stays small for tens of thousands of images."""
+    for start in range(0, len(hashes), 512):
         dist = np.bitwise_count(hashes[start:start + 512, None] ^ hashes[None, :])
         for i, j in zip(*np.nonzero(dist <= max_bits)):
-            a, b = ok[start + i], ok[j]
-            if start + i < j and a.sha1 != b.sha1:
-                pairs.append({"refs": [a.ref, b.ref], "splits": sorted({a.split, b.split}),
-                              "classes": sorted({classes[a.label], classes[b.label]}), "bits": int(dist[i, j])})
-    return sorted(pairs, key=lambda p: (-len(p["splits"]), p["bits"]))
+            if start + i < j:
+                yield start + int(i), int(j), int(dist[i, j])
 
 
 def shortcuts(facts: list[Facts], classes: list[str]) -> list[dict]:

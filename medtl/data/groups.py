@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from medtl.data.audit import NEAR_BITS, image_facts
+from medtl.data.audit import NEAR_BITS, image_facts, near_pairs
 from medtl.data.images import READ_ERRORS, read_bytes
 
 
@@ -47,10 +47,8 @@ def _clusters(groups: dict[str, str], refs: list[str], hashes: np.ndarray) -> di
             g = parent[g]
         return g
 
-    for start in range(0, len(refs), 512):
-        dist = np.bitwise_count(hashes[start:start + 512, None] ^ hashes[None, :])
-        for i, j in zip(*np.nonzero(dist <= NEAR_BITS)):
-            a, b = root(groups[refs[start + i]]), root(groups[refs[j]])
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+    for i, j, _ in near_pairs(hashes, NEAR_BITS):
+        a, b = root(groups[refs[i]]), root(groups[refs[j]])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
     return {ref: root(g) for ref, g in groups.items()}

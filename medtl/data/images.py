@@ -83,6 +83,10 @@ def open_image(ref: str, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIX
         return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
 
 
+class OverPixelLimit(ValueError):
+    """An image larger than the pixel limit, refused from its header (a decompression bomb, or a real giant)."""
+
+
 def open_checked(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """`Image.open` (header only) of a path or file object, refusing images over `max_pixels` with a ValueError
     that names the size and the setting."""
@@ -93,12 +97,12 @@ def open_checked(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     except Image.DecompressionBombError as exc:
         claimed = re.search(r"\((\d+) pixels\)", str(exc))  # PIL names the size it refused
         size = f"{int(claimed.group(1)) / 1e6:.0f} MP" if claimed else "the image"
-        raise ValueError(f"{size} is over the pixel limit {max_pixels / 1e6:.0f} MP (data.max_pixels): a "
+        raise OverPixelLimit(f"{size} is over the pixel limit {max_pixels / 1e6:.0f} MP (data.max_pixels): a "
                          "decompression bomb, or raise the limit") from None
     width, height = img.size
     if width * height > max_pixels:
         img.close()
-        raise ValueError(f"{width}x{height} px ({width * height / 1e6:.0f} MP) is over the pixel limit "
+        raise OverPixelLimit(f"{width}x{height} px ({width * height / 1e6:.0f} MP) is over the pixel limit "
                          f"{max_pixels / 1e6:.0f} MP (data.max_pixels): a decompression bomb, or raise the limit")
     return img
 

@@ -22,7 +22,6 @@ from medtl.data.splits import SPLITS, DataSplits, carve, need_two_classes, subse
 log = logging.getLogger(__name__)
 
 
-
 def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = None) -> DataSplits:
     """Find images and labels under `cfg.path` and make train/val/test splits (stratified, seeded).
 
@@ -33,6 +32,7 @@ def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = N
         raise MedtlError(f"data path '{cfg.path}' does not exist; pass a folder of class folders, a folder with "
                          "train/ (val/, test/) inside, or a MedMNIST .npz file")
     root = root.resolve()  # cache keys name images by path: one spelling per file, whatever the cwd
+    one_tree = False
     if root.is_file() and root.suffix.lower() in (".csv", ".tsv"):
         splits = from_manifest(root, cfg, split_seed)
     elif root.is_file():
@@ -45,22 +45,17 @@ def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = N
     elif whole_tree_as:
         return _whole_tree(root, whole_tree_as)
     else:
-        splits = _from_one_tree(root, cfg, split_seed)
+        splits, one_tree = _from_one_tree(root), True
+    if cfg.group != "none":  # once, for every image: carving and the deduplicated test metrics both read it
+        splits.content = content_groups(splits.all_refs(), near=cfg.group == "near_duplicates")
+    groups, kind = (splits.groups, "patient") if splits.groups else (splits.content or None, cfg.group)
+    if one_tree:  # a plain class-folder tree: test is carved too
+        carve(splits, "train", "test", cfg.test_fraction, split_seed, groups, kind)
     if "val" not in splits.refs:
-        carve(splits, "train", "val", cfg.val_fraction, split_seed, *_grouping(splits, "train", cfg))
+        carve(splits, "train", "val", cfg.val_fraction, split_seed, groups, kind)
     if cfg.subset_per_class:
         subset(splits, cfg.subset_per_class, split_seed)
     return splits
-
-
-def _grouping(splits: DataSplits, split: str, cfg: DataConfig) -> tuple[dict[str, str] | None, str]:
-    """(groups, kind) for carving out of `split`: patients when a manifest names them, else copies (and with
-    data.group=near_duplicates, near-duplicates) of one image, else none."""
-    if splits.groups:
-        return splits.groups, "patient"
-    if cfg.group == "none":
-        return None, "none"
-    return content_groups(splits.refs[split], near=cfg.group == "near_duplicates"), cfg.group
 
 
 def _exists(path: Path) -> bool:
@@ -127,13 +122,13 @@ def _whole_tree(root: Path, split: str) -> DataSplits:
     return splits
 
 
-def _from_one_tree(root: Path, cfg: DataConfig, seed: int) -> DataSplits:
+def _from_one_tree(root: Path) -> DataSplits:
+    """Every image of a plain class-folder tree, in train (discover carves test and val out of it)."""
     folders = _class_folders(root)
     classes = sorted(folders)
     need_two_classes(classes, root)
     splits = DataSplits(classes)
     _add(splits, "train", folders)
-    carve(splits, "train", "test", cfg.test_fraction, seed, *_grouping(splits, "train", cfg))
     return splits
 
 

@@ -21,6 +21,7 @@ class DataSplits:
     notes: list[str] = field(default_factory=list)  # how the splits were made, for the log
     groups: dict[str, str] = field(default_factory=dict)  # ref -> patient: carved splits never split a patient
     carved: dict[str, str] = field(default_factory=dict)  # split -> the split it was carved from (given: absent)
+    content: dict[str, str] = field(default_factory=dict)  # ref -> content (or near-duplicate cluster) key
     rejected: dict[str, str] = field(default_factory=dict)  # manifest rows left out -> why (row number)
 
     def all_refs(self) -> list[str]:

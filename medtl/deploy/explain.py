@@ -26,6 +26,7 @@ from medtl.core.io import atomic_write, make_dir  # noqa: E402
 from medtl.core.runfolder import RunFolder  # noqa: E402
 from medtl.data.images import READ_ERRORS  # noqa: E402
 from medtl.deploy.predictor import Predictor  # noqa: E402
+from medtl.evaluation.figures import save_figure  # noqa: E402
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
 
@@ -121,11 +122,7 @@ def report_grid(run_dir: Path, method: str = "gradcam", per_group: int = 4) -> P
             elif col == 0:
                 ax.text(0.5, 0.5, f"no {group}s", ha="center", va="center")
     fig.suptitle(f"{pred.backbone}: {method} on test images (class {pred.classes[1]})")
-    fig.tight_layout()
     target = RunFolder(run_dir).cam_grid
-    try:
-        atomic_write(target, lambda fh: fig.savefig(fh, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    save_figure(fig, target)
     return target
 

@@ -20,7 +20,7 @@ from medtl.core.io import atomic_write, make_dir
 from medtl.core.logs import progress as progress_of
 from medtl.core.runfolder import RunFolder
 from medtl.data.dicom import is_dicom, read_dicom
-from medtl.data.images import DEFAULT_MAX_PIXELS, READ_ERRORS, open_checked
+from medtl.data.images import DEFAULT_MAX_PIXELS, READ_ERRORS, OverPixelLimit, open_checked
 from medtl.data.preprocess import Preprocess
 from medtl.evaluation.metrics import class_table, decide
 from medtl.models.checkpoint import Checkpoint
@@ -87,9 +87,9 @@ def open_upload(data: bytes, window: str = "auto", max_pixels: int = DEFAULT_MAX
         with open_checked(io.BytesIO(data), max_pixels) as img:
             img.load()
             return img.copy()
+    except OverPixelLimit:
+        raise  # its own message says what to do
     except READ_ERRORS as exc:
-        if isinstance(exc, ValueError) and "pixel limit" in str(exc):
-            raise
         raise ValueError(f"not an image PIL or pydicom can read ({exc.__class__.__name__})") from exc
 
 

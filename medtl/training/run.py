@@ -24,11 +24,10 @@ from medtl.core import logs
 from medtl.core.config import RunConfig, dump_yaml, from_dict, to_dict
 from medtl.core.device import pick_device
 from medtl.core.errors import Interrupted, MedtlError
-from medtl.core.io import atomic_write, make_dir, write_json
+from medtl.core.io import atomic_write, cannot_write, make_dir, write_json
 from medtl.core.runfolder import RunFolder
 from medtl.data.datasets import class_weights, train_transform
 from medtl.evaluation.metrics import choose_threshold, score
-from medtl.data.groups import content_groups
 from medtl.evaluation.figures import plot_confusions, plot_curves, plot_reliability
 from medtl.evaluation.report import format_metrics, write_history, write_predictions
 from medtl.evaluation.splits_report import split_report, without_train_copies
@@ -104,7 +103,9 @@ def _claim(cfg: RunConfig, resume: bool, held: ExitStack) -> RunFolder:
 def _locked(folder: RunFolder) -> Iterator[None]:
     """One process per run folder: a second run with the same --name fails at once instead of mixing its
     epochs into the first one's state."""
-    with open(folder.lock, "a+") as fh:
+    with cannot_write(folder.lock):
+        fh = open(folder.lock, "a+")
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -217,9 +218,8 @@ def _split_reports(p: Prepared, probs: dict, threshold: float) -> dict:
     (byte-identical, or near-duplicate with data.group=near_duplicates)."""
     n, seed, classes = p.cfg.train.bootstrap, p.cfg.train.seed, p.splits.classes
     out = {s: split_report(y, pr, classes, threshold, n, seed) for s, (pr, y) in probs.items()}
-    if "test" in probs and p.splits.carved.get("test") is None and p.cfg.data.group != "none":
-        keys = content_groups(p.splits.refs["train"] + p.splits.refs["test"],
-                              near=p.cfg.data.group == "near_duplicates")
+    if "test" in probs and p.splits.carved.get("test") is None and p.splits.content:
+        keys = p.splits.content  # computed once by discover, for every image
         kept = without_train_copies([keys[r] for r in p.splits.refs["test"]],
                                     {keys[r] for r in p.splits.refs["train"]})
         if 0 < len(kept) < len(p.splits.refs["test"]):
