@@ -105,3 +105,6 @@ def test_temperature_scaling_is_fitted_on_validation_and_travels_with_the_model(
     assert all(abs(r["prob_pos"] - rows[r["path"]]) < 1e-4 for r in again)
     path, diff = run.export("onnx")
     assert diff <= 1e-4
+    again = run.evaluate(image_tree)  # re-scoring applies the temperature too, so decisions match the run's
+    assert again["confusion_matrix"] == metrics["splits"]["test"]["confusion_matrix"]
+    assert again["loss"] == pytest.approx(metrics["splits"]["test"]["loss"], abs=1e-5)

@@ -247,6 +247,8 @@ def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool
     model = ckpt.build().to(p.device)
     pr, y = predict(model, p.loader(split, False, cfg.train.batch_size), p.prepare, p.device, f"predict {split}",
                     progress)
+    if ckpt.temperature != 1.0:  # the threshold was chosen on the calibrated probabilities
+        pr = apply_temperature(pr, ckpt.temperature)
     return score(y, pr, ckpt.classes, ckpt.threshold)
 
 
