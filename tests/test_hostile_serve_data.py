@@ -263,15 +263,20 @@ NPZ_CASES = {
 }
 
 
+def _refused_in_one_line(path: Path, message: str) -> None:
+    """Reading `path` as data fails with one MedtlError line that names the file and matches `message`."""
+    with pytest.raises(MedtlError, match=message) as info:
+        discover(DataConfig(path=str(path)))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("case", NPZ_CASES)
 def test_bad_npz_contents_are_one_line_naming_file_key_and_fix(tmp_path, case):
     change, message = NPZ_CASES[case]
     arrays = {**_npz_arrays(), **change}
     path = tmp_path / f"{case}.npz"
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
-    with pytest.raises(MedtlError, match=message) as info:
-        discover(DataConfig(path=str(path)))
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    _refused_in_one_line(path, message)
 
 
 @pytest.mark.parametrize("case, message", [
@@ -336,9 +341,7 @@ def test_a_repeated_row_with_the_same_label_is_kept_once_and_listed(tmp_path):
 ])
 def test_a_repeated_row_that_disagrees_names_both_rows(tmp_path, extra, split, message):
     path = _manifest(tmp_path, extra, split)
-    with pytest.raises(MedtlError, match=message) as info:
-        discover(DataConfig(path=str(path)))
-    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    _refused_in_one_line(path, message)
 
 
 # --- 19: malformed study YAML ---------------------------------------------------------------------------------
