@@ -38,6 +38,8 @@ from torch import nn
 from torch.utils.data import Subset
 from torchvision import datasets, transforms
 
+sys.path.insert(0, str(Path(__file__).parent))
+import engines  # noqa: E402  (bench/engines.py: the inference-engine rows)
 from medtl.models.backbones import build_backbone, get_spec
 from medtl.core.config import DataConfig
 
@@ -210,7 +212,10 @@ def medtl_full(args) -> dict:
 
 
 PHASES = {"reference-linear": reference_linear, "medtl-linear": medtl_linear, "reference-full": reference_full,
-          "medtl-full": medtl_full}
+          "medtl-full": medtl_full, **engines.PHASES}
+REFERENCE_RUNS = (("reference-linear", "reference-linear"), ("medtl-linear-cold", "medtl-linear"),
+                  ("medtl-linear-warm", "medtl-linear"), ("reference-full", "reference-full"), ("medtl-full", "medtl-full"))
+ENGINE_RUNS = tuple((name, name) for name in engines.PHASES)
 
 
 def flops_per_image() -> float:
@@ -290,6 +295,8 @@ def main() -> None:
     ap.add_argument("--full-batches", type=int, default=8)
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="the tutorial's num_workers=4")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", choices=("all", "reference", "engines"), default="all",
+                    help="the rows against the reference loop, the inference-engine rows, or both")
     ap.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     ap.add_argument("--runs", help=argparse.SUPPRESS)
@@ -298,21 +305,25 @@ def main() -> None:
         print(json.dumps(PHASES[args.phase](args)))
         return
     results = {}
+    runs = (REFERENCE_RUNS if args.only != "engines" else ()) + (ENGINE_RUNS if args.only != "reference" else ())
     with tempfile.TemporaryDirectory(prefix="medtl-bench-") as tmp:
-        cache, runs = f"{tmp}/cache", f"{tmp}/runs"
-        for name, phase in (("reference-linear", "reference-linear"), ("medtl-linear-cold", "medtl-linear"),
-                            ("medtl-linear-warm", "medtl-linear"), ("reference-full", "reference-full"),
-                            ("medtl-full", "medtl-full")):
-            results[name] = run_phase(args, phase, cache, runs)
+        for name, phase in runs:
+            results[name] = run_phase(args, phase, f"{tmp}/cache", f"{tmp}/runs")
     fwd, mm = flops_per_image(), matmul_flops()
-    summary = summarize(results, fwd, mm)
-    print_table(results, summary, args.ref_epochs)
+    summary = {}
+    if args.only != "engines":
+        summary.update(summarize(results, fwd, mm))
+        print_table(results, summary, args.ref_epochs)
+    if args.only != "reference":
+        summary["engines"] = engines.summarize(results, fwd, mm)
+        engines.print_table(results, summary["engines"])
     dev = device()
-    out = Path(args.out or f"bench/results/vs_reference_{dev.type}.json")
+    suffix = {"all": "", "reference": "", "engines": "_engines"}[args.only]
+    out = Path(args.out or f"bench/results/vs_reference{suffix}_{dev.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "backbone": BACKBONE, "batch": BATCH,
-            "size": SIZE, "ref_epochs": args.ref_epochs, "workers": args.workers,
+            "size": SIZE, "ref_epochs": args.ref_epochs, "only": args.only, "workers": args.workers,
             "forward_flops_per_image": fwd, "matmul_flops_per_s": mm, "command": " ".join(sys.argv)}
     out.write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -133,14 +133,28 @@ class Run:
 
         return Predictor.from_run(self.path)
 
+    def predictor_on(self, engine: str):
+        """`predictor`, its network run by `engine` (auto | torch | openvino | onnxruntime) from the next batch."""
+        from medtl.models.engine import ENGINES
+
+        if engine not in ENGINES:
+            raise MedtlError(f"engine {engine!r}; valid: {', '.join(ENGINES)}")
+        pred = self.predictor
+        if pred.engine != engine:
+            pred.engine, pred.runner = engine, None
+        return pred
+
     def predict(self, images: Sequence[PathLike] | PathLike, batch_size: int = 32,
-                progress: bool = False) -> Predictions:
+                progress: bool = False, engine: str = "auto") -> Predictions:
         """Score image or DICOM files with the run's preprocessing, threshold (and temperature).
 
         Args:
             images: Files, or folders searched recursively for images and DICOM files.
             batch_size: Images per forward pass.
             progress: Show progress.
+            engine: What runs the network: auto (the fastest measured on this machine; an engine only
+                when the pass repays exporting the model, or its export is cached), torch, openvino or
+                onnxruntime (checked against PyTorch on the first batch; PyTorch when they disagree).
 
         Returns:
             One dict per readable image (`path`, `predicted`, `prob_<class>`); unreadable files, with the
@@ -149,7 +163,7 @@ class Run:
         from medtl.data.sources import expand_inputs
         from medtl.deploy.predictor import predict_files, write_predictions
 
-        pred = self.predictor
+        pred = self.predictor_on(engine)
         found, failed = predict_files(pred, expand_inputs(_as_list(images)), batch_size, progress)
         rows = [{"path": r["path"], "predicted": r["predicted"],
                  **{f"prob_{c}": float(p) for c, p in zip(pred.classes, r["probabilities"])}} for r in found]

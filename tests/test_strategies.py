@@ -91,3 +91,32 @@ def test_frozen_prefix_split_reproduces_the_backbone(name):
         torch.testing.assert_close(top.eval()(act.view(2, *shape)), model.backbone(x), atol=1e-4, rtol=1e-3)
     trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert trainable <= set(dict(top.named_parameters()))  # every trainable weight lives in the top
+
+
+@pytest.mark.parametrize("head_init", ["probe", "random"])
+def test_lp_ft_starts_fine_tuning_from_the_probed_head(image_tree, cache_dir, tmp_path, monkeypatch, head_init):
+    """LP-FT: the head that fine-tuning starts from is the linear probe's best head, not a random one."""
+    import medtl
+    from medtl.training import cached, run as run_module
+
+    probed, started = [], []
+    probe_fit, ft_fit = cached.fit, run_module.fit
+
+    def probe(model, *a, **k):
+        out = probe_fit(model, *a, **k)
+        probed.append({k: v.clone() for k, v in model.state_dict().items()})  # the probe's best head
+        return out
+
+    def fine_tune(model, *a, **k):
+        started.append({k: v.clone() for k, v in model.head.state_dict().items()})
+        return ft_fit(model, *a, **k)
+    monkeypatch.setattr(cached, "fit", probe)
+    monkeypatch.setattr(run_module, "fit", fine_tune)
+    medtl.train(image_tree, "efficientnet_lite0", "full", epochs=1, image_size=32, out=tmp_path / "runs",
+                head_init=head_init, probe_epochs=3, feature_views=0)
+    assert len(started) == 1
+    if head_init == "random":
+        assert probed == []
+        return
+    assert len(probed) == 1 and probed[0].keys() == started[0].keys()
+    assert all(torch.equal(probed[0][k], started[0][k]) for k in probed[0])

@@ -101,6 +101,7 @@ class DataConfig(_Checked):
     audit: bool = True  # a brief audit (duplicates across splits, class-correlated properties) before training
     convert_mode: Literal["auto", "L", "RGB"] = "auto"  # every image to one mode first (a mode can't leak)
     max_pixels: int = field(default=89_478_485, metadata=_at_least(1))  # larger images are refused unread (PIL's)
+    fast_jpeg: bool = True  # JPEGs >= 4x the size decode at a DCT scale of >= 2x the size (Image.draft)
     # carved splits keep together: copies of one image (content), also near-duplicates (perceptual-hash clusters,
     # a patient proxy when there are no patient IDs), or nothing; manifests with patient IDs group by patient
     group: Literal["content", "near_duplicates", "none"] = "content"
@@ -147,6 +148,12 @@ class TrainConfig(_Checked):
     calibrate: Literal["none", "temperature"] = "none"
     feature_views: int = field(default=2, metadata={"min": 0, "max": 64})  # linear/partial: augmented views cached
     cache_frozen: bool = True  # partial: cache the frozen prefix's activations, train the top on them
+    # partial/full from pretrained weights: "probe" = LP-FT (Kumar et al., ICLR 2022): the new head is first
+    # trained as a linear probe on cached features (probe_epochs at probe_lr), then everything fine-tunes
+    # from it; "random" = plain fine-tuning from a random head
+    head_init: Literal["random", "probe"] = "random"
+    probe_epochs: int = field(default=10, metadata={"min": 1, "max": 1000})
+    probe_lr: float = field(default=1e-3, metadata={"gt": 0, "max": 10})
     seed: int = field(default=0, metadata={"min": 0, "max": 2**32 - 1})
     deterministic: bool = False  # deterministic kernels only (GPU runs repeat bit for bit); CPU runs repeat anyway
     threads: int | None = field(default=None, metadata=_at_least(1))  # None: the node's cores / its processes
@@ -154,6 +161,8 @@ class TrainConfig(_Checked):
     tune_malloc: bool = True  # CPU: glibc heap instead of mmap for tensors (2x forward speed, bench/cpu_settings.py)
     workers: int | None = field(default=None, metadata=_at_least(0))  # DataLoader workers; None: 0 on CPU, 8 on CUDA
     sync_bn: bool = False  # torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
+    # frozen passes (linear features, partial prefix): auto = the fastest measured, checked against torch
+    engine: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
 
     def check(self) -> None:
         if self.threshold in THRESHOLD_METHODS:

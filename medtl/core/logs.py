@@ -60,10 +60,11 @@ def progress(items: Iterable[T], desc: str, enabled: bool = True, total: int | N
         from tqdm import tqdm
 
         return tqdm(items, desc=desc, total=total, unit=unit, leave=False)
-    return _logged(items, desc, total if total is not None else _len(items), unit)
+    return _logged(items, desc, total if total is not None else length(items), unit)
 
 
-def _len(items: Iterable) -> int | None:
+def length(items: Iterable) -> int | None:
+    """len(items), or None for an iterable without one."""
     try:
         return len(items)  # type: ignore[arg-type]
     except TypeError:

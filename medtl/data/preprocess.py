@@ -45,18 +45,23 @@ class Preprocess:
 
     def load(self, ref: str | Path) -> torch.Tensor:
         """`pixels` of a file or array image (DICOM through the run's window)."""
-        return self.pixels(open_image(str(ref), self.decoding.window, self.decoding.max_pixels))
+        return self.pixels(open_image(str(ref), self.decoding.window, self.decoding.max_pixels, self.reduce_to))
+
+    @property
+    def reduce_to(self) -> int:
+        """The size a JPEG may be decoded down to (twice it at least), or 0 for full decoding."""
+        return self.size if self.decoding.fast_jpeg else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"image_size": self.size, "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std),
                 "dicom_window": self.decoding.window, "convert_mode": self.decoding.mode,
-                "max_pixels": self.decoding.max_pixels}
+                "max_pixels": self.decoding.max_pixels, "fast_jpeg": self.decoding.fast_jpeg}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], decoding: Decoding | None = None) -> "Preprocess":
         """From `to_dict`; checkpoints written before the decoding was stored take it from their config."""
         dec = decoding or Decoding(d.get("dicom_window", "auto"), d.get("convert_mode", "auto"),
-                                   int(d.get("max_pixels", DEFAULT_MAX_PIXELS)))
+                                   int(d.get("max_pixels", DEFAULT_MAX_PIXELS)), bool(d.get("fast_jpeg", False)))
         return cls(int(d["image_size"]), int(d["in_chans"]), tuple(map(float, d["mean"])), tuple(map(float, d["std"])),
                    dec)
 

@@ -104,7 +104,7 @@ def pick_examples(predictions_csv: Path, positive: str, per_group: int = 4) -> d
 
 def report_grid(run_dir: Path, method: str = "gradcam", per_group: int = 4) -> Path:
     """cam_grid.png in the run folder: CAM overlays of test TPs, FPs and FNs (binary runs)."""
-    pred = Predictor.from_run(run_dir)
+    pred = Predictor.from_run(run_dir, engine="torch")  # Grad-CAM needs gradients: PyTorch
     csv_path = RunFolder(run_dir).predictions("test")
     if not pred.binary or not csv_path.is_file():
         raise MedtlError(f"{csv_path} missing or the run is not binary; the grid needs a binary run with a test split")

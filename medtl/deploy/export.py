@@ -72,7 +72,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     """Write the model and check it against PyTorch on `images`; returns (path, max abs difference)."""
     if fmt not in FORMATS:
         raise MedtlError(f"export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    pred = Predictor.from_run(run_dir, device="cpu")
+    pred = Predictor.from_run(run_dir, device="cpu", engine="torch")
     module = Exported(pred).eval()
     x = sample_batch(pred, images)
     target = Path(out or RunFolder(run_dir).export(fmt))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,11 +20,13 @@ from medtl.core.device import pick_device
 from medtl.core.io import atomic_write, make_dir
 from medtl.core.logs import progress as progress_of
 from medtl.core.runfolder import RunFolder
+from medtl.data.datasets import in_background
 from medtl.data.dicom import is_dicom, read_dicom
-from medtl.data.images import DEFAULT_MAX_PIXELS, READ_ERRORS, OverPixelLimit, open_checked
+from medtl.data.images import DEFAULT_MAX_PIXELS, default_cache_dir, READ_ERRORS, OverPixelLimit, open_checked, reduce_on_decode
 from medtl.data.preprocess import Preprocess
 from medtl.evaluation.metrics import class_table, decide
 from medtl.models.checkpoint import Checkpoint
+from medtl.models.engine import frozen_runner
 from medtl.models.strategies import Classifier, to_probs
 
 @dataclass
@@ -37,13 +40,16 @@ class Predictor:
     backbone: str
     device: torch.device
     temperature: float = 1.0  # fitted on validation when the run was calibrated
+    engine: str = "torch"  # auto | torch | openvino | onnxruntime (models/engine.py), chosen at the first batch
+    planned: int = 0  # images the caller will score (auto exports only for a long enough pass)
+    runner: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Predictor":
+    def from_run(cls, run_dir: str | Path, device: str = "auto", engine: str = "auto") -> "Predictor":
         ckpt = Checkpoint.load(RunFolder(run_dir).checkpoint)
         dev = pick_device(device)
         return cls(ckpt.build().to(dev), ckpt.classes, ckpt.threshold, ckpt.preprocess, ckpt.backbone, dev,
-                   ckpt.temperature)
+                   ckpt.temperature, engine)
 
     size = property(lambda self: self.preprocess.size)
     in_chans = property(lambda self: self.preprocess.in_chans)
@@ -70,7 +76,10 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """(N, K) class probabilities of a uint8 batch; binary runs give [1 - p, p]."""
-        logits = self.model(self.normalized(batch)).float() / self.temperature
+        x = self.normalized(batch)
+        if self.runner is None:
+            self.runner = frozen_runner(self.model, x, self.engine, default_cache_dir(), self.planned)
+        logits = self.runner(x).float() / self.temperature
         return class_table(to_probs(logits).cpu().numpy())
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
@@ -78,13 +87,16 @@ class Predictor:
         return decide(probs, self.threshold)
 
 
-def open_upload(data: bytes, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An uploaded file's bytes as an image (DICOM or anything PIL reads); ValueError when it is neither, or when
-    it is larger than `max_pixels` (the message then says so)."""
+def open_upload(data: bytes, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
+                reduce_to: int = 0) -> Image.Image:
+    """An uploaded file's bytes as an image (DICOM or anything PIL reads; a JPEG decoded down to twice
+    `reduce_to` at least, as training decoded it); ValueError when it is neither, or when it is larger than
+    `max_pixels` (the message then says so)."""
     if is_dicom(data):
         return read_dicom(data, window, max_pixels)
     try:
         with open_checked(io.BytesIO(data), max_pixels) as img:
+            reduce_on_decode(img, reduce_to)
             img.load()
             return img.copy()
     except OverPixelLimit:
@@ -94,9 +106,21 @@ def open_upload(data: bytes, window: str = "auto", max_pixels: int = DEFAULT_MAX
 
 
 def predict_files(pred: Predictor, paths: list[Path], batch_size: int = 32, progress: bool = True):
-    """Rows (path, class, probabilities) for readable files, and {path: reason} for the others."""
+    """Rows (path, class, probabilities) for readable files, and {path: reason} for the others. The next
+    batch is decoded in a background thread while this one runs through the network."""
     rows, failed = [], {}
-    for start in progress_of(range(0, len(paths), batch_size), "predict", progress, unit="batch"):
+    pred.planned = len(paths)
+    batches = (_decoded(pred, paths, batch_size, failed))
+    for chunk, tensors in progress_of(batches, "predict", progress, total=-(-len(paths) // batch_size), unit="batch"):
+        probs = pred.probabilities(torch.stack(tensors))
+        for path, k, p in zip(chunk, pred.decide(probs), probs):
+            rows.append({"path": str(path), "predicted": pred.classes[k], "probabilities": p})
+    return rows, failed
+
+
+def _decoded(pred: Predictor, paths: list[Path], batch_size: int, failed: dict[str, str]):
+    """(paths, uint8 tensors) of each batch's readable files; the reasons for the others go into `failed`."""
+    for start in range(0, len(paths), batch_size):
         chunk, tensors = [], []
         for path in paths[start:start + batch_size]:
             try:
@@ -105,10 +129,7 @@ def predict_files(pred: Predictor, paths: list[Path], batch_size: int = 32, prog
             except READ_ERRORS as exc:
                 failed[str(path)] = f"{exc.__class__.__name__}: {exc}"
         if tensors:
-            probs = pred.probabilities(torch.stack(tensors))
-            for path, k, p in zip(chunk, pred.decide(probs), probs):
-                rows.append({"path": str(path), "predicted": pred.classes[k], "probabilities": p})
-    return rows, failed
+            yield chunk, tensors
 
 
 def write_predictions(path: Path, pred: Predictor, rows: list[dict], failed: dict[str, str]) -> None:

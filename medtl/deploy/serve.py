@@ -186,7 +186,7 @@ def _unreadable(name: str | None, exc: ValueError) -> str:
 def _decode(pred: Predictor, data: bytes, decodes: threading.BoundedSemaphore) -> torch.Tensor:
     """In a worker thread, a few at a time: the upload's bytes to the model's uint8 pixels."""
     with decodes:
-        return pred.pixels(open_upload(data, pred.decoding.window, pred.decoding.max_pixels))
+        return pred.pixels(open_upload(data, pred.decoding.window, pred.decoding.max_pixels, pred.preprocess.reduce_to))
 
 
 def _locked_answer(pred: Predictor, pixels: torch.Tensor, method: str, lock: threading.Lock) -> dict:

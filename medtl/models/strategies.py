@@ -117,18 +117,22 @@ class _Stop(Exception):
 
 
 class Prefix(nn.Module):
-    """Runs a backbone only up to `boundary` and returns that module's output, flattened."""
+    """Runs a backbone only up to `boundary` and returns that module's output, flattened.
 
-    def __init__(self, backbone: nn.Module, boundary: str):
+    In eager mode the pass stops at the boundary (an exception from the hook); with `early_exit` off it runs
+    on and returns the same tensor, a graph an exporter can trace (the unused rest is pruned from it)."""
+
+    def __init__(self, backbone: nn.Module, boundary: str, early_exit: bool = True):
         super().__init__()
-        self.backbone, self.boundary = backbone, boundary
+        self.backbone, self.boundary, self.early_exit = backbone, boundary, early_exit
 
     def forward(self, x):
         out = {}
 
         def hook(module, inputs, output):
             out["x"] = output
-            raise _Stop
+            if self.early_exit:
+                raise _Stop
 
         handle = self.backbone.get_submodule(self.boundary).register_forward_hook(hook)
         try:

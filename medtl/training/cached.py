@@ -8,14 +8,17 @@ partial  the frozen prefix's activations are cached; the top stages and the head
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from medtl.data.datasets import train_transform
 from medtl.models.backbones import weights_id
+from medtl.models.engine import frozen_runner
 from medtl.models.strategies import Classifier, Prefix, param_groups, split_frozen_prefix
 from medtl.training import distributed
 from medtl.training.features import cached, feature_key
@@ -30,9 +33,10 @@ CPU_EXTRACT_BATCH = 16  # measured: 1.7x the img/s of batch 64 for Lite0 at 224 
 def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bool, on_epoch=None):
     """linear: backbone features computed once (cached on disk), then the head trains on them."""
     tc = p.cfg.train
+    frozen = FrozenPass(p, model.backbone)
     with distributed.main_first():
-        feats = {s: _features(p, model, s, view=0, progress=progress) for s in p.splits.refs}
-        train_x = [feats["train"]] + _augmented_views(p, model, progress)
+        feats = {s: _features(p, frozen, s, view=0, progress=progress) for s in p.splits.refs}
+        train_x = [feats["train"]] + _augmented_views(p, frozen, progress)
     y = {s: torch.from_numpy(p.splits.labels[s]) for s in p.splits.refs}
     train_ds = TensorDataset(torch.from_numpy(np.concatenate(train_x)), y["train"].repeat(len(train_x)))
     batches = {s: p.batches(TensorDataset(torch.from_numpy(np.array(feats[s])), y[s]), 1024, train=False)
@@ -47,16 +51,28 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
     return history, best_epoch, probs
 
 
+def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:
+    """LP-FT's first step (Kumar et al., ICLR 2022), in place: `model.head` trained as a linear probe on the
+    frozen backbone's cached features (the linear strategy's own cache), so fine-tuning starts from a head
+    that fits the pretrained features instead of a random one whose gradients distort them first."""
+    tc = dataclasses.replace(p.cfg.train, epochs=p.cfg.train.probe_epochs, lr=p.cfg.train.probe_lr)
+    probe = dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, train=tc), state_path=None, resume=False)
+    history, best_epoch, _ = train_head_on_features(probe, model, loss_fn, progress)
+    best = history[best_epoch - 1]
+    log.info("LP-FT: head trained as a linear probe for %d epochs (best epoch %d, val AUC %.4f, val loss %.4f); "
+             "fine-tuning starts from it", len(history), best_epoch, best["val_auc"], best["val_loss"])
+
+
 def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: bool, on_epoch=None):
     """partial: the frozen prefix runs once per image and view (cached on disk); the top stages and the
     head train on its activations, one augmented view per epoch in turn."""
     tc = p.cfg.train
     example = next(iter(p.loader("val", False, 2, shard=False)))[0]
     boundary, top, shape = split_frozen_prefix(model, p.prepare(example))
-    prefix = Prefix(model.backbone, boundary)
+    frozen = FrozenPass(p, Prefix(model.backbone, boundary), boundary)
     with distributed.main_first():
-        acts = {s: _features(p, prefix, s, 0, progress, boundary) for s in p.splits.refs}
-        train_views = [acts["train"]] + _augmented_views(p, prefix, progress, boundary)
+        acts = {s: _features(p, frozen, s, 0, progress) for s in p.splits.refs}
+        train_views = [acts["train"]] + _augmented_views(p, frozen, progress)
     y = {s: p.splits.labels[s] for s in p.splits.refs}
     batches = {s: p.batches(RowsDataset(acts[s], y[s], shape), tc.batch_size, train=False) for s in p.splits.refs}
     train = RotatingViews([p.batches(RowsDataset(a, y["train"], shape), tc.batch_size, train=True)
@@ -75,10 +91,32 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
     return history, best_epoch, probs
 
 
-def _augmented_views(p: Prepared, model: Classifier | Prefix, progress: bool, boundary: str = "") -> list[np.ndarray]:
+def _views(p: Prepared) -> int:
+    return p.cfg.train.feature_views if p.cfg.data.augment else 0
+
+
+def _augmented_views(p: Prepared, frozen: "FrozenPass", progress: bool) -> list[np.ndarray]:
     """The cached augmented views 1..feature_views of the train split (none when augmentation is off)."""
-    views = p.cfg.train.feature_views if p.cfg.data.augment else 0
-    return [_features(p, model, "train", v, progress, boundary) for v in range(1, views + 1)]
+    return [_features(p, frozen, "train", v, progress) for v in range(1, _views(p) + 1)]
+
+
+class FrozenPass:
+    """A cached path's frozen network (the backbone, or partial's prefix) on the engine `train.engine` picks:
+    chosen at the first cache miss, on that batch of real images, and kept for the other splits and views."""
+
+    def __init__(self, p: Prepared, net: nn.Module, boundary: str = ""):
+        self.p, self.net, self.boundary = p, net, boundary
+        self.runner = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.runner is None:
+            p = self.p
+            refs = p.splits.refs
+            images = sum(len(r) for r in refs.values()) + _views(p) * len(refs["train"])
+            exportable = Prefix(self.net.backbone, self.boundary, early_exit=False) if self.boundary else self.net
+            runner = frozen_runner(exportable, x, p.cfg.train.engine, p.cache_dir, images, self.boundary)
+            self.runner = self.net.eval() if runner.name == "torch" else runner  # eager keeps the early exit
+        return self.runner(x)
 
 
 class RowsDataset(torch.utils.data.Dataset):
@@ -116,24 +154,22 @@ class RotatingViews:
         return iter(self.current)
 
 
-def _features(p: Prepared, model: Classifier | Prefix, split: str, view: int, progress: bool,
-              boundary: str = "") -> np.ndarray:
+def _features(p: Prepared, frozen: FrozenPass, split: str, view: int, progress: bool) -> np.ndarray:
     """Features of one split (or activations at `boundary`); view 0 is the plain image, views 1.. are
     seeded augmentations."""
     refs = p.splits.refs[split]
     key = feature_key(p.store.key, refs, p.spec.name, weights_id(p.spec, p.weights), p.size, p.in_chans,
-                      p.preprocess.mean, p.preprocess.std, view, p.cfg.data.hflip if view else None, boundary)
+                      p.preprocess.mean, p.preprocess.std, view, p.cfg.data.hflip if view else None, frozen.boundary)
 
     def compute() -> np.ndarray:
         transform = train_transform(p.size, p.cfg.data.hflip) if view else None
         batch = CPU_EXTRACT_BATCH if p.device.type == "cpu" else 128
-        net = model if isinstance(model, Prefix) else model.backbone
-        net.to(memory_format=torch.channels_last)
+        frozen.net.to(memory_format=torch.channels_last)
         # the same views every run (so the cache key holds), and the run's own RNG stream untouched,
         # so a cache hit and a miss train identically
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1000 + view)
-            return extract(net, p.loader(split, False, batch, transform, shard=False), p.prepare, p.device,
+            return extract(frozen, p.loader(split, False, batch, transform, shard=False), p.prepare, p.device,
                            f"features {split}" + (f" view {view}" if view else ""), progress)
 
     array, hit = cached(p.cache_dir, key, len(refs), compute)

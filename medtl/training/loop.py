@@ -26,7 +26,8 @@ from torch import nn
 from medtl.training import distributed
 from medtl.core.config import TrainConfig
 from medtl.core.errors import MedtlError
-from medtl.core.logs import progress as progress_of
+from medtl.core.logs import length, progress as progress_of
+from medtl.data.datasets import in_background
 from medtl.evaluation.metrics import score
 from medtl.models.strategies import to_probs
 from medtl.training.resume import load_state, rng_state, save_state, set_rng_state
@@ -132,14 +133,16 @@ def predict(model: nn.Module, batches: Iterable, prepare: Prepare, device: torch
 
 
 @torch.inference_mode()
-def extract(backbone: nn.Module, batches: Iterable, prepare: Prepare, device: torch.device,
-            desc: str, progress: bool) -> np.ndarray:
-    """Backbone features (N, D) float32 over `batches`, backbone in eval mode."""
-    backbone.eval()
+def extract(backbone: nn.Module | Callable[[torch.Tensor], torch.Tensor], batches: Iterable, prepare: Prepare,
+            device: torch.device, desc: str, progress: bool) -> np.ndarray:
+    """Features (N, D) float32 over `batches`: of a backbone in eval mode, or of an engine's runner."""
+    if isinstance(backbone, nn.Module):
+        backbone.eval()
     out = []
-    for x, _ in progress_of(batches, desc, progress, unit="batch"):
-        with autocast(device):
-            out.append(backbone(prepare(x)).float().cpu())
+    with torch.inference_mode():
+        for x, _ in progress_of(in_background(batches), desc, progress, total=length(batches), unit="batch"):
+            with autocast(device):
+                out.append(backbone(prepare(x)).float().cpu())
     return torch.cat(out).numpy()
 
 

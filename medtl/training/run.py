@@ -35,7 +35,7 @@ from medtl.evaluation.uncertainty import apply_temperature, calibration, fit_tem
 from medtl.models.checkpoint import Checkpoint
 from medtl.models.strategies import Classifier, build_classifier, param_groups
 from medtl.training import distributed
-from medtl.training.cached import train_head_on_features, train_top_on_activations
+from medtl.training.cached import probe_head, train_head_on_features, train_top_on_activations
 from medtl.training.loop import EpochHook, deterministic, fit, make_loss, predict, seed_everything
 from medtl.training.prepare import Prepared, prepare
 
@@ -155,6 +155,8 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
     loss_fn = make_loss(p.binary, weights)
     if p.cfg.model.strategy == "linear":
         return train_head_on_features(p, model, loss_fn, progress, on_epoch)
+    if _lp_ft(p):
+        probe_head(p, model, loss_fn, progress)
     if p.cfg.model.strategy == "partial" and tc.cache_frozen:
         try:
             return train_top_on_activations(p, model, loss_fn, progress, on_epoch)
@@ -172,6 +174,17 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
     probs = {s: predict(model, p.loader(s, False, tc.batch_size), p.prepare, p.device, f"predict {s}", progress)
              for s in ("val", "test") if s in p.splits.refs}
     return history, best_epoch, probs
+
+
+def _lp_ft(p: Prepared) -> bool:
+    """LP-FT's probe step runs for partial/full from pretrained weights, unless a resumed run's state (which
+    holds the head) is there."""
+    if p.cfg.train.head_init != "probe" or p.cfg.model.strategy not in ("partial", "full"):
+        return False
+    if p.weights == "none":
+        log.info("LP-FT: no pretrained weights to probe; the head starts random")
+        return False
+    return not (p.resume and p.state_path is not None and p.state_path.is_file())
 
 
 def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epoch, probs, seconds) -> None:
@@ -234,7 +247,7 @@ def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool
     ckpt = Checkpoint.load(RunFolder(run_dir).checkpoint)
     cfg = ckpt.config
     data_cfg = from_dict(type(cfg.data), {**to_dict(cfg.data), "path": data, "image_size": ckpt.preprocess.size,
-                                          "subset_per_class": None})
+                                          "fast_jpeg": ckpt.preprocess.decoding.fast_jpeg, "subset_per_class": None})
     p = prepare(RunConfig(data=data_cfg, model=cfg.model, train=cfg.train), progress, whole_tree_as=split)
     unknown = sorted(set(p.splits.classes) - set(ckpt.classes))
     if unknown:
