@@ -186,7 +186,8 @@ def _cached_torchvision_weights(spec: BackboneSpec):
     if kind != "torchvision":
         return None
     enum = tvm.get_model_weights(name)
-    return next((w for w in [enum.DEFAULT, *enum] if _hub_path(w).is_file()), None)
+    every = [enum.DEFAULT, *getattr(enum, "__members__", {}).values()]  # the default first
+    return next((w for w in every if _hub_path(w).is_file()), None)
 
 
 def _hub_path(weights) -> Path:
