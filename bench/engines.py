@@ -1,7 +1,8 @@
 """The inference-engine rows of bench/vs_reference.py (each phase in its own process, as the others).
 
 features-<engine>   Lite0 at 224 px, batch 16, on 320 real training images: img/s of the frozen backbone
-                    on PyTorch eager, ONNX Runtime and OpenVINO (medtl's runners, parity checked).
+                    on PyTorch eager, ONNX Runtime and OpenVINO (medtl's runners, parity checked), from uint8
+                    pixels (normalisation inside the network, as in medtl's passes).
 linear-<engine>     `medtl train DATA --strategy linear` from an empty cache (decoding, export and compile
                     included), with train.engine=torch and =auto.
 predict-plain       the plain PyTorch loop a user writes: a DataLoader over the test files (PIL, Resize,
@@ -32,15 +33,15 @@ def features(args, engine: str) -> dict:
     from medtl.data.images import Decoding, decode
     from medtl.data.preprocess import Preprocess
     from medtl.models.backbones import build_backbone, get_spec
-    from medtl.models.engine import TorchRunner, frozen_runner, parity_error
+    from medtl.models.engine import OnPixels, TorchRunner, frozen_runner, parity_error
     from medtl.training.loop import tune_allocator
     tune_allocator()
     spec = get_spec(BACKBONE)
     pre = Preprocess(SIZE, 3, spec.mean, spec.std, Decoding(fast_jpeg=True))
     files = sorted(p for p in (Path(args.data) / "train").rglob("*.jp*g"))[::7][:320]
     pixels = torch.stack([torch.from_numpy(decode(str(f), SIZE, pre.decoding)).expand(3, SIZE, SIZE) for f in files])
-    batches = [pre.normalize(pixels[i:i + BATCH]) for i in range(0, len(pixels), BATCH)]
-    net = build_backbone(spec, "package").eval().to(memory_format=torch.channels_last)
+    batches = [pixels[i:i + BATCH].contiguous() for i in range(0, len(pixels), BATCH)]  # uint8, as medtl's passes
+    net = OnPixels(build_backbone(spec, "package").to(memory_format=torch.channels_last), *pre.stats()).eval()
     runner = frozen_runner(net, batches[0], engine, Path(args.cache)) if engine != "torch" else TorchRunner(net)
     if runner.name != engine:
         raise SystemExit(f"engine {engine} fell back to {runner.name}")

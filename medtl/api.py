@@ -42,7 +42,8 @@ def train(data: PathLike | None = None, backbone: str | None = None, strategy: s
         data: A folder of class folders, a folder of split folders (train/val/test, Training/Testing, ...),
             a .csv/.tsv manifest, or a MedMNIST .npz file.
         backbone: A name from `medtl backbones` (default efficientnet_lite0).
-        strategy: scratch, linear, partial or full (default linear).
+        strategy: auto, scratch, linear, partial or full (default auto: chosen on validation within
+            `budget`, default 15m).
         config: A YAML run config (or a `RunConfig`) that the other arguments override.
         resume: A run folder whose killed run to continue from its last finished epoch, with the config it
             was started with (no other argument may be given then).

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # options that several commands share, defined once
 Backbone = Annotated[Optional[str], typer.Option(help="Backbone name; see `medtl backbones`")]
-Strategy = Annotated[Optional[str], typer.Option(help="scratch | linear | partial | full")]
+Strategy = Annotated[Optional[str], typer.Option(help="auto | scratch | linear | partial | full")]
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping may end sooner)")]
 ImageSize = Annotated[Optional[int], typer.Option(help="Input size in px (default: the backbone's)")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config; flags override it")]
@@ -89,6 +89,9 @@ def train(
     image_size: ImageSize = None,
     channels: Optional[str] = typer.Option(None, help="replicate (gray to 3 channels) | adapt (1-channel conv)"),
     seed: Optional[int] = typer.Option(None, help="Training seed"),
+    budget: Optional[str] = typer.Option(None, help="Wall clock for the run, e.g. 15m, 90s, 1.5h: training stops "
+                                         "after the epoch that reaches it (auto: shared by its candidates; "
+                                         "default 15m for auto, none otherwise)"),
     config: ConfigFile = None,
     set_: Sets = None,
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o",
@@ -110,7 +113,7 @@ def train(
     _setup_logging(quiet)
     output_dir = _renamed(output_dir, out, "--out", "--output-dir", notify=main_process)
     flags = {"backbone": backbone, "strategy": strategy, "weights": weights, "epochs": epochs,
-             "image_size": image_size, "channels": channels, "seed": seed,
+             "image_size": image_size, "channels": channels, "seed": seed, "budget": budget,
              "out": str(output_dir) if output_dir is not None else None, "name": name,
              "strict": True if strict else None, **parse_set(set_ or [])}
     flags = {k: v for k, v in flags.items() if v is not None}

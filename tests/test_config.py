@@ -40,7 +40,7 @@ def test_unknown_key_and_bad_value():
     ("train.optimizer", "adamm", "train.optimizer='adamm' is not a choice (did you mean adam?)"),
     ("train.schedule", "linear", "valid: cosine, step, none"),
     ("train.monitor", "acc", "valid: auc, loss"),
-    ("model.strategy", "fine", "valid: scratch, linear, partial, full"),
+    ("model.strategy", "fine", "valid: auto, scratch, linear, partial, full"),
     ("data.channels", "gray", "valid: replicate, adapt"),
     ("data.convert_mode", "rgb", "did you mean RGB"),
     ("train.device", "gpu", "valid: auto, cpu, cuda"),

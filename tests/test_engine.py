@@ -43,6 +43,17 @@ def test_fast_tier_parity_resnet(engine, tmp_path):
     assert eng.parity_error(runner(more), reference(net, more)) <= eng.PARITY
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_uint8_pixels_are_normalised_inside_the_graph_as_preprocess_does(engine, tmp_path):
+    from medtl.data.preprocess import Preprocess
+    net, _ = net_and_batch()
+    pre = Preprocess(32, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pixels = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    runner = eng.frozen_runner(eng.OnPixels(net, *pre.stats()), pixels, engine, tmp_path)
+    assert runner.name == engine and eng._numpy(pixels).dtype.name == "uint8"  # handed over as uint8
+    assert eng.parity_error(runner(pixels), reference(net, pre.normalize(pixels))) <= eng.PARITY
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_parity_per_family(name, tmp_path):

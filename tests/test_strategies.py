@@ -69,7 +69,7 @@ def test_mlp_head_and_bad_choices():
     model = build_classifier(ModelConfig(backbone="resnet18", strategy="full", weights="none", head="mlp",
                                          hidden=16, dropout=0.3), 1)
     assert isinstance(model.head, nn.Sequential) and model.head[-1].in_features == 16
-    with pytest.raises(MedtlError, match="valid: scratch, linear, partial, full"):
+    with pytest.raises(MedtlError, match="valid: auto, scratch, linear, partial, full"):
         build_classifier(ModelConfig(backbone="resnet18", strategy="frozen"), 1)
     with pytest.raises(MedtlError, match="must be 1..4"):
         build_classifier(ModelConfig(backbone="resnet18", strategy="partial", unfreeze_stages=5, weights="none"), 1)

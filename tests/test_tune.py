@@ -79,3 +79,9 @@ def test_an_unreachable_storage_is_one_error_naming_the_url_without_its_password
     assert "secret" not in str(err.value)
     with pytest.raises(MedtlError, match="no database driver for this URL"):
         tune(base, 1, tmp_path / "t", storage="mysql://u@127.0.0.1:1/x")
+
+
+def test_tuning_auto_is_refused_with_the_fix(image_tree, tmp_path):
+    with pytest.raises(MedtlError, match="--strategy linear, partial or full"):
+        tune(_base(image_tree, tmp_path, strategy="auto"), 1, tmp_path / "tune")
+    assert not (tmp_path / "tune").exists()

@@ -21,7 +21,7 @@ from medtl.core.errors import MedtlError
 from medtl.core.windows import parse_window
 
 
-Strategy = Literal["scratch", "linear", "partial", "full"]
+Strategy = Literal["auto", "scratch", "linear", "partial", "full"]
 STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
 THRESHOLD_METHODS = ("youden", "f1")
 
@@ -119,7 +119,9 @@ class ModelConfig(_Checked):
     SECTION = "model"
     backbone: str = "efficientnet_lite0"  # a name from `medtl backbones`
     weights: str = "default"  # default | imagenet | package | none | path to a .pth/.safetensors file
-    strategy: Strategy = "linear"  # scratch | linear (frozen backbone) | partial (top stages) | full
+    # auto: chosen on validation within train.budget (linear, then partial / full LP-FT as seed 001's rule of data
+    # size and similarity to ImageNet orders them) | scratch | linear (frozen backbone) | partial (top stages) | full
+    strategy: Strategy = "auto"
     unfreeze_stages: int = field(default=2, metadata=_at_least(1))  # for partial: how many top stages train
     head: Literal["linear", "mlp"] = "linear"  # the new classifier: one linear layer, or a hidden layer first
     hidden: int = field(default=256, metadata=_at_least(1))  # width of the mlp head
@@ -163,8 +165,13 @@ class TrainConfig(_Checked):
     sync_bn: bool = False  # torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
     # frozen passes (linear features, partial prefix): auto = the fastest measured, checked against torch
     engine: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
+    # wall clock for the whole run, e.g. 15m, 90s, 1.5h: training stops after the epoch that reaches it, and
+    # strategy auto shares it among its candidates; None: 15m for auto, no limit otherwise
+    budget: str | None = None
 
     def check(self) -> None:
+        if self.budget is not None:
+            budget_seconds(self.budget)
         if self.threshold in THRESHOLD_METHODS:
             return
         try:
@@ -192,10 +199,28 @@ class RunConfig(_Checked):
                              "use --output-dir for the parent folder")
 
 
+AUTO_BUDGET = "15m"
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def budget_seconds(text: str) -> float:
+    """'15m' -> 900.0; a number with a unit s, m or h, greater than zero."""
+    value = math.nan
+    if isinstance(text, str) and text.strip()[-1:].lower() in _UNITS:
+        try:
+            value = float(text.strip()[:-1]) * _UNITS[text.strip()[-1].lower()]
+        except ValueError:
+            pass
+    if not (math.isfinite(value) and value > 0):
+        raise MedtlError(f"train.budget={text!r}: give a time with a unit, e.g. --budget 15m, 90s or 1.5h")
+    return value
+
+
 # command-line flags and Python keyword arguments, one table for train, tune, studies and the API
 FLAGS = {"backbone": "model.backbone", "strategy": "model.strategy", "weights": "model.weights",
          "epochs": "train.epochs", "image_size": "data.image_size", "channels": "data.channels",
-         "seed": "train.seed", "lr": "train.lr", "out": "out", "name": "name", "strict": "data.strict"}
+         "seed": "train.seed", "lr": "train.lr", "out": "out", "name": "name", "strict": "data.strict",
+         "budget": "train.budget"}
 
 
 def dotted_key(name: str) -> str:

@@ -39,6 +39,7 @@ class RunFolder:
     state = property(lambda self: self.path / "state.pt")  # per-epoch training state, for --resume
     cam_grid = property(lambda self: self.path / "cam_grid.png")
     lock = property(lambda self: self.path / "run.lock")  # held by the process writing the run
+    auto = property(lambda self: self.path / "auto.json")  # strategy auto: every candidate, the choice and why
 
     def predictions(self, split: str) -> Path:
         return self.path / f"predictions_{split}.csv"

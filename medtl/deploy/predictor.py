@@ -26,7 +26,7 @@ from medtl.data.images import DEFAULT_MAX_PIXELS, default_cache_dir, READ_ERRORS
 from medtl.data.preprocess import Preprocess
 from medtl.evaluation.metrics import class_table, decide
 from medtl.models.checkpoint import Checkpoint
-from medtl.models.engine import frozen_runner
+from medtl.models.engine import OnPixels, frozen_runner
 from medtl.models.strategies import Classifier, to_probs
 
 @dataclass
@@ -76,9 +76,10 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """(N, K) class probabilities of a uint8 batch; binary runs give [1 - p, p]."""
-        x = self.normalized(batch)
-        if self.runner is None:
-            self.runner = frozen_runner(self.model, x, self.engine, default_cache_dir(), self.planned)
+        x = batch.to(self.device)
+        if self.runner is None:  # normalised inside: by the engine's graph, or in eager PyTorch
+            net = OnPixels(self.model, *self.preprocess.stats()).to(self.device)
+            self.runner = frozen_runner(net, x, self.engine, default_cache_dir(), self.planned)
         logits = self.runner(x).float() / self.temperature
         return class_table(to_probs(logits).cpu().numpy())
 

@@ -81,6 +81,9 @@ def tune(base: RunConfig, trials: int, out: Path, storage: str | None = None, st
     """Run `trials` trials (this process's share when workers share the storage); returns the study."""
     if trials < 1:
         raise MedtlError(f"--trials {trials}: give at least 1")
+    if base.model.strategy == "auto":
+        raise MedtlError("medtl tune searches the settings of one strategy, and the strategy is auto (the default); "
+                         "pass --strategy linear, partial or full (auto chooses among them itself)")
     make_dir(out)
     shared = storage is not None  # workers sharing a database must not all draw the same seeded samples
     with _storage(storage or f"sqlite:///{(out / 'tune.db').resolve()}") as rdb:

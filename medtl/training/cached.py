@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medtl.data.datasets import train_transform
 from medtl.models.backbones import weights_id
-from medtl.models.engine import frozen_runner
+from medtl.models.engine import OnPixels, frozen_runner
 from medtl.models.strategies import Classifier, Prefix, param_groups, split_frozen_prefix
 from medtl.training import distributed
 from medtl.training.features import cached, feature_key
@@ -46,7 +46,7 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
         return x.to(p.device)
     history, _, best_epoch = fit(model.head, train, batches["val"], to_dev, loss_fn, tc, p.device,
                                  p.splits.classes, progress=progress, on_epoch=on_epoch, state_path=p.state_path,
-                                 resume=p.resume)
+                                 resume=p.resume, deadline=p.deadline)
     probs = {s: predict(model.head, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}
     return history, best_epoch, probs
 
@@ -55,7 +55,8 @@ def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:
     """LP-FT's first step (Kumar et al., ICLR 2022), in place: `model.head` trained as a linear probe on the
     frozen backbone's cached features (the linear strategy's own cache), so fine-tuning starts from a head
     that fits the pretrained features instead of a random one whose gradients distort them first."""
-    tc = dataclasses.replace(p.cfg.train, epochs=p.cfg.train.probe_epochs, lr=p.cfg.train.probe_lr)
+    tc = dataclasses.replace(p.cfg.train, epochs=p.cfg.train.probe_epochs, lr=p.cfg.train.probe_lr,
+                             feature_views=0)  # the clean images' features: no augmented pass just to start a head
     probe = dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, train=tc), state_path=None, resume=False)
     history, best_epoch, _ = train_head_on_features(probe, model, loss_fn, progress)
     best = history[best_epoch - 1]
@@ -84,7 +85,7 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
         return x.to(p.device).contiguous(memory_format=torch.channels_last)
     groups = param_groups(net, tc.lr, tc.backbone_lr_scale)
     history, _, best_epoch = fit(net, train, batches["val"], to_dev, loss_fn, tc, p.device, p.splits.classes, groups,
-                                 progress, on_epoch, p.state_path, p.resume)
+                                 progress, on_epoch, p.state_path, p.resume, p.deadline)
     result = model.backbone.load_state_dict(top.state_dict(), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # top holds a subset of the backbone's modules
     probs = {s: predict(net, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}
@@ -108,15 +109,19 @@ class FrozenPass:
         self.p, self.net, self.boundary = p, net, boundary
         self.runner = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Features of a uint8 batch (normalised inside: by the engine's graph, or in eager PyTorch)."""
         if self.runner is None:
             p = self.p
             refs = p.splits.refs
             images = sum(len(r) for r in refs.values()) + _views(p) * len(refs["train"])
+            stats = p.preprocess.stats()
             exportable = Prefix(self.net.backbone, self.boundary, early_exit=False) if self.boundary else self.net
-            runner = frozen_runner(exportable, x, p.cfg.train.engine, p.cache_dir, images, self.boundary)
-            self.runner = self.net.eval() if runner.name == "torch" else runner  # eager keeps the early exit
-        return self.runner(x)
+            runner = frozen_runner(OnPixels(exportable, *stats), pixels, p.cfg.train.engine, p.cache_dir, images,
+                                   self.boundary)
+            # eager keeps the prefix's early exit
+            self.runner = OnPixels(self.net, *stats).to(pixels.device).eval() if runner.name == "torch" else runner
+        return self.runner(pixels)
 
 
 class RowsDataset(torch.utils.data.Dataset):
@@ -169,7 +174,7 @@ def _features(p: Prepared, frozen: FrozenPass, split: str, view: int, progress: 
         # so a cache hit and a miss train identically
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1000 + view)
-            return extract(frozen, p.loader(split, False, batch, transform, shard=False), p.prepare, p.device,
+            return extract(frozen, p.loader(split, False, batch, transform, shard=False), p.to_device, p.device,
                            f"features {split}" + (f" view {view}" if view else ""), progress)
 
     array, hit = cached(p.cache_dir, key, len(refs), compute)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import gc
 import logging
 import math
 import os
@@ -59,6 +60,19 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def release_memory() -> bool:
+    """Give the heap's free memory back to the system (glibc `malloc_trim`) between phases of a run: the tuned
+    allocator keeps it otherwise, and the next phase (another image size, another strategy) would add its peak
+    to the last one's. Returns False where it does not apply."""
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def seed_everything(seed: int) -> None:
@@ -146,7 +160,7 @@ def extract(backbone: nn.Module | Callable[[torch.Tensor], torch.Tensor], batche
     return torch.cat(out).numpy()
 
 
-def _key(val: dict, monitor: str) -> tuple[float, float]:
+def monitor_key(val: dict, monitor: str) -> tuple[float, float]:
     """Larger is better; AUC ties (common once validation is separable) go to the lower loss."""
     if monitor == "auc" and not math.isnan(val["auc"]):
         return (val["auc"], -val["loss"])
@@ -155,16 +169,15 @@ def _key(val: dict, monitor: str) -> tuple[float, float]:
 
 def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare,
         loss_fn: Callable, cfg: TrainConfig, device: torch.device, classes: list[str],
-        groups: list[dict] | None = None, progress: bool = True,
-        on_epoch: EpochHook | None = None, state_path: Path | None = None,
-        resume: bool = False) -> tuple[list[dict], dict, int]:
-    """Train with early stopping on validation `cfg.monitor`; returns (history, best state, best epoch).
-
-    The best state is deep-copied: a state_dict() reference would keep changing as training goes on.
-    With `state_path`, the whole training state is saved after every epoch (by rank 0) and, with `resume`
-    and the file there, training continues from it exactly where it stopped. Under torchrun the model trains wrapped in
-    DDP on sharded batches; every process sees the same validation metrics, so all stop together.
-    """
+        groups: list[dict] | None = None, progress: bool = True, on_epoch: EpochHook | None = None,
+        state_path: Path | None = None, resume: bool = False,
+        deadline: float | None = None) -> tuple[list[dict], dict, int]:
+    """Train with early stopping on validation `cfg.monitor` (and at `deadline`, see `_out_of_time`); returns
+    (history, best state, best epoch). The best state is deep-copied: a state_dict() reference would keep
+    changing as training goes on. With `state_path`, the whole training state is saved after every epoch (by
+    rank 0) and, with `resume` and the file there, training continues from it exactly where it stopped. Under
+    torchrun the model trains wrapped in DDP on sharded batches; every process sees the same validation
+    metrics, so all stop together."""
     opt = make_optimizer(groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
     sched = make_scheduler(opt, cfg)
     st = {"epoch": 0, "best": [-math.inf, -math.inf], "best_state": None, "best_epoch": 0, "history": [],
@@ -188,7 +201,7 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
         _record(st, epoch, train_loss, val, opt.param_groups[0]["lr"], time.perf_counter() - start, cfg)
         if sched is not None:
             sched.step()
-        value = _key(val, cfg.monitor)
+        value = monitor_key(val, cfg.monitor)
         if st["best_state"] is None or value > tuple(st["best"]):
             st.update(best=list(value), best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
         if on_epoch is not None:
@@ -200,8 +213,19 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
             log.info("early stop: val %s has not improved for %d epochs (best epoch %d)", cfg.monitor,
                      cfg.patience, st["best_epoch"])
             break
+        if _out_of_time(deadline, time.perf_counter() - start, world, epoch):
+            break
     model.load_state_dict(st["best_state"])
     return st["history"], st["best_state"], st["best_epoch"]
+
+
+def _out_of_time(deadline: float | None, epoch_seconds: float, world: distributed.World, epoch: int) -> bool:
+    """Whether another epoch as long as the last would end past `deadline` (a `time.monotonic()` value, from
+    train.budget); rank 0 decides for every process."""
+    late = bool(distributed.broadcast(deadline is not None and time.monotonic() + epoch_seconds > deadline, world))
+    if late:
+        log.info("budget: stopping after epoch %d (another would end past the budget)", epoch)
+    return late
 
 
 def _record(st: dict, epoch: int, train_loss: float, val: dict, lr: float, seconds: float, cfg: TrainConfig) -> None:

@@ -44,6 +44,7 @@ class Prepared:
     audit_notes: list[str] = field(default_factory=list)
     state_path: Path | None = None  # per-epoch training state, for --resume
     resume: bool = False  # continue from state_path (only when asked: --resume)
+    deadline: float | None = None  # time.monotonic() by which training stops (train.budget)
 
     @property
     def binary(self) -> bool:
@@ -78,7 +79,10 @@ class Prepared:
         return min(8, os.cpu_count() or 1) if self.device.type == "cuda" else 0
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return self.preprocess.normalize(x.to(self.device, non_blocking=True))
+        return self.preprocess.normalize(self.to_device(x))
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True)
 
 
 def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None = None,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from medtl.core import logs
-from medtl.core.config import RunConfig, dump_yaml, from_dict, to_dict
+from medtl.core.config import AUTO_BUDGET, RunConfig, budget_seconds, dump_yaml, from_dict, to_dict
 from medtl.core.device import pick_device
 from medtl.core.errors import Interrupted, MedtlError
 from medtl.core.io import atomic_write, cannot_write, make_dir, write_json
@@ -35,6 +35,7 @@ from medtl.evaluation.uncertainty import apply_temperature, calibration, fit_tem
 from medtl.models.checkpoint import Checkpoint
 from medtl.models.strategies import Classifier, build_classifier, param_groups
 from medtl.training import distributed
+from medtl.training.auto import choose
 from medtl.training.cached import probe_head, train_head_on_features, train_top_on_activations
 from medtl.training.loop import EpochHook, deterministic, fit, make_loss, predict, seed_everything
 from medtl.training.prepare import Prepared, prepare
@@ -54,9 +55,14 @@ def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None
 def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: bool, device: torch.device,
          world: distributed.World) -> Path:
     seed_everything(cfg.train.seed)
+    started = time.monotonic()
     p = prepare(cfg, progress, device)
+    p.deadline = _deadline(cfg, started)
+    prepare_seconds = time.monotonic() - started
+    _check_auto(p, resume)
     num_out = 1 if p.binary else len(p.splits.classes)
-    model = build_classifier(cfg.model, num_out, p.in_chans).to(p.device)  # the same on every process
+    auto = cfg.model.strategy == "auto"  # then each candidate builds its own model
+    model = None if auto else build_classifier(cfg.model, num_out, p.in_chans).to(p.device)  # same on every process
     if world.rank:  # other augmentations (and dropout) than rank 0's; rank 0 draws as one process would
         seed_everything(cfg.train.seed + world.rank)
     p.resume = resume
@@ -75,7 +81,7 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
         folder = RunFolder(path)
         p.state_path = folder.state
         if not world.main:
-            _train(p, model, progress, on_epoch)
+            _strategy(p, model, progress, on_epoch, prepare_seconds)
             return folder.path
         with logs.to_file(folder.log), _interruptible(folder):
             _write_inputs(p, folder, resume)
@@ -83,8 +89,11 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
                      p.spec.name, p.weights, cfg.model.strategy, p.size, p.device,
                      f", {world.size} processes (DDP)" if world.active else "")
             start = time.perf_counter()
-            history, best_epoch, probs = _train(p, model, progress, on_epoch)
-            _finish(p, model, folder, history, best_epoch, probs, time.perf_counter() - start)
+            p, model, (history, best_epoch, probs), auto_record = _strategy(p, model, progress, on_epoch,
+                                                                            prepare_seconds)
+            if auto_record:
+                write_json(folder.auto, auto_record)
+            _finish(p, model, folder, history, best_epoch, probs, time.perf_counter() - start, auto_record)
             folder.state.unlink(missing_ok=True)  # the run is complete: the checkpoint holds its result
     return folder.path
 
@@ -148,6 +157,32 @@ def _write_inputs(p: Prepared, folder: RunFolder, resume: bool) -> None:
         atomic_write(folder.skipped, buf.getvalue())
 
 
+def _deadline(cfg: RunConfig, started: float) -> float | None:
+    budget = cfg.train.budget or (AUTO_BUDGET if cfg.model.strategy == "auto" else None)
+    return None if budget is None else started + budget_seconds(budget)
+
+
+def _check_auto(p: Prepared, resume: bool) -> None:
+    if p.cfg.model.strategy != "auto":
+        return
+    if p.weights == "none":
+        raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "
+                         "none; pass --weights default (or a file), or --strategy scratch")
+    if resume:
+        raise MedtlError("an auto run cannot be resumed (its candidates keep no per-epoch state); start it again, "
+                         "or resume a run with a fixed --strategy")
+
+
+def _strategy(p: Prepared, model: Classifier | None, progress: bool, on_epoch: EpochHook | None,
+              prepare_seconds: float):
+    """(Prepared, model, (history, best epoch, probabilities), auto's record or {}): the strategy's training,
+    or auto's choice among candidates (each its own Prepared and model; `on_epoch` is not called)."""
+    if model is not None:
+        return p, model, _train(p, model, progress, on_epoch), {}
+    outcome = choose(p, _train, progress, prepare_seconds)
+    return outcome.p, outcome.model, outcome.trained, outcome.record
+
+
 def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook | None = None):
     """Train per strategy; returns (history, best epoch, {split: (probs, labels)})."""
     tc = p.cfg.train
@@ -170,7 +205,7 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
     val = p.loader("val", False, tc.batch_size)
     groups = param_groups(model, tc.lr, tc.backbone_lr_scale)
     history, _, best_epoch = fit(model, train, val, p.prepare, loss_fn, tc, p.device, p.splits.classes, groups,
-                                 progress, on_epoch, p.state_path, p.resume)
+                                 progress, on_epoch, p.state_path, p.resume, p.deadline)
     probs = {s: predict(model, p.loader(s, False, tc.batch_size), p.prepare, p.device, f"predict {s}", progress)
              for s in ("val", "test") if s in p.splits.refs}
     return history, best_epoch, probs
@@ -187,7 +222,8 @@ def _lp_ft(p: Prepared) -> bool:
     return not (p.resume and p.state_path is not None and p.state_path.is_file())
 
 
-def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epoch, probs, seconds) -> None:
+def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epoch, probs, seconds,
+            auto_record: dict) -> None:
     classes = p.splits.classes
     probs, temperature, before = _calibrate(p, probs)
     val_p, val_y = probs["val"]
@@ -198,6 +234,8 @@ def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epo
                "splits": _split_reports(p, probs, threshold), "temperature": temperature}
     if before:
         metrics["uncalibrated"] = before
+    if auto_record:
+        metrics["auto"] = auto_record
     for split, m in metrics["splits"].items():
         log.info(format_metrics(split, m))
     for split, (pr, y) in probs.items():
