@@ -48,7 +48,7 @@ def test_train_then_evaluate_on_real_xrays(kermany_subset, tmp_path):
     (["train", "/nonexistent/xrays"], "data path '/nonexistent/xrays' does not exist"),
     (["train", "{tree}", "--backbone", "resnet19"], "did you mean resnet18"),
     (["train", "{tree}/train/neg"], "no class folders in"),
-    (["train", "{tree}", "--strategy", "frozen"], "valid: scratch, linear, partial, full"),
+    (["train", "{tree}", "--strategy", "frozen"], "valid: auto, scratch, linear, partial, full"),
     (["evaluate", "{tmp}/missing_run", "{tree}"], "checkpoint.pt not found"),
 ])
 @pytest.mark.slow
