@@ -54,7 +54,7 @@ def test_auto_without_pretrained_weights_is_refused_before_anything_is_written(i
 
 
 def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
-    """A fixture where validation and test disagree: partial is best on validation, linear on test."""
+    """Candidates are compared on validation alone (partial best there); test is scored after, once, for it."""
     p = prepare(_cfg(image_tree, tmp_path / "runs"), progress=False)
     p.deadline = time.monotonic() + 3600
     val_auc = {"linear": 0.80, "partial": 0.95, "full": 0.90}  # few (48) and far (0.80): partial, then full
@@ -63,9 +63,9 @@ def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
     def fake_train(cp, model, progress):
         s = cp.cfg.model.strategy
         seen.append(s)
-        y = np.array([0, 1] * 8)
-        good, bad = y * 0.8 + 0.1, (1 - y) * 0.8 + 0.1
-        probs = {"val": (good, y), "test": (good if s == "linear" else bad, y)}  # test says the opposite
+        assert cp.scored == ("val",)  # a candidate never computes test probabilities
+        y = np.array([0, 1] * 4)
+        probs = {"val": (y * 0.8 + 0.1, y)}
         return [{"epoch": 1, "val_auc": val_auc[s], "val_loss": 1 - val_auc[s]}], 1, probs
 
     outcome = auto.choose(p, fake_train, False, prepare_seconds=1.0)
@@ -74,6 +74,8 @@ def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
     assert outcome.p.cfg.train.head_init == "probe"  # fine-tuning candidates are LP-FT
     assert [c["val_auc"] for c in outcome.record["candidates"]] == [0.80, 0.95, 0.90]
     assert "test" not in json.dumps(outcome.record["candidates"])
+    test_probs, test_y = outcome.trained[2]["test"]  # scored once, by the chosen model, after the choice
+    assert len(test_probs) == len(test_y) == 16
 
 
 def test_a_candidate_that_cannot_fit_is_skipped_with_the_reason(image_tree, cache_dir, tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ close to ImageNet, fine-tune the top stages when they are few and far, fine-tune
 many. `linear` runs first: its features are cached and cheap, and how well it separates validation measures
 the similarity. The fine-tuning candidates then run in the rule's order (LP-FT: each head starts from the
 linear probe), each in its share of the time left, at the largest image size that fits `MIN_EPOCHS`; one
-that cannot fit is skipped with the reason. The candidate with the best validation score is kept, and the
-caller scores test once, for it. Every candidate, its score, its time, the choice and why go to the run
+that cannot fit is skipped with the reason. The candidate with the best validation score is kept; test is
+scored once, for it (candidates compute validation probabilities only). Every candidate, its score, its time, the choice and why go to the run
 folder (auto.json, and metrics.json's "auto").
 """
 
@@ -23,7 +23,7 @@ import torch
 
 from medtl.core.config import AUTO_BUDGET, RunConfig, budget_seconds
 from medtl.models.strategies import Classifier, build_classifier
-from medtl.training.loop import monitor_key, release_memory, seed_everything
+from medtl.training.loop import monitor_key, predict, release_memory, seed_everything
 from medtl.training.prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,17 @@ def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: floa
     outcome, chosen = best
     outcome.record = _record(p, tried, chosen, why)
     log.info("auto: chose %s (%s)", chosen.strategy, outcome.record["reason"])
+    _score_test(outcome, progress)
     return outcome
+
+
+def _score_test(outcome: Outcome, progress: bool) -> None:
+    """The chosen model's test probabilities, the only ones computed: candidates return validation's alone."""
+    cp = outcome.p
+    cp.scored = ("val", "test")
+    if "test" in cp.splits.refs:
+        outcome.trained[2]["test"] = predict(outcome.model, cp.loader("test", False, cp.cfg.train.batch_size),
+                                             cp.prepare, cp.device, "predict test", progress)
 
 
 def _better(c: Candidate, best: Candidate, cfg: RunConfig) -> bool:
@@ -137,9 +147,9 @@ def _prepared_for(p: Prepared, strategy: str, size: int, epochs: int, progress: 
     data = dataclasses.replace(p.cfg.data, image_size=size)
     cfg = dataclasses.replace(p.cfg, data=data, train=train, model=dataclasses.replace(p.cfg.model, strategy=strategy))
     if size == p.size:
-        return dataclasses.replace(p, cfg=cfg, state_path=None, resume=False)
+        return dataclasses.replace(p, cfg=cfg, state_path=None, resume=False, scored=("val",))
     other = prepare(cfg, progress, p.device)
-    other.audit_notes = p.audit_notes
+    other.audit_notes, other.scored = p.audit_notes, ("val",)
     return other
 
 

@@ -47,7 +47,7 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
     history, _, best_epoch = fit(model.head, train, batches["val"], to_dev, loss_fn, tc, p.device,
                                  p.splits.classes, progress=progress, on_epoch=on_epoch, state_path=p.state_path,
                                  resume=p.resume, deadline=p.deadline)
-    probs = {s: predict(model.head, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}
+    probs = {s: predict(model.head, batches[s], to_dev, p.device) for s in p.scored if s in batches}
     return history, best_epoch, probs
 
 
@@ -88,7 +88,7 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
                                  progress, on_epoch, p.state_path, p.resume, p.deadline)
     result = model.backbone.load_state_dict(top.state_dict(), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # top holds a subset of the backbone's modules
-    probs = {s: predict(net, batches[s], to_dev, p.device) for s in ("val", "test") if s in batches}
+    probs = {s: predict(net, batches[s], to_dev, p.device) for s in p.scored if s in batches}
     return history, best_epoch, probs
 
 

@@ -45,6 +45,7 @@ class Prepared:
     state_path: Path | None = None  # per-epoch training state, for --resume
     resume: bool = False  # continue from state_path (only when asked: --resume)
     deadline: float | None = None  # time.monotonic() by which training stops (train.budget)
+    scored: tuple[str, ...] = ("val", "test")  # the splits whose probabilities training returns
 
     @property
     def binary(self) -> bool:

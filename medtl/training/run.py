@@ -207,7 +207,7 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
     history, _, best_epoch = fit(model, train, val, p.prepare, loss_fn, tc, p.device, p.splits.classes, groups,
                                  progress, on_epoch, p.state_path, p.resume, p.deadline)
     probs = {s: predict(model, p.loader(s, False, tc.batch_size), p.prepare, p.device, f"predict {s}", progress)
-             for s in ("val", "test") if s in p.splits.refs}
+             for s in p.scored if s in p.splits.refs}
     return history, best_epoch, probs
 
 
