@@ -92,11 +92,11 @@ def test_a_candidate_that_cannot_fit_is_skipped_with_the_reason(image_tree, cach
     assert all("do not fit" in c["note"] for c in skipped) and outcome.record["chosen"] == "linear"
 
 
-def test_sizes_shrink_to_fit_the_share(image_tree, cache_dir, tmp_path, monkeypatch):
+def test_sizes_shrink_to_fit_the_share(image_tree, cache_dir, tmp_path):
     p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 224, "train.epochs": 50}), progress=False)
-    monkeypatch.setattr(auto, "_step_seconds", lambda p: 1.0)  # 48 images: 1.5 steps per epoch at 224 px
-    big, _, _ = auto._fit(p, "full", 1000.0, 0.0)
-    small, epochs, _ = auto._fit(p, "full", 3.0, 0.0)
+    step = 1.0  # seconds per 32-image step at 224 px; 40 training images: 1.25 steps per epoch
+    big, _, _ = auto._fit(p, "full", 1000.0, 0.0, step)
+    small, epochs, _ = auto._fit(p, "full", 3.0, 0.0, step)
     assert big == 224 and small < 224 and epochs >= auto.MIN_EPOCHS
 
 

@@ -206,14 +206,21 @@ _UNITS = {"s": 1, "m": 60, "h": 3600}
 def budget_seconds(text: str) -> float:
     """'15m' -> 900.0; a number with a unit s, m or h, greater than zero."""
     value = math.nan
-    if isinstance(text, str) and text.strip()[-1:].lower() in _UNITS:
+    given = text.strip() if isinstance(text, str) else ""
+    if given[-1:].lower() in _UNITS:
         try:
-            value = float(text.strip()[:-1]) * _UNITS[text.strip()[-1].lower()]
+            value = float(given[:-1]) * _UNITS[given[-1].lower()]
         except ValueError:
             pass
     if not (math.isfinite(value) and value > 0):
         raise MedtlError(f"train.budget={text!r}: give a time with a unit, e.g. --budget 15m, 90s or 1.5h")
     return value
+
+
+def run_budget(cfg: "RunConfig") -> float | None:
+    """The run's wall-clock budget in seconds: train.budget, else AUTO_BUDGET for strategy auto, else none."""
+    budget = cfg.train.budget or (AUTO_BUDGET if cfg.model.strategy == "auto" else None)
+    return None if budget is None else budget_seconds(budget)
 
 
 # command-line flags and Python keyword arguments, one table for train, tune, studies and the API

@@ -6,8 +6,8 @@ many. `linear` runs first: its features are cached and cheap, and how well it se
 the similarity. The fine-tuning candidates then run in the rule's order (LP-FT: each head starts from the
 linear probe), each in its share of the time left, at the largest image size that fits `MIN_EPOCHS`; one
 that cannot fit is skipped with the reason. The candidate with the best validation score is kept; test is
-scored once, for it (candidates compute validation probabilities only). Every candidate, its score, its time, the choice and why go to the run
-folder (auto.json, and metrics.json's "auto").
+scored once, for it (candidates compute validation probabilities only). Every candidate, its score, its
+time, the choice and why go to the run folder (auto.json, and metrics.json's "auto").
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from medtl.core.config import AUTO_BUDGET, RunConfig, budget_seconds
+from medtl.core.config import RunConfig, run_budget
 from medtl.models.strategies import Classifier, build_classifier
 from medtl.training.loop import monitor_key, predict, release_memory, seed_everything
 from medtl.training.prepare import Prepared, prepare
@@ -81,9 +81,10 @@ def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: floa
     tried = [best[1]]
     order, why = plan(len(p.splits.refs["train"]), tried[0].val_auc)
     log.info("auto: %s; next: %s", why, ", ".join(order))
+    step = _step_seconds(p)  # one full step at the run's size, the unit of every candidate's estimate
     for i, strategy in enumerate(order):
         share = (end - time.monotonic()) * (FIRST_SHARE if i < len(order) - 1 else 1.0)
-        size, epochs, note = _fit(p, strategy, share, prepare_seconds)
+        size, epochs, note = _fit(p, strategy, share, prepare_seconds, step)
         if not size:
             tried.append(Candidate(strategy, 0, note=note))
             log.info("auto: %s skipped: %s", strategy, note)
@@ -104,7 +105,6 @@ def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: floa
 def _score_test(outcome: Outcome, progress: bool) -> None:
     """The chosen model's test probabilities, the only ones computed: candidates return validation's alone."""
     cp = outcome.p
-    cp.scored = ("val", "test")
     if "test" in cp.splits.refs:
         outcome.trained[2]["test"] = predict(outcome.model, cp.loader("test", False, cp.cfg.train.batch_size),
                                              cp.prepare, cp.device, "predict test", progress)
@@ -153,10 +153,10 @@ def _prepared_for(p: Prepared, strategy: str, size: int, epochs: int, progress: 
     return other
 
 
-def _fit(p: Prepared, strategy: str, seconds: float, prepare_seconds: float) -> tuple[int, int, str]:
-    """(image size, epochs, "") for a fine-tuning candidate in `seconds`: the largest size up to the run's at
-    which MIN_EPOCHS fit (as many epochs as fit, up to train.epochs); (0, 0, why) when none does."""
-    step = _step_seconds(p)
+def _fit(p: Prepared, strategy: str, seconds: float, prepare_seconds: float, step: float) -> tuple[int, int, str]:
+    """(image size, epochs, "") for a fine-tuning candidate in `seconds`, given `step`, the seconds of one full
+    FT_BATCH step at the run's size: the largest size up to the run's at which MIN_EPOCHS fit (as many epochs
+    as fit, up to train.epochs); (0, 0, why) when none does."""
     n_train = len(p.splits.refs["train"])
     n_eval = sum(len(r) for s, r in p.splits.refs.items() if s != "train")
     views = 1 + (p.cfg.train.feature_views if p.cfg.data.augment else 0)
@@ -198,7 +198,7 @@ def _step_seconds(p: Prepared) -> float:
 
 def _record(p: Prepared, tried: list[Candidate], chosen: Candidate, why: str) -> dict:
     ran = [c for c in tried if c.image_size]
-    return {"budget_seconds": budget_seconds(p.cfg.train.budget or AUTO_BUDGET),
+    return {"budget_seconds": run_budget(p.cfg),
             "train_images": len(p.splits.refs["train"]),
             "similarity": {"linear_probe_val_auc": tried[0].val_auc, "close_from": CLOSE}, "few_below": FEW,
             "rule": why, "candidates": [dataclasses.asdict(c) for c in tried], "chosen": chosen.strategy,

@@ -52,14 +52,19 @@ def tune_allocator() -> bool:
     on free; `bench/cpu_settings.py` measured that this doubles Lite0's CPU forward speed on this machine
     (the same as MALLOC_MMAP_MAX_=0 in the environment, or tcmalloc). Returns False where it does not apply.
     """
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def _glibc():
+    """glibc, or None where the C library is another (not Linux, or musl: nothing to tune or trim)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
-        return False
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def release_memory() -> bool:
@@ -67,12 +72,8 @@ def release_memory() -> bool:
     allocator keeps it otherwise, and the next phase (another image size, another strategy) would add its peak
     to the last one's. Returns False where it does not apply."""
     gc.collect()
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 def seed_everything(seed: int) -> None:
@@ -153,10 +154,9 @@ def extract(backbone: nn.Module | Callable[[torch.Tensor], torch.Tensor], batche
     if isinstance(backbone, nn.Module):
         backbone.eval()
     out = []
-    with torch.inference_mode():
-        for x, _ in progress_of(in_background(batches), desc, progress, total=length(batches), unit="batch"):
-            with autocast(device):
-                out.append(backbone(prepare(x)).float().cpu())
+    for x, _ in progress_of(in_background(batches), desc, progress, total=length(batches), unit="batch"):
+        with autocast(device):
+            out.append(backbone(prepare(x)).float().cpu())
     return torch.cat(out).numpy()
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from medtl.core import logs
-from medtl.core.config import AUTO_BUDGET, RunConfig, budget_seconds, dump_yaml, from_dict, to_dict
+from medtl.core.config import RunConfig, dump_yaml, from_dict, run_budget, to_dict
 from medtl.core.device import pick_device
 from medtl.core.errors import Interrupted, MedtlError
 from medtl.core.io import atomic_write, cannot_write, make_dir, write_json
@@ -33,7 +33,7 @@ from medtl.evaluation.report import format_metrics, write_history, write_predict
 from medtl.evaluation.splits_report import split_report, without_train_copies
 from medtl.evaluation.uncertainty import apply_temperature, calibration, fit_temperature
 from medtl.models.checkpoint import Checkpoint
-from medtl.models.strategies import Classifier, build_classifier, param_groups
+from medtl.models.strategies import Classifier, build_classifier, effective_weights, param_groups
 from medtl.training import distributed
 from medtl.training.auto import choose
 from medtl.training.cached import probe_head, train_head_on_features, train_top_on_activations
@@ -55,11 +55,12 @@ def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None
 def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: bool, device: torch.device,
          world: distributed.World) -> Path:
     seed_everything(cfg.train.seed)
+    _check_auto(cfg, resume)
     started = time.monotonic()
     p = prepare(cfg, progress, device)
-    p.deadline = _deadline(cfg, started)
+    budget = run_budget(cfg)
+    p.deadline = None if budget is None else started + budget
     prepare_seconds = time.monotonic() - started
-    _check_auto(p, resume)
     num_out = 1 if p.binary else len(p.splits.classes)
     auto = cfg.model.strategy == "auto"  # then each candidate builds its own model
     model = None if auto else build_classifier(cfg.model, num_out, p.in_chans).to(p.device)  # same on every process
@@ -157,15 +158,11 @@ def _write_inputs(p: Prepared, folder: RunFolder, resume: bool) -> None:
         atomic_write(folder.skipped, buf.getvalue())
 
 
-def _deadline(cfg: RunConfig, started: float) -> float | None:
-    budget = cfg.train.budget or (AUTO_BUDGET if cfg.model.strategy == "auto" else None)
-    return None if budget is None else started + budget_seconds(budget)
-
-
-def _check_auto(p: Prepared, resume: bool) -> None:
-    if p.cfg.model.strategy != "auto":
+def _check_auto(cfg: RunConfig, resume: bool) -> None:
+    """Before the data are read: what an auto run cannot do."""
+    if cfg.model.strategy != "auto":
         return
-    if p.weights == "none":
+    if effective_weights(cfg.model) == "none":
         raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "
                          "none; pass --weights default (or a file), or --strategy scratch")
     if resume:
