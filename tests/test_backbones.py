@@ -16,7 +16,8 @@ def test_spec_contract(name):
     spec = BACKBONES[name]
     model = spec.builder()
     modules = dict(model.named_modules())
-    for module_name in [spec.classifier, spec.first_conv, spec.cam_layer] + [n for s in spec.stages for n in s]:
+    named = [spec.classifier, spec.first_conv, spec.cam_layer, *spec.recompute] + [n for s in spec.stages for n in s]
+    for module_name in named:
         assert module_name in modules, f"{name}: module '{module_name}' does not exist"
     assert isinstance(modules[spec.first_conv], nn.Conv2d) and modules[spec.first_conv].in_channels == 3
     assert isinstance(modules[spec.classifier], nn.Linear)

@@ -120,3 +120,14 @@ def test_lp_ft_starts_fine_tuning_from_the_probed_head(image_tree, cache_dir, tm
         return
     assert len(probed) == 1 and probed[0].keys() == started[0].keys()
     assert all(torch.equal(probed[0][k], started[0][k]) for k in probed[0])
+
+
+def test_label_smoothing_moves_the_training_targets_towards_uniform():
+    from medtl.training.loop import make_loss
+    logits, y = torch.tensor([[2.0], [-1.0]]), torch.tensor([1, 0])
+    smoothed = make_loss(True, None, 0.2)(logits, y)
+    expected = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], torch.tensor([0.9, 0.1]))
+    assert smoothed == pytest.approx(expected.item()) and smoothed > make_loss(True, None)(logits, y)
+    multi = torch.tensor([[3.0, 0.0, -1.0]])
+    assert make_loss(False, None, 0.3)(multi, torch.tensor([0])) == pytest.approx(
+        nn.functional.cross_entropy(multi, torch.tensor([0]), label_smoothing=0.3).item())

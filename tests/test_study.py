@@ -93,7 +93,7 @@ def tiny_report(tmp_path_factory):
 def test_report_tables_and_paired_tests(tiny_report):
     md = (tiny_report / "report.md").read_text()
     assert md.count("| efficientnet_lite0 |") == 3  # linear x 2 learning rates, scratch x 1
-    assert "Transfer vs scratch" in md and "efficientnet_lite0 linear lr=0.0001" in md
+    assert "Each configuration vs scratch" in md and "efficientnet_lite0 linear lr=0.0001" in md
     assert "**" in md  # best per column marked
     rows = (tiny_report / "report.csv").read_text().splitlines()
     assert len(rows) == 4 and "accuracy_mean" in rows[0] and "gmean_std" in rows[0]
@@ -137,9 +137,51 @@ def test_mcnemar_and_bootstrap_interval_on_known_pairs():
     bad = _run("scratch", 0, wrong, labels, wrong * 0.6 + 0.2)  # its probabilities follow its errors: AUC 0.70
     assert _mcnemar(good, bad) == pytest.approx(2 * 0.5 ** 12)
     (test,) = paired_tests([good, bad])
-    assert test["transfer"] == "b linear" and test["scratch"] == "b scratch" and test["seeds"] == 1
+    assert test["configuration"] == "b linear" and test["reference"] == "b scratch" and test["seeds"] == 1
     assert test["auc_difference"] == pytest.approx(0.30) and test["auc_ci_low"] > 0.1
     assert _mcnemar(good, good) == 1.0
+
+
+def test_a_named_reference_pairs_each_configuration_with_it():
+    """compare_to: {strategy: auto, head_init: probe}: plain fine-tuning (head_init random) is still paired with
+    auto's probe runs, the reference itself is not tested, and the seeds pair up."""
+    labels = np.array([0, 1] * 20)
+    def run(strategy, head, seed, p1):
+        group = (("model.strategy", strategy), ("train.head_init", head))
+        predicted = (np.asarray(p1) > 0.5).astype(int)
+        return Run(Path(f"/{strategy}{head}{seed}"), group, seed, {}, 0.0, [], labels,
+                   np.stack([1 - np.asarray(p1, float), np.asarray(p1, float)], 1), predicted, ["neg", "pos"])
+    runs = [run("auto", "probe", s, labels * 0.8 + 0.1) for s in (0, 1)]
+    runs += [run("full", "random", s, np.full(40, 0.5) + 0.1 * (s - 0.5) * labels) for s in (0, 1)]
+    runs += [run("linear", "random", 0, labels * 0.6 + 0.2)]
+    tests = paired_tests(runs, {"model.strategy": "auto", "train.head_init": "probe"})
+    assert [(t["configuration"], t["reference"], t["seeds"]) for t in tests] == [
+        ("full head_init=random", "auto head_init=probe", 2), ("linear head_init=random", "auto head_init=probe", 1)]
+    assert tests[0]["auc_difference"] < 0 and tests[1]["auc_difference"] == pytest.approx(0.0)
+
+
+GRID = "grid: {strategy: [linear, full], head_init: [random, probe]}\n"
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("{strategy: auto}", "compare_to model.strategy=auto is not a grid value; choose from linear, full"),
+    ("{lr: 0.1}", "compare_to names train.lr, which is not in the grid"),
+    ("full", "compare_to must be a mapping"),
+    ("{strategy: linear, head_init: probe}\nexclude: [{strategy: linear, head_init: probe}]",
+     "matches no run of the grid")])
+def test_compare_to_must_name_a_grid_point_that_runs(tmp_path, rule, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"{GRID}compare_to: {rule}\n")
+    with pytest.raises(MedtlError, match=message):
+        load_study(bad)
+
+
+def test_compare_to_values_read_as_the_runs_configs_hold_them(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text("grid: {strategy: [linear, full], label_smoothing: [0.0, 0.1], lr: [1e-3, 1e-4]}\n"
+                     "compare_to: {strategy: full, label_smoothing: 0, lr: 0.001}\n")
+    assert load_study(study).compare_to == {"model.strategy": "full", "train.label_smoothing": "0.0",
+                                            "train.lr": "0.001"}
 
 
 def test_bad_study_files_name_the_problem(tmp_path):

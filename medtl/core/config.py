@@ -144,12 +144,18 @@ class TrainConfig(_Checked):
     patience: int = field(default=5, metadata=_at_least(1))  # early stopping: epochs without improvement
     monitor: Literal["auc", "loss"] = "auc"  # on validation
     class_weights: bool = True
+    label_smoothing: float = field(default=0.0, metadata={"min": 0, "lt": 0.5})  # training targets only
+    # test-time augmentation (val, test, every later prediction): hflip = logits of image and mirror averaged
+    # (needs data.hflip); auto = hflip where it helps on validation (training/mirror.py)
+    tta: Literal["auto", "none", "hflip"] = "none"
     threshold: str = "youden"  # youden | f1 | a number such as 0.5; chosen on validation, never test
     bootstrap: int = field(default=1000, metadata={"min": 0, "max": 100_000})  # resamples for the 95 % intervals
     # temperature: probabilities rescaled by one temperature fitted on validation (ranking, AUC unchanged)
     calibrate: Literal["none", "temperature"] = "none"
     feature_views: int = field(default=2, metadata={"min": 0, "max": 64})  # linear/partial: augmented views cached
     cache_frozen: bool = True  # partial: cache the frozen prefix's activations, train the top on them
+    # recompute the spec's wide stages in backward (models/memory.py, bench/memory.py); auto = on CPUs only
+    recompute: Literal["auto", "on", "off"] = "auto"
     # partial/full from pretrained weights: "probe" = LP-FT (Kumar et al., ICLR 2022): the new head is first
     # trained as a linear probe on cached features (probe_epochs at probe_lr), then everything fine-tunes
     # from it; "random" = plain fine-tuning from a random head
@@ -192,6 +198,9 @@ class RunConfig(_Checked):
     name: str | None = None  # the run folder's name; None: backbone-strategy-date-time
 
     def check(self) -> None:
+        if self.train.tta == "hflip" and not self.data.hflip:
+            raise MedtlError("train.tta=hflip with data.hflip=false: mirrored images are not valid for this data; "
+                             "set train.tta=none, or data.hflip=true where left and right do not matter")
         if not self.out:
             raise MedtlError("out='' : give a parent folder for run folders, e.g. --output-dir runs")
         if self.name is not None and (not self.name or Path(self.name).name != self.name or self.name in (".", "..")):

