@@ -54,8 +54,9 @@ def test_auto_without_pretrained_weights_is_refused_before_anything_is_written(i
 
 
 def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
-    """Candidates are compared on validation alone (partial best there); test is scored after, once, for it."""
-    p = prepare(_cfg(image_tree, tmp_path / "runs"), progress=False)
+    """Candidates are compared on validation alone (partial best there); test is scored after, once, for it
+    (here, without test-time augmentation; with it, training/mirror.py scores test the way it chooses)."""
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"train.tta": "none"}), progress=False)
     p.deadline = time.monotonic() + 3600
     val_auc = {"linear": 0.80, "partial": 0.95, "full": 0.90}  # few (48) and far (0.80): partial, then full
     seen = []

@@ -1,7 +1,9 @@
-"""Recomputing stages in backward: same gradients, same batch-norm statistics, less kept for backward."""
+"""Memory levers: recomputing stages in backward (same gradients and batch-norm statistics, less kept) and
+micro-batches (the same update as the whole batch)."""
 
 import copy
 
+import pytest
 import torch
 
 from medtl.models.backbones import get_spec
@@ -60,3 +62,32 @@ def test_auto_recomputes_on_cpus_only():
     assert recomputed("efficientnet_lite0", "on", gpu) == ("blocks.1",)
     assert recomputed("efficientnet_lite0", "off", cpu) == ()
     assert recomputed("resnet18", "on", cpu) == ()  # no stages measured for it
+
+
+def test_micro_batches_give_the_whole_batchs_update():
+    """Chunks of 3 rows, gradients summed with each chunk's mean loss weighted by its share: the same step as
+    one pass over the 8 rows (class-weighted BCE, no batch norm), and the same mean loss."""
+    from medtl.core.config import TrainConfig
+    from medtl.training.loop import _train_epoch, make_loss, make_optimizer
+
+    def one_step(micro):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+        opt = make_optimizer([{"params": net.parameters()}], TrainConfig(optimizer="sgd", lr=0.5))
+        x, y = torch.randn(8, 3, 2, 2), torch.tensor([0, 1, 1, 0, 1, 1, 1, 0])
+        loss = _train_epoch(net, [(x, y)], lambda t: t, make_loss(True, torch.tensor([2.0, 0.5])), opt,
+                            torch.device("cpu"), False, micro)
+        return loss, [p.detach().clone() for p in net.parameters()]
+    whole, chunked = one_step(None), one_step(3)
+    assert chunked[0] == pytest.approx(whole[0], rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole[1], chunked[1]))
+    torch.manual_seed(0)
+    assert not torch.allclose(whole[1][0], torch.nn.Linear(12, 4).weight)  # the step moved the weights
+
+
+def test_micro_batch_rule():
+    from medtl.core.config import TrainConfig
+    from medtl.training.loop import micro_batch
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert micro_batch(TrainConfig(), 224, cpu) == 16 and micro_batch(TrainConfig(), 112, cpu) == 64
+    assert micro_batch(TrainConfig(), 224, gpu) is None and micro_batch(TrainConfig(micro_batch=5), 224, gpu) == 5

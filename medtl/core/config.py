@@ -147,15 +147,16 @@ class TrainConfig(_Checked):
     label_smoothing: float = field(default=0.0, metadata={"min": 0, "lt": 0.5})  # training targets only
     # test-time augmentation (val, test, every later prediction): hflip = logits of image and mirror averaged
     # (needs data.hflip); auto = hflip where it helps on validation (training/mirror.py)
-    tta: Literal["auto", "none", "hflip"] = "none"
+    tta: Literal["auto", "none", "hflip"] = "auto"
     threshold: str = "youden"  # youden | f1 | a number such as 0.5; chosen on validation, never test
     bootstrap: int = field(default=1000, metadata={"min": 0, "max": 100_000})  # resamples for the 95 % intervals
     # temperature: probabilities rescaled by one temperature fitted on validation (ranking, AUC unchanged)
     calibrate: Literal["none", "temperature"] = "none"
     feature_views: int = field(default=2, metadata={"min": 0, "max": 64})  # linear/partial: augmented views cached
     cache_frozen: bool = True  # partial: cache the frozen prefix's activations, train the top on them
-    # recompute the spec's wide stages in backward (models/memory.py, bench/memory.py); auto = on CPUs only
-    recompute: Literal["auto", "on", "off"] = "auto"
+    recompute: Literal["auto", "on", "off"] = "off"  # the spec's wide stages in backward (models/memory.py)
+    # images per forward/backward pass of training on images, gradients summed for one step over the whole batch
+    micro_batch: int | None = field(default=None, metadata=_at_least(1))  # None: on CPUs 16 at 224 px (loop.py)
     # partial/full from pretrained weights: "probe" = LP-FT (Kumar et al., ICLR 2022): the new head is first
     # trained as a linear probe on cached features (probe_epochs at probe_lr), then everything fine-tunes
     # from it; "random" = plain fine-tuning from a random head

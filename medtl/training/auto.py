@@ -24,7 +24,7 @@ import torch
 from medtl.core.config import RunConfig, run_budget
 from medtl.models.memory import recomputed, recomputing
 from medtl.models.strategies import Classifier, build_classifier
-from medtl.training.loop import monitor_key, predict, release_memory, seed_everything
+from medtl.training.loop import micro_batch, monitor_key, predict, release_memory, seed_everything
 from medtl.training.prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -198,11 +198,13 @@ def _step_seconds(p: Prepared) -> float:
         memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     seconds = math.inf
+    micro = micro_batch(p.cfg.train, p.size, p.device) or FT_BATCH  # as training will run it
     with recomputing(net.backbone, recomputed(model_cfg.backbone, p.cfg.train.recompute, p.device)):
         for _ in range(2):  # the first one warms up
             start = time.perf_counter()
             opt.zero_grad()
-            net(x).float().mean().backward()
+            for chunk in x.split(micro):
+                net(chunk).float().mean().backward()
             opt.step()
             seconds = time.perf_counter() - start
     return seconds

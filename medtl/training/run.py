@@ -38,7 +38,7 @@ from medtl.models.strategies import Classifier, build_classifier, effective_weig
 from medtl.training import distributed
 from medtl.training.auto import choose
 from medtl.training.cached import probe_head, train_head_on_features, train_top_on_activations
-from medtl.training.loop import EpochHook, deterministic, fit, make_loss, predict, seed_everything
+from medtl.training.loop import EpochHook, deterministic, fit, make_loss, micro_batch, predict, seed_everything
 from medtl.training.mirror import mirrored
 from medtl.training.prepare import Prepared, prepare
 
@@ -213,7 +213,8 @@ def _train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook |
         if names:
             log.info("recomputing %s in backward (train.recompute=%s)", ", ".join(names), tc.recompute)
         history, _, best_epoch = fit(model, train, val, p.prepare, loss_fn, tc, p.device, p.splits.classes, groups,
-                                     progress, on_epoch, p.state_path, p.resume, p.deadline)
+                                     progress, on_epoch, p.state_path, p.resume, p.deadline,
+                                     micro_batch(tc, p.size, p.device))
     probs = {s: predict(model, p.loader(s, False, tc.batch_size), p.prepare, p.device, f"predict {s}", progress)
              for s in p.scored if s in p.splits.refs}
     return history, best_epoch, probs
