@@ -75,12 +75,17 @@ def test_micro_batches_give_the_whole_batchs_update():
         net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
         opt = make_optimizer([{"params": net.parameters()}], TrainConfig(optimizer="sgd", lr=0.5))
         x, y = torch.randn(8, 3, 2, 2), torch.tensor([0, 1, 1, 0, 1, 1, 1, 0])
+        sizes = []
+        net.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
         loss = _train_epoch(net, [(x, y)], lambda t: t, make_loss(True, torch.tensor([2.0, 0.5])), opt,
                             torch.device("cpu"), False, micro)
+        assert sizes == {None: [8], 3: [3, 3, 2], 7: [4, 4]}[micro]  # the fewest equal chunks, never 7 + 1
         return loss, [p.detach().clone() for p in net.parameters()]
-    whole, chunked = one_step(None), one_step(3)
-    assert chunked[0] == pytest.approx(whole[0], rel=1e-6)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole[1], chunked[1]))
+    whole = one_step(None)
+    for micro in (3, 7):
+        chunked = one_step(micro)
+        assert chunked[0] == pytest.approx(whole[0], rel=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole[1], chunked[1]))
     torch.manual_seed(0)
     assert not torch.allclose(whole[1][0], torch.nn.Linear(12, 4).weight)  # the step moved the weights
 

@@ -281,15 +281,17 @@ def micro_batch(cfg: TrainConfig, size: int, device: torch.device) -> int | None
 
 def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress, micro: int | None = None) -> float:
     """One pass; returns the mean training loss (over all processes' rows). A batch larger than `micro` runs
-    forward and backward in chunks of `micro` rows, gradients summed (each chunk's mean loss weighted by its
-    share of the batch), then one optimizer step: the memory of `micro` images, the update of the batch."""
+    forward and backward in the fewest equal chunks of at most `micro` rows, gradients summed (each chunk's
+    mean loss weighted by its share of the batch), then one optimizer step: the memory of a chunk, the update
+    of the batch."""
     model.train()
     world = distributed.current()
     total, count = 0.0, 0
     for x, y in progress_of(batches, "train", progress, unit="batch"):
         y = torch.as_tensor(y).to(device, non_blocking=True)
         share = _share(len(y), device, world)
-        chunks = list(zip(x.split(micro), y.split(micro))) if micro else [(x, y)]
+        parts = -(-len(y) // micro) if micro else 1  # equal chunks: 32 rows at micro 31 are 16 + 16, not 31 + 1
+        chunks = list(zip(x.tensor_split(parts), y.tensor_split(parts)))
         opt.zero_grad(set_to_none=True)
         for i, (xc, yc) in enumerate(chunks):
             last = i == len(chunks) - 1
