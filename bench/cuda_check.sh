@@ -1,6 +1,6 @@
 #!/bin/bash
 # medtl's CUDA paths on a lent GPU, as run on 2026-11-26 (docs/results.md#cuda-paths-on-a-lent-gpu-2026-11-26).
-# Two device calls: this file is both scripts in order. Data: .gpudata/kermany = a fixed subset of
+# Three device calls: this file is the three scripts in order. Data: .gpudata/kermany = a fixed subset of
 # chest_xray_kermany_224 (random.Random(0) shuffle of the sorted names; train 1,000 per class, all of test);
 # .whl = the wheels the GPU image lacks (pydicom, pylibjpeg*, imagehash, pywavelets, efficientnet-lite0).
 set -u
@@ -66,3 +66,24 @@ for batch in (32, 128):
         print(f"batch {batch} recompute {names or 'none'}: {n / (time.perf_counter() - t):.0f} img/s, peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB", flush=True)
         del m, opt
 PY
+
+# ---- third call
+set -u
+export PYTHONUNBUFFERED=1 MEDTL_CACHE=/tmp/medtl_cache
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=$PWD:/tmp/site
+D=.gpudata/kermany R=/tmp/runs
+echo "=== 1 medtl train D --budget 60s --set train.tta=hflip ($(date +%T))"
+timeout 150 python3 -m medtl train $D --budget 60s --set train.tta=hflip -o $R --name tta 2>&1 | grep -i "auto: chose\|tta\|test:\|error\|Traceback" | cut -c1-300 | tail -8
+cp $R/tta/metrics.json $OUT/tta_metrics.json
+echo "=== 2 predict the test images again and compare with the run's own ($(date +%T))"
+timeout 60 python3 -m medtl predict $R/tta $D/test --output /tmp/pred.csv -q 2>&1 | tail -2
+python3 - <<'PY'
+import csv
+key = lambda path: "/".join(path.split("/")[-2:])  # the run records absolute paths, predict the given ones
+a = {key(r["path"]): float(r["prob_PNEUMONIA"]) for r in csv.DictReader(open("/tmp/pred.csv"))}
+b = {key(r["path"]): float(r["prob_PNEUMONIA"]) for r in csv.DictReader(open("/tmp/runs/tta/predictions_test.csv"))}
+print("images", len(b), "max |predict - run| =", max(abs(a[k] - b[k]) for k in b))
+PY
+echo "=== 3 export ($(date +%T))"
+timeout 90 python3 -m medtl export $R/tta --format onnx --image $D/test/NORMAL --output /tmp/m.onnx 2>&1 | tail -1
