@@ -1,6 +1,7 @@
 #!/bin/bash
 # medtl's CUDA paths on a lent GPU, as run on 2026-11-26 (docs/results.md#cuda-paths-on-a-lent-gpu-2026-11-26).
-# Three device calls: this file is the three scripts in order. Data: .gpudata/kermany = a fixed subset of
+# Three device calls: this file is the three scripts in order, their common setup written once.
+# Data: .gpudata/kermany = a fixed subset of
 # chest_xray_kermany_224 (random.Random(0) shuffle of the sorted names; train 1,000 per class, all of test);
 # .whl = the wheels the GPU image lacks (pydicom, pylibjpeg*, imagehash, pywavelets, efficientnet-lite0).
 set -u
@@ -31,11 +32,7 @@ for r in full_amp auto ddp1 resume; do cp $R/$r/metrics.json $OUT/${r}_metrics.j
 ls $R/*
 
 # ---- second call
-set -u
-export PYTHONUNBUFFERED=1 MEDTL_CACHE=/tmp/medtl_cache
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site
-D=.gpudata/kermany R=/tmp/runs
+# (this call began with the same setup lines as the first)
 echo "=== 1 full, recompute on, label smoothing 0.1, 3 epochs ($(date +%T))"
 timeout 120 python3 -m medtl train $D --strategy full --epochs 3 --set train.recompute=on --set train.label_smoothing=0.1 -o $R --name rc 2>&1 | grep -i "recomput\|epoch\|val:\|test:\|error" | tail -12
 cp $R/rc/metrics.json $OUT/rc_metrics.json
@@ -68,11 +65,7 @@ for batch in (32, 128):
 PY
 
 # ---- third call
-set -u
-export PYTHONUNBUFFERED=1 MEDTL_CACHE=/tmp/medtl_cache
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=$PWD:/tmp/site
-D=.gpudata/kermany R=/tmp/runs
+# (this call began with the same setup lines as the first)
 echo "=== 1 medtl train D --budget 60s --set train.tta=hflip ($(date +%T))"
 timeout 150 python3 -m medtl train $D --budget 60s --set train.tta=hflip -o $R --name tta 2>&1 | grep -i "auto: chose\|tta\|test:\|error\|Traceback" | cut -c1-300 | tail -8
 cp $R/tta/metrics.json $OUT/tta_metrics.json

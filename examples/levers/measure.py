@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from medtl.core.runfolder import RunFolder, StudyFolder
+from medtl.evaluation.compare import dotted_value
 from medtl.deploy.predictor import Predictor
 from medtl.evaluation.metrics import score
 
@@ -61,7 +62,7 @@ def _runs(study: Path, keys: list[str]) -> dict[str, list[Path]]:
     for run in sorted(StudyFolder(study).runs.iterdir()):
         if RunFolder(run).finished:
             cfg = yaml.safe_load(RunFolder(run).config.read_text())
-            groups.setdefault(" ".join(str(_get(cfg, k)) for k in keys), []).append(run)
+            groups.setdefault(" ".join(str(dotted_value(cfg, k)) for k in keys), []).append(run)
     return groups
 
 
@@ -103,12 +104,6 @@ def measure(study: Path) -> list[dict]:
                      "ensemble_auc": ensemble["auc"], "ensemble_loss": ensemble["loss"]})
         print(json.dumps(rows[-1]), flush=True)
     return rows
-
-
-def _get(cfg: dict, dotted: str):
-    for part in dotted.split("."):
-        cfg = cfg[part]
-    return cfg
 
 
 def markdown(rows: list[dict]) -> str:

@@ -54,15 +54,9 @@ def load_runs(study_root: Path) -> tuple[dict, list[Run]]:
         if not folder.finished:
             continue
         cfg = yaml.safe_load(folder.config.read_text())
-        group = tuple((k, str(_get(cfg, k))) for k in keys)
+        group = tuple((k, str(dotted_value(cfg, k))) for k in keys)
         runs.append(_load_run(folder, group, int(cfg["train"]["seed"])))
     return meta, runs
-
-
-def _get(cfg: dict, dotted: str):
-    for part in dotted.split("."):
-        cfg = cfg[part]
-    return cfg
 
 
 def _load_run(folder: RunFolder, group, seed: int) -> Run:
@@ -201,6 +195,13 @@ def _auc_difference(pairs: list[tuple[Run, Run]], rng: np.random.Generator) -> d
     boots = np.array([diff(np.concatenate([rng.choice(m, len(m)) for m in by_class])) for _ in range(BOOTSTRAP)])
     lo, hi = np.nanpercentile(boots, [2.5, 97.5])
     return {"auc_difference": point, "auc_ci_low": float(lo), "auc_ci_high": float(hi)}
+
+
+def dotted_value(tree: dict, dotted: str):
+    """The value at a dotted key ('train.lr') of a config as a dict (a run's config.yaml, or `to_dict`)."""
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
 
 
 def by_group(runs: list[Run]) -> dict[tuple, list[Run]]:

@@ -211,6 +211,7 @@ def _resolved(base: RunConfig, key: str, value: Any) -> str:
 
 
 def _value_of(cfg: RunConfig, key: str) -> str:
+    """(Not evaluation.compare.dotted_value: importing it would load scipy into every study's start.)"""
     value: Any = to_dict(cfg)
     for part in key.split("."):
         value = value[part]

@@ -24,7 +24,7 @@ import torch
 from medtl.core.config import RunConfig, run_budget
 from medtl.models.memory import recomputed, recomputing
 from medtl.models.strategies import Classifier, build_classifier
-from medtl.training.loop import micro_batch, monitor_key, predict, release_memory, seed_everything
+from medtl.training.loop import chunk_count, micro_batch, monitor_key, predict, release_memory, seed_everything
 from medtl.training.prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,17 @@ def _score_test(outcome: Outcome, progress: bool) -> None:
 
 
 def _better(c: Candidate, best: Candidate, cfg: RunConfig) -> bool:
-    """`c` beats `best` on validation: by train.monitor, except that AUCs within AUC_TIE of each other (a
-    saturated validation AUC differs in its fourth decimal by chance) count as a tie, won by the lower loss."""
-    if cfg.train.monitor == "auc" and abs(c.val_auc - best.val_auc) <= AUC_TIE:
-        return c.val_loss < best.val_loss
-    return monitor_key({"auc": c.val_auc, "loss": c.val_loss}, cfg.train.monitor) > monitor_key(
-        {"auc": best.val_auc, "loss": best.val_loss}, cfg.train.monitor)
+    """`c` beats `best` on validation (`beats`)."""
+    return beats({"auc": c.val_auc, "loss": c.val_loss}, {"auc": best.val_auc, "loss": best.val_loss},
+                 cfg.train.monitor)
+
+
+def beats(a: dict, b: dict, monitor: str) -> bool:
+    """Validation scores `a` ({auc, loss}) beat `b` by `monitor`, except that AUCs within AUC_TIE of each other
+    (a saturated validation AUC differs in its fourth decimal by chance) count as a tie, won by the lower loss."""
+    if monitor == "auc" and abs(a["auc"] - b["auc"]) <= AUC_TIE:
+        return a["loss"] < b["loss"]
+    return monitor_key(a, monitor) > monitor_key(b, monitor)
 
 
 def _attempt(p: Prepared, strategy: str, size: int, epochs: int, train_fn: TrainFn, progress: bool,
@@ -198,12 +203,12 @@ def _step_seconds(p: Prepared) -> float:
         memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     seconds = math.inf
-    micro = micro_batch(p.cfg.train, p.size, p.device) or FT_BATCH  # as training will run it
+    micro = micro_batch(p.cfg.train, p.size, p.device)  # as training will run it
     with recomputing(net.backbone, recomputed(model_cfg.backbone, p.cfg.train.recompute, p.device)):
         for _ in range(2):  # the first one warms up
             start = time.perf_counter()
             opt.zero_grad()
-            for chunk in x.tensor_split(-(-FT_BATCH // micro)):
+            for chunk in x.tensor_split(chunk_count(FT_BATCH, micro)):
                 net(chunk).float().mean().backward()
             opt.step()
             seconds = time.perf_counter() - start

@@ -279,6 +279,11 @@ def micro_batch(cfg: TrainConfig, size: int, device: torch.device) -> int | None
     return max(1, int(MICRO_AT_224 * (224 / size) ** 2)) if device.type == "cpu" else None
 
 
+def chunk_count(rows: int, micro: int | None) -> int:
+    """The fewest equal chunks of at most `micro` rows (32 rows at micro 31: 2 of 16, not 31 + 1)."""
+    return -(-rows // micro) if micro else 1
+
+
 def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress, micro: int | None = None) -> float:
     """One pass; returns the mean training loss (over all processes' rows). A batch larger than `micro` runs
     forward and backward in the fewest equal chunks of at most `micro` rows, gradients summed (each chunk's
@@ -290,7 +295,7 @@ def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress, micro:
     for x, y in progress_of(batches, "train", progress, unit="batch"):
         y = torch.as_tensor(y).to(device, non_blocking=True)
         share = _share(len(y), device, world)
-        parts = -(-len(y) // micro) if micro else 1  # equal chunks: 32 rows at micro 31 are 16 + 16, not 31 + 1
+        parts = chunk_count(len(y), micro)
         chunks = list(zip(x.tensor_split(parts), y.tensor_split(parts)))
         opt.zero_grad(set_to_none=True)
         for i, (xc, yc) in enumerate(chunks):

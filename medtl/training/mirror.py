@@ -15,8 +15,8 @@ import logging
 
 from medtl.evaluation.metrics import score
 from medtl.models.strategies import Classifier, Mirrored
-from medtl.training.auto import AUC_TIE
-from medtl.training.loop import monitor_key, predict
+from medtl.training.auto import AUC_TIE, beats
+from medtl.training.loop import predict
 from medtl.training.prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def mirrored(p: Prepared, model: Classifier, probs: dict, progress: bool) -> tup
     record = {"applied": "hflip", "reason": "train.tta=hflip"}
     if tta == "auto":
         plain, mirror = _val_scores(p, probs["val"]), _val_scores(p, val)
-        keep = _helps(mirror, plain, p.cfg.train.monitor)
+        keep = beats(mirror, plain, p.cfg.train.monitor)
         record = {"applied": "hflip" if keep else "none",
                   "reason": f"train.tta=auto: mirrored validation {'better' if keep else 'not better'} by "
                             f"{p.cfg.train.monitor} (AUCs within {AUC_TIE} tie, the lower loss wins); test was "
@@ -63,12 +63,6 @@ def _with_test(p: Prepared, model: Classifier, probs: dict, progress: bool) -> d
 def _val_scores(p: Prepared, pair) -> dict:
     m = score(pair[1], pair[0], p.splits.classes)
     return {"auc": float(m["auc"]), "loss": float(m["loss"])}
-
-
-def _helps(mirror: dict, plain: dict, monitor: str) -> bool:
-    if monitor == "auc" and abs(mirror["auc"] - plain["auc"]) <= AUC_TIE:
-        return mirror["loss"] < plain["loss"]
-    return monitor_key(mirror, monitor) > monitor_key(plain, monitor)
 
 
 def _resolved(p: Prepared, tta: str) -> Prepared:

@@ -305,7 +305,8 @@ def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool
     if split not in p.splits.refs:
         raise MedtlError(f"{data} has no '{split}' split; available: {', '.join(p.splits.refs)}")
     model = ckpt.build().to(p.device)
-    pr, y = predict(for_prediction(model, cfg.train.tta), p.loader(split, False, cfg.train.batch_size), p.prepare, p.device, f"predict {split}",
+    loader = p.loader(split, False, cfg.train.batch_size)
+    pr, y = predict(for_prediction(model, cfg.train.tta), loader, p.prepare, p.device, f"predict {split}",
                     progress)
     if ckpt.temperature != 1.0:  # the threshold was chosen on the calibrated probabilities
         pr = apply_temperature(pr, ckpt.temperature)
