@@ -80,3 +80,24 @@ def test_the_rule_ties_close_aucs_to_the_lower_loss():
     assert _helps({"auc": 0.9500, "loss": 0.20}, {"auc": 0.9510, "loss": 0.25}, "auc")  # tie: lower loss
     assert not _helps({"auc": 0.9500, "loss": 0.20}, {"auc": 0.9600, "loss": 0.25}, "auc")  # clearly lower AUC
     assert _helps({"auc": 0.9300, "loss": 0.20}, {"auc": 0.9600, "loss": 0.25}, "loss")
+
+
+@pytest.mark.parametrize("strategy", ["linear", "partial"])
+def test_cached_strategies_mirror_from_the_feature_cache(strategy, image_tree, cache_dir, tmp_path, caplog):
+    """linear and partial score the mirror from cached frozen outputs (a view like the training ones): the same
+    probabilities as the whole network on each image and its mirror, and a warm rerun computes no feature."""
+    import logging
+    import medtl
+    settings = dict(epochs=1, image_size=32, out=tmp_path / "runs", tta="hflip")
+    run_dir = medtl.train(image_tree, "efficientnet_lite0", strategy, name="cold", **settings).path
+    pred = Predictor.from_run(run_dir, device="cpu", engine="torch")
+    paths, saved = _saved(run_dir, "test")
+    x = torch.stack([pred.load(p) for p in paths])
+    assert np.abs(pred.probabilities(x)[:, 1] - saved).max() < 1e-4  # = the whole network, mirrored
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="medtl"):
+        medtl.train(image_tree, "efficientnet_lite0", strategy, name="warm", **settings)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("features ")]
+    assert any("view mirror: cache hit" in line for line in lines), lines
+    assert not any("computed" in line for line in lines), lines
+    assert not any("(mirrored too)" in r.getMessage() for r in caplog.records)

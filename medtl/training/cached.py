@@ -27,6 +27,7 @@ from medtl.training.prepare import Prepared
 
 log = logging.getLogger(__name__)
 
+MIRROR = "mirror"  # the feature view of each image's horizontal mirror
 CPU_EXTRACT_BATCH = 16  # measured: 1.7x the img/s of batch 64 for Lite0 at 224 px on a 2-core AVX2 CPU
 
 
@@ -92,6 +93,59 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
     return history, best_epoch, probs
 
 
+def mirrored_from_cache(p: Prepared, model: Classifier, split: str, progress: bool):
+    """(probabilities, labels) of `split` with test-time mirroring, for a model whose frozen part has a cache
+    (linear: the backbone's features; partial: the prefix's activations): the frozen outputs of each image
+    and of its mirror are cached views, read (or filled) like the training views, and only the trained part
+    runs: the mean of its logits on the two, as `Mirrored` gives on the images. None for other strategies
+    (and for a partial backbone whose prefix cannot be cached): the caller then runs the whole network."""
+    mirrored = sum(len(p.splits.refs[s]) for s in ("val", "test") if s in p.splits.refs)
+    if p.cfg.model.strategy == "linear":
+        frozen, trained, shape = FrozenPass(p, model.backbone, images=mirrored), model.head, None
+    elif p.cfg.model.strategy == "partial" and p.cfg.train.cache_frozen:
+        example = next(iter(p.loader("val", False, 2, shard=False)))[0]
+        try:
+            boundary, top, shape = split_frozen_prefix(model, p.prepare(example))
+        except ValueError:
+            return None
+        frozen = FrozenPass(p, Prefix(model.backbone, boundary), boundary, mirrored)
+        trained = Classifier(top, model.head).to(p.device, memory_format=torch.channels_last)
+    else:
+        return None
+    with distributed.main_first():
+        views = [_features(p, frozen, split, view, progress) for view in (0, MIRROR)]
+    pairs = p.batches(RowsDataset(PairedRows(*views), p.splits.labels[split], (2, *(shape or (-1,)))),
+                      p.cfg.train.batch_size if shape else 1024, train=False)
+    def to_dev(x):
+        return x.to(p.device)
+    return predict(MeanOfViews(trained), pairs, to_dev, p.device)
+
+
+class PairedRows:
+    """Two arrays of equal shape read row by row as one: row i is (a[i], b[i]) stacked (memory-mapped stays so)."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray):
+        self.a, self.b = a, b
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.stack([self.a[i], self.b[i]])
+
+
+class MeanOfViews(nn.Module):
+    """The mean of a network's logits over the views stacked in dimension 1 (an image and its mirror)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.stack([self.net(x[:, v]) for v in range(x.shape[1])]).mean(0)
+
+
+def _mirror(image: torch.Tensor) -> torch.Tensor:
+    return torch.flip(image, dims=[-1])  # as Mirrored flips a batch's width
+
+
 def _views(p: Prepared) -> int:
     return p.cfg.train.feature_views if p.cfg.data.augment else 0
 
@@ -105,8 +159,9 @@ class FrozenPass:
     """A cached path's frozen network (the backbone, or partial's prefix) on the engine `train.engine` picks:
     chosen at the first cache miss, on that batch of real images, and kept for the other splits and views."""
 
-    def __init__(self, p: Prepared, net: nn.Module, boundary: str = ""):
+    def __init__(self, p: Prepared, net: nn.Module, boundary: str = "", images: int | None = None):
         self.p, self.net, self.boundary = p, net, boundary
+        self.images = images  # how many images this pass will see (the engine's choice weighs its export)
         self.runner = None
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -114,7 +169,7 @@ class FrozenPass:
         if self.runner is None:
             p = self.p
             refs = p.splits.refs
-            images = sum(len(r) for r in refs.values()) + _views(p) * len(refs["train"])
+            images = self.images or sum(len(r) for r in refs.values()) + _views(p) * len(refs["train"])
             stats = p.preprocess.stats()
             exportable = Prefix(self.net.backbone, self.boundary, early_exit=False) if self.boundary else self.net
             runner = frozen_runner(OnPixels(exportable, *stats), pixels, p.cfg.train.engine, p.cache_dir, images,
@@ -159,24 +214,25 @@ class RotatingViews:
         return iter(self.current)
 
 
-def _features(p: Prepared, frozen: FrozenPass, split: str, view: int, progress: bool) -> np.ndarray:
+def _features(p: Prepared, frozen: FrozenPass, split: str, view: int | str, progress: bool) -> np.ndarray:
     """Features of one split (or activations at `boundary`); view 0 is the plain image, views 1.. are
-    seeded augmentations."""
+    seeded augmentations, view MIRROR each image's horizontal mirror (test-time augmentation)."""
     refs = p.splits.refs[split]
     key = feature_key(p.store.key, refs, p.spec.name, weights_id(p.spec, p.weights), p.size, p.in_chans,
-                      p.preprocess.mean, p.preprocess.std, view, p.cfg.data.hflip if view else None, frozen.boundary)
+                      p.preprocess.mean, p.preprocess.std, view,
+                      p.cfg.data.hflip if view and view != MIRROR else None, frozen.boundary)
 
     def compute() -> np.ndarray:
-        transform = train_transform(p.size, p.cfg.data.hflip) if view else None
+        transform = _mirror if view == MIRROR else train_transform(p.size, p.cfg.data.hflip) if view else None
         batch = CPU_EXTRACT_BATCH if p.device.type == "cpu" else 128
         frozen.net.to(memory_format=torch.channels_last)
         # the same views every run (so the cache key holds), and the run's own RNG stream untouched,
         # so a cache hit and a miss train identically
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1000 + view)
+            torch.manual_seed(1000 + (0 if view == MIRROR else view))
             return extract(frozen, p.loader(split, False, batch, transform, shard=False), p.to_device, p.device,
                            f"features {split}" + (f" view {view}" if view else ""), progress)
 
     array, hit = cached(p.cache_dir, key, len(refs), compute)
-    log.info("features %s view %d: %s (%d x %d)", split, view, "cache hit" if hit else "computed", *array.shape)
+    log.info("features %s view %s: %s (%d x %d)", split, view, "cache hit" if hit else "computed", *array.shape)
     return array

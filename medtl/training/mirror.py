@@ -16,6 +16,7 @@ import logging
 from medtl.evaluation.metrics import score
 from medtl.models.strategies import Classifier, Mirrored
 from medtl.training.auto import AUC_TIE, beats
+from medtl.training.cached import mirrored_from_cache
 from medtl.training.loop import predict
 from medtl.training.prepare import Prepared
 
@@ -28,7 +29,7 @@ def mirrored(p: Prepared, model: Classifier, probs: dict, progress: bool) -> tup
     if tta == "none" or not p.cfg.data.hflip:
         why = "train.tta=none" if tta == "none" else "train.tta=auto, but data.hflip=false: no mirrored images"
         return _resolved(p, "none"), _with_test(p, model, probs, progress), {"applied": "none", "reason": why}
-    val = _predict(p, Mirrored(model), "val", progress)
+    val = _mirrored(p, model, "val", progress)
     record = {"applied": "hflip", "reason": "train.tta=hflip"}
     if tta == "auto":
         plain, mirror = _val_scores(p, probs["val"]), _val_scores(p, val)
@@ -43,8 +44,15 @@ def mirrored(p: Prepared, model: Classifier, probs: dict, progress: bool) -> tup
             return _resolved(p, "none"), _with_test(p, model, probs, progress), record
     out = {**probs, "val": val}
     if "test" in p.splits.refs:
-        out["test"] = _predict(p, Mirrored(model), "test", progress)
+        out["test"] = _mirrored(p, model, "test", progress)
     return _resolved(p, "hflip"), out, record
+
+
+def _mirrored(p: Prepared, model: Classifier, split: str, progress: bool):
+    """Mirrored scores of `split`: from the frozen part's cache where the strategy has one (linear, partial),
+    else the whole network on each image and its mirror."""
+    cached = mirrored_from_cache(p, model, split, progress)
+    return cached if cached is not None else _predict(p, Mirrored(model), split, progress)
 
 
 def _predict(p: Prepared, net, split: str, progress: bool):
