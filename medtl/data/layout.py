@@ -1,9 +1,16 @@
 """Split folders as people publish them: `train/val/test`, `Training/Testing`, `train/valid/test`,
 `training/validation/testing`, in any case. A folder whose "classes" look like split names is never trained
-as classes: it is read as splits, or refused in one line when the layout is ambiguous."""
+as classes: it is read as splits, or refused in one line when the layout is ambiguous.
+
+What an archive or a file manager leaves beside the images is not data: macOS's `__MACOSX/` folders and
+AppleDouble `._name` files (resource forks that carry an image's suffix but no image) are ignored wherever
+images are listed; `.DS_Store` and `Thumbs.db` have no image suffix and are never read. Hidden folders
+(`.name`) are not classes; the caller says so when one holds images. Class names are compared in Unicode
+NFC form, so a folder name copied from macOS (NFD) and the same name typed elsewhere are one class."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,12 +21,42 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
                  "test": "test", "testing": "test"}
 
 
+MACOS_FOLDER = "__MACOSX"  # what unzipping a macOS archive leaves: AppleDouble copies of every file
+
+
+def class_name(name: str) -> str:
+    """A folder name or a manifest label as a class name: Unicode NFC (macOS file names are NFD)."""
+    return unicodedata.normalize("NFC", name)
+
+
+def is_leftover(path: Path, root: Path) -> bool:
+    """An AppleDouble `._name` file, or anything under a `__MACOSX/` folder below `root`."""
+    return path.name.startswith("._") or MACOS_FOLDER in path.relative_to(root).parts[:-1]
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image and DICOM files under `folder` (recursively, sorted), macOS leftovers left out."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not is_leftover(p, folder) and p.is_file())
+
+
 def subfolders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The folders of `root` that can be classes or splits: not hidden, not `__MACOSX`."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != MACOS_FOLDER)
+
+
+def hidden_folders(root: Path) -> list[Path]:
+    """Hidden folders of `root` (`.name`) with images in them or one level down (not a whole `.git` searched):
+    ignored, but worth a word."""
+    def shallow_images(folder: Path) -> bool:
+        return any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("._") and p.is_file()
+                   for pattern in ("*", "*/*") for p in folder.glob(pattern))
+    return sorted(p for p in root.iterdir() if p.name.startswith(".") and p.is_dir() and shallow_images(p))
 
 
 def has_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.rglob("*"))
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and not is_leftover(p, folder) and p.is_file()
+               for p in folder.rglob("*"))
 
 
 def split_folders(root: Path) -> dict[str, Path] | None:

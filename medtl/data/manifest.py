@@ -3,7 +3,12 @@
 Paths are relative to the manifest's folder unless absolute. Without a split column, test and val are
 carved from the rows, grouped by patient when an ID column is present (a patient's images all land in one
 split) and stratified by label. Rows naming a missing file or an unknown label are left out and listed
-(with their row number) in the run folder; `--strict` fails on the first instead. An image listed twice is
+(with their row number) in the run folder; `--strict` fails on the first instead. So are rows whose label is
+missing: empty, or a placeholder that spreadsheets and pandas write for an empty cell (`MISSING`, in any
+case: NaN, NA, N/A, None, null, <NA>, #N/A); such a label is a class only when `data.class_names` names it.
+A patient ID written as such a placeholder counts as empty. Labels are compared in Unicode NFC form. The
+separator is `,` (tab for .tsv) or whichever of `, ; tab |` makes the header name a path and a label
+column (spreadsheets in many locales write `;`). An image listed twice is
 kept once (the extra rows listed the same way) when its rows agree, and refused, naming both rows, when they
 give it different labels, splits or patients: otherwise one image could be trained on and tested on.
 """
@@ -18,59 +23,94 @@ import numpy as np
 
 from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
+from medtl.data.layout import class_name
 from medtl.data.splits import DataSplits, carve
 
 COLUMNS = {"path": ("path", "file", "filename", "image", "filepath"),
            "label": ("label", "class", "target", "diagnosis"),
            "patient": ("patient", "patient_id", "patientid", "subject", "subject_id", "study_id", "study"),
            "split": ("split", "set", "fold", "subset")}
+MISSING = {"", "nan", "na", "n/a", "none", "null", "<na>", "#n/a"}  # an empty cell, as tools write it (casefolded)
+SEPARATORS = (",", ";", "\t", "|")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
 
 
 def read_rows(path: Path) -> tuple[dict[str, str], list[tuple[int, dict[str, str]]]]:
     """(role -> column name, [(row number, row)]); row numbers count the header as row 1, as a spreadsheet does."""
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = reader.fieldnames or []
-        roles = {}
-        for role, names in COLUMNS.items():
-            found = [h for h in header if h.strip().lower() in names]
-            if found:
-                roles[role] = found[0]
-        for role in ("path", "label"):
-            if role not in roles:
-                raise MedtlError(f"manifest {path} has no {role} column (header: {', '.join(header) or 'empty'}); "
-                                 f"name one of: {', '.join(COLUMNS[role])}")
-        return roles, [(i, row) for i, row in enumerate(reader, start=2)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            separator, header, roles = _header(f.readline(), path.suffix.lower() == ".tsv")
+            for role in ("path", "label"):
+                if role not in roles:
+                    shown = "tab" if separator == "\t" else f"'{separator}'"
+                    raise MedtlError(f"manifest {path} has no {role} column (header: {', '.join(header) or 'empty'}; "
+                                     f"read with {shown} between columns); name one of: {', '.join(COLUMNS[role])}")
+            f.seek(0)
+            reader = csv.DictReader(f, delimiter=separator)
+            return roles, [(i, row) for i, row in enumerate(reader, start=2)]
+    except UnicodeDecodeError as exc:
+        raise MedtlError(f"manifest {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 "
+                         "(in Excel: CSV UTF-8)") from None
+
+
+def _header(line: str, tsv: bool) -> tuple[str, list[str], dict[str, str]]:
+    """(separator, column names, role -> column name): the first separator under which the header names a path
+    and a label column, else the file's default one (`,`, or tab for .tsv)."""
+    order = sorted(SEPARATORS, key=lambda sep: sep != ("\t" if tsv else ","))
+    found = [_roles(next(csv.reader([line], delimiter=sep), []), sep) for sep in order]
+    return next((f for f in found if "path" in f[2] and "label" in f[2]), found[0])
+
+
+def _roles(header: list[str], separator: str) -> tuple[str, list[str], dict[str, str]]:
+    roles = {}
+    for role, names in COLUMNS.items():
+        found = [h for h in header if h.strip().lower() in names]
+        if found:
+            roles[role] = found[0]
+    return separator, header, roles
 
 
 def from_manifest(path: Path, cfg: DataConfig, seed: int):
     roles, rows = read_rows(path)
     entries, rejected = _entries(path, roles, rows)
-    classes = list(cfg.class_names) or sorted({e["label"] for e in entries if e["split"] in ("train", None)})
+    classes = [class_name(c) for c in cfg.class_names] or sorted(
+        {e["label"] for e in entries if e["split"] in ("train", None) and not missing(e["label"])})
     if len(classes) < 2:
         raise MedtlError(f"manifest {path} has {len(classes)} label(s) in its training rows; need at least two")
     splits = DataSplits(classes)
     by_split = defaultdict(list)
     for e in entries:
         if e["label"] not in classes:
-            rejected[e["ref"]] = (f"{path.name} row {e['row']}: label '{e['label']}' is not a class of the training "
-                                  f"rows ({', '.join(classes)})")
+            rejected[e["ref"]] = _unknown(path, e, classes)
             continue
         by_split[e["split"] or "train"].append(e)
     for split, items in by_split.items():
         splits.refs[split] = [e["ref"] for e in items]
         splits.labels[split] = np.array([classes.index(e["label"]) for e in items], dtype=np.int64)
-    splits.groups = {e["ref"]: e["patient"] for e in entries if e["patient"]}
+    kept = [e for items in by_split.values() for e in items]
+    splits.groups = {e["ref"]: e["patient"] for e in kept if e["patient"]}
     splits.rejected = rejected
     _check_patients(path, entries)
-    if "patient" in roles and len(splits.groups) != sum(len(v) for v in by_split.values()):
+    if "patient" in roles and len(splits.groups) != len(kept):
         raise MedtlError(f"manifest {path}: some rows have an empty {roles['patient']}; give every row a patient ID")
     if "test" not in splits.refs:
         carve(splits, "train", "test", cfg.test_fraction, seed, splits.groups)
     return splits
+
+
+def missing(value: str) -> bool:
+    """An empty cell, or what spreadsheets and pandas write for one (NaN, NA, None, ...)."""
+    return value.strip().casefold() in MISSING
+
+
+def _unknown(path: Path, entry: dict, classes: list[str]) -> str:
+    """Why a row whose label is not a class is left out."""
+    if missing(entry["label"]):
+        return (f"{path.name} row {entry['row']}: label missing ('{entry['label']}'); give the row a label, or "
+                "remove it")
+    return (f"{path.name} row {entry['row']}: label '{entry['label']}' is not a class of the training rows "
+            f"({', '.join(classes)})")
 
 
 def _entries(path: Path, roles: dict[str, str], rows) -> tuple[list[dict], dict[str, str]]:
@@ -84,9 +124,10 @@ def _entries(path: Path, roles: dict[str, str], rows) -> tuple[list[dict], dict[
         if not raw or not file.is_file():
             rejected[str(file)] = f"{path.name} row {number}: file '{raw}' not found"
             continue
-        entry = {"row": number, "ref": str(file.resolve()), "label": (row.get(roles["label"]) or "").strip(),
-                 "patient": (row.get(roles["patient"]) or "").strip() if "patient" in roles else "",
-                 "split": SPLIT_NAMES[split] if split else None}
+        label = class_name((row.get(roles["label"]) or "").strip())
+        patient = (row.get(roles["patient"]) or "").strip() if "patient" in roles else ""
+        entry = {"row": number, "ref": str(file.resolve()), "label": label,
+                 "patient": "" if missing(patient) else patient, "split": SPLIT_NAMES[split] if split else None}
         first = seen.setdefault(entry["ref"], entry)
         if first is entry:
             entries.append(entry)

@@ -14,7 +14,7 @@ import numpy as np
 from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.groups import content_groups
-from medtl.data.layout import IMAGE_SUFFIXES, split_folders, subfolders
+from medtl.data.layout import IMAGE_SUFFIXES, class_name, hidden_folders, image_files, split_folders, subfolders
 from medtl.data.manifest import from_manifest
 from medtl.data.npz import from_npz
 from medtl.data.splits import SPLITS, DataSplits, carve, need_two_classes, subset
@@ -39,7 +39,7 @@ def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = N
         if root.suffix != ".npz":
             raise MedtlError(f"data file {root} is not a .npz or a .csv/.tsv manifest; pass a MedMNIST .npz, "
                              "a manifest or a folder")
-        splits = from_npz(root, cfg.class_names)
+        splits = from_npz(root, tuple(map(class_name, cfg.class_names)))
     elif (folders := split_folders(root)) is not None:
         splits = _from_split_tree(root, folders)
     elif whole_tree_as:
@@ -67,17 +67,26 @@ def _exists(path: Path) -> bool:
 
 
 def _class_folders(root: Path) -> dict[str, list[Path]]:
+    """{class name (NFC): its image files}; hidden folders that hold images are named in a warning, and folder
+    names that differ only in Unicode form (NFC/NFD) are one class."""
     folders = subfolders(root)
     if len(folders) == 1 and split_folders(folders[0]) is not None:  # an unzipped archive's own top folder
         raise MedtlError(f"{root} holds one folder, {folders[0].name}, with split folders inside; pass "
                          f"{folders[0]} as the data")
-    out = {}
+    for hidden in hidden_folders(root):
+        log.warning("ignoring hidden folder %s (its name starts with '.'); rename it without the dot to use it "
+                    "as a class", hidden)
+    out: dict[str, list[Path]] = {}
     for folder in folders:
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = image_files(folder)
         if not files:
             raise MedtlError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                              "add images or remove the folder")
-        out[folder.name] = files
+        name = class_name(folder.name)
+        if name in out:
+            log.warning("class folders of %s named '%s' differ only in Unicode form (NFC/NFD); read as one class",
+                        root, name)
+        out[name] = sorted(out.get(name, []) + files)
     if not out:
         raise MedtlError(f"no class folders in {root}; expected {root}/<class>/<image> or "
                          f"{root}/train/<class>/<image>")
@@ -133,11 +142,12 @@ def _from_one_tree(root: Path) -> DataSplits:
 
 
 def expand_inputs(paths: list[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for image and DICOM files (sorted)."""
+    """Files as given; folders searched recursively for image and DICOM files (sorted; macOS leftovers, `._name`
+    files and `__MACOSX/`, left out)."""
     out = []
     for path in map(Path, paths):
         if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            out += image_files(path)
         elif path.is_file():
             out.append(path)
         else:

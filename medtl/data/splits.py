@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medtl.core.errors import MedtlError
+from medtl.data.images import NPZ_SEP
 
 SPLITS = ("train", "val", "test")
 
@@ -28,10 +30,24 @@ class DataSplits:
         return [r for s in SPLITS for r in self.refs.get(s, [])]
 
     def drop(self, bad: set[str]) -> None:
+        """Leave out `bad` refs (unreadable images); refused when a class would keep no training image."""
         for split in list(self.refs):
             keep = [i for i, r in enumerate(self.refs[split]) if r not in bad]
+            if split == "train":
+                self._none_left(keep)
             self.refs[split] = [self.refs[split][i] for i in keep]
             self.labels[split] = self.labels[split][keep]
+
+    def _none_left(self, keep: list[int]) -> None:
+        left = np.bincount(self.labels["train"][keep], minlength=len(self.classes))
+        had = np.bincount(self.labels["train"], minlength=len(self.classes))
+        for k in np.flatnonzero((left == 0) & (had > 0)):
+            refs = [r for r, y in zip(self.refs["train"], self.labels["train"]) if y == k]
+            where = refs[0].split(NPZ_SEP)[0] if NPZ_SEP in refs[0] else os.path.commonpath(
+                [os.path.dirname(r) for r in refs])
+            raise MedtlError(f"class '{self.classes[k]}' has no readable image in train: its {len(refs)} training "
+                             f"image(s) under {where} are all unusable (`medtl audit DATA` lists why); fix or "
+                             "replace them, or remove the class")
 
 
 def carve(splits: DataSplits, source: str, target: str, fraction: float, seed: int,
