@@ -35,10 +35,10 @@ def alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return pid > 0  # another user's process (an absurd pid is no process)
+    except (ProcessLookupError, OverflowError):
+        return False  # gone (or a number no process can have)
+    except PermissionError:
+        return True  # another user's process
     return True
 
 
