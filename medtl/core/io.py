@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -14,15 +15,58 @@ import numpy as np
 
 from medtl.core.errors import MedtlError
 
-# the write failures a user can fix (a full disk, a read-only or foreign folder): one line, not a traceback
-USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+# the write failures a user can fix (a full disk, a read-only or foreign folder, a file where a folder should
+# be): one line, not a traceback
+USER_FIXABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+                errno.ENOTDIR, errno.EEXIST}
+# numpy's short write (`ndarray.tofile` on a full disk) raises an OSError without an errno
+SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+TEMP = re.compile(r"^\.(.+)\.(\d+)\.tmp$")  # `temp_name`: what a killed process leaves behind
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary name `path` is written under before its rename: `.NAME.PID.tmp` beside it."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def alive(pid: int) -> bool:
+    """Whether a process `pid` exists here (another user's counts; so does this process)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False  # gone (or a number no process can have)
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def sweep_temps(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the temporary files (`temp_name`, all of them or those of `name`) in `folder` whose process is
+    gone (killed with -9, or by a power cut, before it could clean up); a live process's are kept."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed  # no folder yet (or unreadable: the write that follows says so)
+    for entry in entries:
+        match = TEMP.match(entry.name)
+        if match and (name is None or match.group(1) == name) and not alive(int(match.group(2))):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except FileNotFoundError:
+                pass  # another process swept it first
+    return removed
 
 
 def atomic_write(path: str | Path, content: str | bytes | Callable[[IO[bytes]], Any], fsync: bool = False) -> Path:
     """Write `content` (text, bytes, or a function that writes to a binary file) to a temporary file beside
     `path`, then rename it over `path`. On any failure the temporary file is removed and `path` is untouched."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
+    sweep_temps(path.parent, path.name)  # what a killed writer of this file left
     try:
         with cannot_write(path), open(tmp, "wb") as fh:
             if isinstance(content, str):
@@ -52,10 +96,34 @@ class cannot_write:
         return None
 
     def __exit__(self, kind, exc, tb) -> bool:
-        if isinstance(exc, OSError) and exc.errno in USER_FIXABLE:
-            raise MedtlError(f"cannot write {self.path}: {exc.strerror}; free disk space, fix the folder's "
-                             "permissions, or write elsewhere (--output-dir, MEDTL_CACHE)") from exc
-        return False
+        if not isinstance(exc, OSError):
+            return False
+        if exc.errno in USER_FIXABLE:
+            reason = exc.strerror
+        elif exc.errno is None and SHORT_WRITE.match(str(exc)):
+            reason = f"the disk took only part of it ({exc})"
+        else:
+            return False
+        raise MedtlError(f"cannot write {self.path}: {reason}; free disk space, fix the folder's "
+                         "permissions, or write elsewhere (--output-dir, MEDTL_CACHE)") from exc
+
+
+def cache_root(configured: str | None = None) -> Path:
+    """The cache folder: `configured` (data.cache_dir), else $MEDTL_CACHE, else ~/.cache/medtl; refused in one line
+    when a file stands where it or one of its parents should be a folder."""
+    env = os.environ.get("MEDTL_CACHE")
+    path = Path(configured or env or Path.home() / ".cache" / "medtl")
+    blocker = next((p for p in (path, *path.parents) if p.exists() or p.is_symlink()), None)
+    if blocker is None or blocker.is_dir():
+        return path
+    if configured:
+        raise MedtlError(f"data.cache_dir {path}: {blocker} is not a folder; set data.cache_dir to a folder "
+                         "(made if missing)")
+    if env:
+        raise MedtlError(f"MEDTL_CACHE={path}: {blocker} is not a folder; point MEDTL_CACHE at a folder "
+                         "(made if missing), or unset it")
+    raise MedtlError(f"the cache folder {path}: {blocker} is not a folder; move it away, or set MEDTL_CACHE to a "
+                     "folder")
 
 
 def make_dir(path: str | Path) -> Path:

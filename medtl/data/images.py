@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from medtl.data.dicom import is_dicom, read_dicom
 from medtl.core.errors import MedtlError
-from medtl.core.io import array_digest, atomic_write, make_dir
+from medtl.core.io import array_digest, atomic_write, cache_root, make_dir, sweep_temps
 from medtl.core.logs import progress as progress_of
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ NPZ_SEP = "::"  # an array image is named "<file.npz>::<split>::<index>"
 
 
 def default_cache_dir(configured: str | None = None) -> Path:
-    return Path(configured or os.environ.get("MEDTL_CACHE") or Path.home() / ".cache" / "medtl")
+    return cache_root(configured)
 
 
 @functools.lru_cache(maxsize=8)
@@ -208,16 +208,17 @@ def build_store(refs: list[str], size: int, cache_dir: Path, progress: bool = Tr
     key = content_key(refs, CACHE_VERSION, size, decoding)
     folder = cache_dir / "images"
     npy, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    sweep_temps(folder)  # what killed runs left
     if npy.is_file() and meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
             array = np.load(npy, mmap_mode="r")
-            if array.shape[0] != len(refs) or meta["refs"] != refs:
+            if array.shape[0] != len(refs) or len(meta["refs"]) != len(refs):
                 log.warning("image cache %s does not match its data; rebuilding it", npy)
             elif meta.get("sha256") != array_digest(array):
                 log.warning("image cache %s does not match its checksum (changed on disk); rebuilding it", npy)
             else:
-                return ImageStore(array, refs, meta["failed"], key)
+                return ImageStore(array, refs, _renamed(meta["failed"], meta["refs"], refs), key)
         except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
             log.warning("image cache %s is unreadable (%s); rebuilding it", npy, exc)
     array, failed = _decode_all(refs, size, progress, decoding)
@@ -225,6 +226,13 @@ def build_store(refs: list[str], size: int, cache_dir: Path, progress: bool = Tr
     atomic_write(npy, lambda fh: np.save(fh, array))
     atomic_write(meta_path, json.dumps({"refs": refs, "failed": failed, "size": size, "sha256": array_digest(array)}))
     return ImageStore(np.load(npy, mmap_mode="r"), refs, failed, key)
+
+
+def _renamed(failed: dict[str, str], cached: list[str], refs: list[str]) -> dict[str, str]:
+    """The cache's failures under `refs`' names: the key is the images' content in order, so a copied folder (the
+    same bytes under other paths) reuses the cache, row i of `cached` being row i of `refs`."""
+    row = {ref: i for i, ref in enumerate(cached)}
+    return {refs[row[old]]: reason.replace(old, refs[row[old]]) for old, reason in failed.items()}
 
 
 def _decode_all(refs: list[str], size: int, progress: bool, decoding: Decoding) -> tuple[np.ndarray, dict[str, str]]:

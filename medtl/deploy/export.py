@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from medtl.core.errors import MedtlError
+from medtl.core.io import sweep_temps, temp_name
 from medtl.core.runfolder import RunFolder
 from medtl.deploy.predictor import Predictor
 
@@ -78,7 +79,8 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     target = Path(out or RunFolder(run_dir).export(fmt))
     with torch.inference_mode():
         expected = module(x).numpy()
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # the real name only once parity holds
+    sweep_temps(target.parent, target.name)  # what a killed export left
+    tmp = temp_name(target)  # the real name only once parity holds
     try:
         got = _onnx(module, pred, x, tmp) if fmt == "onnx" else _torchscript(module, pred, x, tmp)
         diff = float(np.abs(got - expected).max())

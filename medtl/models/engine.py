@@ -10,7 +10,15 @@ installed or whose network does not export.
 `auto` uses PyTorch on an accelerator, and on a CPU when the pass is too short to repay an export
 (`EXPORT_WORTH_S`); otherwise it times each installed engine and PyTorch on the same batch and keeps the
 fastest, a choice measured once per network and machine and cached. Only `Core.read_model` and
-`compile_model` of OpenVINO are used: never its converter, the part that has telemetry.
+`compile_model` of OpenVINO are used: never its converter.
+
+Nothing leaves the machine and no identifier is written outside the cache: both engines ship telemetry that is
+on by default (ONNX Runtime's 1DS client writes `~/.cache/Microsoft/DeveloperTools/.onnxruntime/` (a device id
+and a database of queued events); `import openvino` imports its converter, which writes `~/intel/openvino_ga_cid`
+and looks up an analytics host). Both are turned off before either loads (`quiet`): ONNX Runtime by its
+documented `ORT_DISABLE_TELEMETRY=1`, set when this module is imported; OpenVINO by importing it with
+`openvino_telemetry` unimportable, so that its converter falls back to its own no-op stub. An engine that
+was loaded before this module (by the caller's own code, with its telemetry on) is never picked by auto.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtl.core.io import atomic_write, make_dir
+from medtl.core.io import atomic_write, make_dir, sweep_temps, temp_name
 from medtl.models.checkpoint import state_digest
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,55 @@ EXPORT_WORTH_S = 20.0  # auto exports only a pass that PyTorch would take at lea
 ENGINE_VERSION = "engine-v1"
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
+TELEMETRY_OFF = {"ORT_DISABLE_TELEMETRY": "1"}  # ONNX Runtime's switch, read when it initialises
+# loaded before telemetry was turned off (by the caller's code): auto never picks such an engine
+_LOUD = {"onnxruntime"} if "onnxruntime" in sys.modules and os.environ.get("ORT_DISABLE_TELEMETRY") != "1" else set()
+
+
+def quiet() -> None:
+    """Both engines' telemetry off, before either loads (called on import: torch.onnx may load ONNX Runtime)."""
+    os.environ.update(TELEMETRY_OFF)
+    if "onnxruntime" in _LOUD:
+        sys.modules["onnxruntime"].disable_telemetry_events()  # what can still be turned off once it is loaded
+
+
+quiet()
+
+
+def load_onnxruntime():
+    quiet()
+    import onnxruntime
+    return onnxruntime
+
+
+def load_openvino():
+    """`openvino` without its telemetry: imported with `openvino_telemetry` unimportable, its converter (imported
+    by `openvino/__init__`) binds its no-op stub instead, and never writes a client id or sends an event."""
+    if "openvino" not in sys.modules:
+        blocked = "openvino_telemetry" not in sys.modules
+        if blocked:
+            sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # `import` raises ImportError
+        try:
+            import openvino  # noqa: F401
+        finally:
+            if blocked and sys.modules.get("openvino_telemetry", 0) is None:
+                del sys.modules["openvino_telemetry"]  # the caller may import it later; openvino keeps the stub
+    if _telemetry_loaded():
+        _LOUD.add("openvino")
+    return sys.modules["openvino"]
+
+
+def _telemetry_loaded() -> bool:
+    """Whether OpenVINO's converter bound the real telemetry client (openvino was imported before this module)."""
+    utils = sys.modules.get("openvino.tools.ovc.telemetry_utils")
+    return utils is not None and not getattr(utils.tm, "__name__", "").endswith("telemetry_stub")
+
+
+def silent(engine: str) -> bool:
+    """Whether `engine` runs with its telemetry off (auto never picks one that does not)."""
+    if engine == "openvino" and "openvino" in sys.modules and _telemetry_loaded():
+        _LOUD.add("openvino")
+    return engine not in _LOUD
 
 
 class TorchRunner:
@@ -76,7 +134,7 @@ class OnnxRuntimeRunner:
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, threads: int):
-        import onnxruntime as ort
+        ort = load_onnxruntime()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -93,7 +151,7 @@ class OpenVinoRunner:
     name = "openvino"
 
     def __init__(self, onnx_path: Path, threads: int, cache: Path):
-        import openvino as ov
+        ov = load_openvino()
         core = ov.Core()
         core.set_property({"CACHE_DIR": str(make_dir(cache))})  # the compiled blob, reused by the next run
         self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", {
@@ -174,7 +232,7 @@ def _candidates(engine: str, choice: Path) -> list[str]:
     (none when that was PyTorch), else every installed one."""
     if engine != "auto":
         return [engine]
-    installed_ = [e for e in ENGINES[2:] if installed(e)]
+    installed_ = [e for e in ENGINES[2:] if installed(e) and silent(e)]
     chosen = _read_choice(choice)
     if chosen == "torch":
         return []
@@ -220,7 +278,8 @@ def _exported(net: nn.Module, example: torch.Tensor, path: Path) -> bool:
         return True
     start = time.perf_counter()
     make_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    sweep_temps(path.parent)  # what killed exports left
+    tmp = temp_name(path)
     try:
         sample = torch.cat([example[:2]] * 2)[:2].contiguous()  # two rows: a batch of one would fix the size
         program = torch.onnx.export(net.eval(), (sample,), dynamo=True, input_names=["x"],

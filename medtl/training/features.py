@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from medtl.core.io import array_digest, atomic_write, make_dir
+from medtl.core.io import array_digest, atomic_write, make_dir, sweep_temps
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def cached(cache_dir: Path, key: str, rows: int, compute: Callable[[], np.ndarra
     computed and stored. Returns (array, hit)."""
     path = cache_dir / "features" / f"{key}.npy"
     digest = path.with_suffix(".sha256")
+    sweep_temps(path.parent)  # what killed runs left
     if path.is_file():
         try:
             array = np.load(path, mmap_mode="r")
