@@ -19,6 +19,7 @@ from medtl.core.errors import MedtlError
 from medtl.core.io import sweep_temps, temp_name
 from medtl.core.runfolder import RunFolder
 from medtl.deploy.predictor import Predictor
+from medtl.models.engine import load_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
 
 def _onnx(module: nn.Module, pred: Predictor, x: torch.Tensor, target: Path) -> np.ndarray:
     import onnx
-    import onnxruntime as ort
+    ort = load_onnxruntime()  # telemetry off before it loads
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(module, (x,), dynamo=True, input_names=["pixels"], output_names=["probabilities"],
                                 dynamic_shapes={"x": {0: batch}}, verbose=False)
