@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medtl.data.dicom import is_dicom, read_dicom
+from medtl.data.pixels import finite
 from medtl.core.errors import MedtlError
 from medtl.core.io import array_digest, atomic_write, cache_root, make_dir, sweep_temps
 from medtl.core.logs import progress as progress_of
@@ -87,13 +88,23 @@ def open_image(ref: str, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIX
     its header, before any pixel is decoded (a decompression bomb)."""
     if NPZ_SEP in ref:
         path, split, index = ref.split(NPZ_SEP)
-        return Image.fromarray(_npz_array(path, f"{split}_images")[int(index)])
+        return _finite_image(Image.fromarray(_npz_array(path, f"{split}_images")[int(index)]), ref)
     if is_dicom(ref):
         return read_dicom(ref, window, max_pixels)
     with open_checked(ref, max_pixels) as img:
         reduce_on_decode(img, reduce_to)
         img.load()
-        return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode == "P":
+            return img.convert("RGBA" if "transparency" in img.info else "RGB")
+        return _finite_image(img.copy(), ref)
+
+
+def _finite_image(img: Image.Image, ref: str) -> Image.Image:
+    """A float image's NaN and infinite pixels at its finite extremes, with a warning naming the file."""
+    if img.mode != "F":
+        return img
+    arr = np.asarray(img)
+    return img if np.isfinite(arr).all() else Image.fromarray(finite(arr.astype(np.float64), ref).astype(np.float32))
 
 
 class OverPixelLimit(ValueError):
@@ -120,11 +131,13 @@ def open_checked(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     return img
 
 
-def to_uint8(img: Image.Image) -> Image.Image:
+def to_uint8(img: Image.Image, name: str = "image") -> Image.Image:
     """Any PIL mode to 8-bit 'L' or 'RGB'.
 
     Alpha is composited over black (what a viewer shows for a transparent background); 16-bit and
-    float images are rescaled from their own min..max to 0..255.
+    float images are rescaled from their own min..max to 0..255, NaN and infinite pixels shown at the finite
+    extremes with a warning naming `name` (`medtl.data.pixels.finite`; an image without a finite pixel is
+    unreadable).
     """
     mode = img.mode
     if mode in ("L", "RGB"):
@@ -139,7 +152,7 @@ def to_uint8(img: Image.Image) -> Image.Image:
     if mode == "P":
         return to_uint8(img.convert("RGBA"))
     if mode.startswith("I") or mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
+        arr = finite(np.asarray(img, dtype=np.float64), name)
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
@@ -149,17 +162,17 @@ def to_uint8(img: Image.Image) -> Image.Image:
 def decode(ref: str, size: int, decoding: Decoding = Decoding()) -> np.ndarray:
     """Decode and resize (squash to size x size) to a CxHxW uint8 array; gray RGB becomes 1 channel."""
     reduce_to = size if decoding.fast_jpeg else 0
-    return decode_image(open_image(ref, decoding.window, decoding.max_pixels, reduce_to), size, decoding.mode)
+    return decode_image(open_image(ref, decoding.window, decoding.max_pixels, reduce_to), size, decoding.mode, ref)
 
 
-def decode_image(img: Image.Image, size: int, mode: str = "auto") -> np.ndarray:
+def decode_image(img: Image.Image, size: int, mode: str = "auto", name: str = "image") -> np.ndarray:
     """`decode` for an opened image: the one preprocessing of training, evaluation and prediction.
 
     mode 'L' or 'RGB' converts an 8-bit image straight to that mode first (alpha dropped, not composited),
     so RGBA and RGB files of the same picture give the same pixels."""
     if mode != "auto":
-        img = img.convert(mode) if img.mode in EIGHT_BIT else to_uint8(img).convert(mode)
-    img = to_uint8(img).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+        img = img.convert(mode) if img.mode in EIGHT_BIT else to_uint8(img, name).convert(mode)
+    img = to_uint8(img, name).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     arr = np.array(img)  # a writable copy
     if arr.ndim == 2:
         return arr[None]

@@ -3,6 +3,8 @@ calibrated?) and the confusion matrices, one panel per evaluated split."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -12,15 +14,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from medtl.core.io import atomic_write  # noqa: E402
+from medtl.evaluation.fonts import drawable  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 def save_figure(fig, path: Path, dpi: int = 100) -> None:
-    """Lay out, write atomically as PNG, and free the figure whatever happens."""
-    fig.tight_layout()
+    """Lay out, write atomically as PNG, and free the figure whatever happens. Warnings matplotlib gives while
+    drawing (a glyph missing from every font, a layout it cannot fit) are caught here, for this figure only,
+    and logged as one line: they never reach stderr as Python warnings."""
     try:
-        atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fig.tight_layout()
+            atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
     finally:
         plt.close(fig)
+    for quiet in (False, True):  # deprecations inside the plotting libraries are for developers: debug level
+        messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught
+                                      if issubclass(w.category, DeprecationWarning) == quiet))
+        if messages:
+            log.log(logging.DEBUG if quiet else logging.WARNING, "%s: %d drawing warning(s), e.g. %s", path.name,
+                    len(messages), messages[0])
 
 
 def plot_curves(path: Path, history: list[dict], title: str) -> None:
@@ -35,7 +50,7 @@ def plot_curves(path: Path, history: list[dict], title: str) -> None:
     ax2.plot(epochs, [r["val_auc"] for r in history], label="val ROC-AUC")
     ax2.set(xlabel="epoch", ylabel="score", title="validation", ylim=(0, 1.02))
     ax2.legend()
-    fig.suptitle(title)
+    _suptitle(fig, title)
     save_figure(fig, path)
 
 
@@ -56,12 +71,15 @@ def plot_reliability(path: Path, splits: dict[str, dict], title: str) -> None:
                ylabel="observed rate" if two else "accuracy",
                title=f"{split}: ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f} (n={m['n']})")
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"{title}: reliability")
+    _suptitle(fig, f"{title}: reliability")
     save_figure(fig, path)
 
 
 def plot_confusions(path: Path, splits: dict[str, dict], classes: list[str]) -> None:
-    """Counts per (true, predicted) class, at the run's threshold."""
+    """Counts per (true, predicted) class, at the run's threshold. Class names are drawn with a font that has
+    their glyphs when one is installed (e.g. a CJK font); a character no font has is written escaped (\\u80ba)
+    rather than as an empty box, with one warning line naming the font to install."""
+    labels, families = drawable(classes, path.name)
     fig, axes = plt.subplots(1, len(splits), figsize=(3.2 + 0.5 * len(classes)) * np.array([len(splits), 1]),
                              squeeze=False)
     for ax, (split, m) in zip(axes[0], splits.items()):
@@ -69,7 +87,15 @@ def plot_confusions(path: Path, splits: dict[str, dict], classes: list[str]) -> 
         ax.imshow(cm, cmap="Blues")
         for (i, j), v in np.ndenumerate(cm):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-               xlabel="predicted", ylabel="true", title=f"{split} (n={m['n']})")
+        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
+               title=f"{split} (n={m['n']})")
+        ax.set_xticklabels(labels, fontfamily=families, parse_math=False)  # a '$' in a name is not TeX
+        ax.set_yticklabels(labels, fontfamily=families, parse_math=False)
         ax.tick_params(axis="x", labelrotation=45 if len(classes) > 3 else 0)
     save_figure(fig, path)
+
+
+def _suptitle(fig, title: str) -> None:
+    """A figure title (it holds the run name) drawn as `plot_confusions` draws class names."""
+    (text,), families = drawable([title], "figure title")
+    fig.suptitle(text, fontfamily=families, parse_math=False)
