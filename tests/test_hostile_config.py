@@ -114,6 +114,8 @@ def test_a_folder_bad_yaml_and_non_utf8_are_one_line_each(tmp_path, monkeypatch,
     line = _one_error_line(*_cli(monkeypatch, capsys, "train", data, "--config", latin))
     assert line == (f"error: config file {latin} is not a UTF-8 text file (byte 0xe9 at offset 20); save it as "
                     "UTF-8 YAML text")
+    line = _one_error_line(*_cli(monkeypatch, capsys, "train", data, "--config", "/dev/zero"))
+    assert line == "error: config file /dev/zero is not a regular file (a device or a pipe); pass a YAML file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "latin.yaml", "runs"]
 
 

@@ -130,6 +130,8 @@ def read_yaml(path: str | Path, what: str = "config file", example: str = "") ->
         inside = path / example if example else None
         hint = f"e.g. {inside}" if inside is not None and inside.is_file() else "not the folder"
         raise MedtlError(f"{what} {path} is a folder; pass the YAML file itself ({hint})")
+    if path.exists() and not path.is_file():
+        raise MedtlError(f"{what} {path} is not a regular file (a device or a pipe); pass a YAML file")
     if not path.is_file():
         raise MedtlError(f"{what} {path} not found; pass an existing YAML file or leave --config out")
     size = path.stat().st_size
