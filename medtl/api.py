@@ -70,12 +70,16 @@ def train(data: PathLike | None = None, backbone: str | None = None, strategy: s
             raise MedtlError(f"--resume {resume}: no {folder.config.name} there; pass a run folder that "
                              "`medtl train` started")
         cfg = apply_overrides(load_config(folder.config), {"out": str(folder.path.parent), "name": folder.path.name})
-    elif data is None and not isinstance(config, RunConfig):
+    elif data is None and config is None:
         raise MedtlError("missing DATA: pass a data folder, manifest or .npz (or --resume RUN_DIR)")
-    else:
+    else:  # DATA given wins over the config's data.path, which serves when DATA is left out
         base = config if isinstance(config, RunConfig) else load_config(config)
         cfg = apply_overrides(base, overrides_of({"data.path": str(data) if data else None, "backbone": backbone,
                                                   "strategy": strategy, **settings}))
+        if not cfg.data.path:
+            given = "the RunConfig" if isinstance(config, RunConfig) else f"config file {config}"
+            raise MedtlError(f"missing DATA: {given} has no data.path; pass a data folder, manifest or .npz "
+                             "as DATA, or set data.path in the config")
     return Run(run_training(cfg, progress=progress, resume=resume is not None))
 
 

@@ -17,6 +17,9 @@ from typing import Any, Literal
 
 import yaml
 
+# parse_set, from_dict and to_dict live in config_io/config_values and are imported from here as before
+from medtl.core.config_io import parse_set, read_yaml, show  # noqa: F401 (re-exported)
+from medtl.core.config_values import from_dict, to_dict
 from medtl.core.errors import MedtlError
 from medtl.core.windows import parse_window
 
@@ -59,7 +62,7 @@ def _check_choice(hint: Any, value: Any, key: str) -> None:
         lower = {str(c).lower(): str(c) for c in choices}
         close = difflib.get_close_matches(str(value).lower(), list(lower), n=1)
         hint_ = f" (did you mean {lower[close[0]]}?)" if close else ""
-        raise MedtlError(f"{key}={value!r} is not a choice{hint_}; valid: {', '.join(map(str, choices))}")
+        raise MedtlError(f"{key}={show(value)} is not a choice{hint_}; valid: {', '.join(map(str, choices))}")
 
 
 def _literal(hint: Any) -> tuple:
@@ -74,12 +77,12 @@ def _check_range(meta: Any, value: Any, key: str) -> None:
     if value is None or not meta:
         return
     if isinstance(value, float) and not math.isfinite(value):
-        raise MedtlError(f"{key}={value!r} must be a finite number")
+        raise MedtlError(f"{key}={show(value)} must be a finite number")
     bounds = (("min", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
               ("max", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))
     for name, ok, sign in bounds:
         if name in meta and not ok(value, meta[name]):
-            raise MedtlError(f"{key}={value!r} is out of range: it must be {sign} {meta[name]:g}")
+            raise MedtlError(f"{key}={show(value)} is out of range: it must be {sign} {meta[name]:g}")
 
 
 @dataclass(frozen=True)
@@ -262,88 +265,6 @@ def overrides_of(values: dict[str, Any]) -> dict[str, Any]:
     return {dotted_key(k): v for k, v in values.items() if v is not None}
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain dict (tuples as lists) for YAML and checkpoints."""
-    out = dataclasses.asdict(cfg)
-    return _lists(out)
-
-
-def _lists(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _lists(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return [_lists(v) for v in value]
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Build dataclass `cls` from a dict, coercing scalars and naming unknown keys."""
-    if not isinstance(data, dict):
-        raise MedtlError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise MedtlError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(names)}")
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value or {}, where)
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if typing.get_origin(hint) is Literal:
-        return str(value)  # the choice itself is checked when the config is made
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (str, list, tuple)):
-            raise MedtlError(f"{where}: cannot read {value!r} as a list; give names separated by commas, e.g. a,b")
-        items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(str(v).strip() for v in items if str(v).strip())
-    try:
-        if hint is bool:
-            return _to_bool(value)
-        if hint is int:
-            return _to_int(value)
-        if hint is float and isinstance(value, bool):
-            raise ValueError(value)
-        return hint(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise MedtlError(f"{where}: cannot read {value!r} as {hint.__name__}") from exc
-
-
-def _to_int(value: Any) -> int:
-    """A whole number: 3, "3" or 3.0; never 2.7 truncated, a bool, or infinity."""
-    if isinstance(value, bool):
-        raise ValueError(value)
-    if isinstance(value, int):
-        return value
-    number = float(value)
-    if not number.is_integer():
-        raise ValueError(value)
-    return int(number)
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(value)
-
-
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """Apply dotted overrides such as {'train.lr': '0.01', 'model.backbone': 'resnet18'}."""
     tree = to_dict(cfg)
@@ -360,39 +281,26 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return from_dict(RunConfig, tree)
 
 
-def parse_set(items: list[str]) -> dict[str, str]:
-    """Parse repeated `--set section.key=value` options."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise MedtlError(f"--set {item!r}: expected section.key=value, e.g. --set train.lr=0.001")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
-
-
 def load_config(path: str | Path | None) -> RunConfig:
-    """Read a YAML config file (any subset of sections); defaults fill the rest."""
+    """Read a YAML config file (any subset of sections); defaults fill the rest. Refuses in one line a folder,
+    a file that is not UTF-8 YAML, aliases and tags (config_io.read_yaml), and values of the wrong type."""
     if path is None:
         return RunConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise MedtlError(f"config file {path} not found; pass an existing YAML file or leave --config out")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise MedtlError(f"config file {path} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "config file", example="config.yaml")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MedtlError(f"config file {path}: the top level is a {type(data).__name__} ({show(data, 40)}); a run "
+                         "config is a mapping of sections data, model, train (e.g. a run folder's config.yaml)")
     return run_config_from(data, str(path))
 
 
 def run_config_from(data: Any, where: str) -> RunConfig:
     """A RunConfig from a parsed YAML mapping; every error names `where` (the file, or file:section)."""
     try:
-        return from_dict(RunConfig, data, where=where)
+        return from_dict(RunConfig, data, where="")  # keys as train.lr, after `where: `
     except MedtlError as exc:
-        if str(exc).startswith(where):
-            raise
-        raise MedtlError(f"{where}: {exc}") from None  # a value checked when the config was made
+        raise MedtlError(f"{where}: {exc}") from None
 
 
 def dump_yaml(cfg: RunConfig) -> str:
