@@ -225,10 +225,12 @@ def study(spec: PathLike, progress: bool = False) -> Path:
 def report(study_dir: PathLike) -> Path:
     """(Re)write a study's report from its finished runs; returns report.html."""
     from medtl.evaluation.study_report import write_report
+    from medtl.experiments.study import load_written
 
     folder = StudyFolder(study_dir)
     if not folder.spec.is_file():
         raise MedtlError(f"{study_dir} has no {folder.spec.name}; pass the folder `medtl study` wrote (<out>/<name>)")
+    load_written(folder.path)  # checked as `medtl study` checks its file: a damaged study.yaml is one line
     return write_report(folder.path)
 
 

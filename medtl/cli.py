@@ -259,6 +259,7 @@ def report(study_dir: Path = typer.Argument(..., help="A study folder (<out>/<na
     """(Re)write a study's report from its finished runs."""
     from medtl import api
 
+    _setup_logging(False)
     _say(f"report: {api.report(study_dir)}")
 
 

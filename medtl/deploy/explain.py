@@ -7,6 +7,9 @@ the negative class its negation, so a NORMAL prediction is explained by what arg
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -73,20 +76,37 @@ def mass_outside_center(cam: np.ndarray, margin: float = 0.1) -> float:
 
 
 def explain_files(pred: Predictor, paths: list[Path], out_dir: Path, method: str = "gradcam") -> tuple[list[Path], dict]:
-    """One overlay PNG per readable image (<name>_<method>.png) in out_dir; returns (written, {path: reason})."""
+    """One overlay PNG per readable image (<name>_<class>_<method>.png, names from `overlay_names`: never two
+    inputs on one file) in out_dir; returns (written, {path: reason})."""
     make_dir(out_dir)
     written, failed = [], {}
-    for path in paths:
+    unique: dict[Path, Path] = {}  # absolute -> as given; a file given twice makes one overlay
+    for p in paths:
+        unique.setdefault(Path(os.path.abspath(p)), Path(p))
+    for path, name in zip(unique.values(), overlay_names(list(unique))):
         try:
             pixels = pred.load(path)
         except READ_ERRORS as exc:
             failed[str(path)] = f"{exc.__class__.__name__}: {exc}"
             continue
         maps, classes = cams(pred, pixels[None], method)
-        target = out_dir / f"{Path(path).stem}_{pred.classes[classes[0]]}_{method.replace('+', 'p')}.png"
+        target = out_dir / f"{name}_{pred.classes[classes[0]]}_{method.replace('+', 'p')}.png"
         atomic_write(target, lambda fh, img=Image.fromarray(overlay(pixels, maps[0])): img.save(fh, format="PNG"))
         written.append(target)
     return written, failed
+
+
+def overlay_names(paths: list[Path], longest: int = 150) -> list[str]:
+    """A distinct base name per input (absolute paths, no repeats): its stem when no other input's stem is the
+    same (ignoring case, as macOS and Windows do); else its path below the inputs' common folder, folders joined
+    by '__' (patient1/1.dcm -> patient1__1.dcm); a name that still repeats, or is longer than `longest`
+    bytes, ends in a short hash of the full path."""
+    stems = Counter(p.stem.lower() for p in paths)
+    common = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path()
+    names = [p.stem if stems[p.stem.lower()] == 1 else "__".join(p.relative_to(common).parts) for p in paths]
+    repeated = Counter(n.lower() for n in names)
+    return [f"{n.encode()[:longest].decode(errors='ignore')}-{hashlib.sha256(str(p).encode()).hexdigest()[:8]}"
+            if repeated[n.lower()] > 1 or len(n.encode()) > longest else n for n, p in zip(names, paths)]
 
 
 def pick_examples(predictions_csv: Path, positive: str, per_group: int = 4) -> dict[str, list[str]]:

@@ -14,6 +14,8 @@ import base64
 import errno
 import html
 import io
+import ipaddress
+import logging
 import socket
 import threading
 
@@ -30,6 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from medtl.core.errors import MedtlError
 from medtl.deploy.explain import cams, overlay
 from medtl.deploy.predictor import Predictor, open_upload
+
+log = logging.getLogger(__name__)
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>medtl: {title}</title>
@@ -207,7 +211,8 @@ def _answer(pred: Predictor, pixels: torch.Tensor, method: str) -> dict:
 
 def check_address(host: str, port: int) -> None:
     """MedtlError (one line) unless `host`:`port` can be bound now: a port outside 1..65535, a host that is not
-    an address of this machine, a port in use or one that needs privileges. Binds a socket and closes it."""
+    an address of this machine, a port in use or one that needs privileges. Binds a socket and closes it. An
+    address other than loopback logs a warning: the page has no login."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise MedtlError(f"port {port} is outside 1..65535; pick a free port, e.g. medtl serve RUN --port 8000")
     try:
@@ -222,6 +227,12 @@ def check_address(host: str, port: int) -> None:
             sock.bind(address)
         except OSError as exc:
             raise MedtlError(_bind_error(host, port, exc)) from exc
+    bound = ipaddress.ip_address(address[0].split("%")[0])  # (an IPv6 scope, fe80::1%eth0, is not part of it)
+    if not bound.is_loopback:
+        log.warning("--host %s: the page and its API have no login and are reachable from the network (%s, port %d): "
+                    "anyone who can reach this machine can upload images and read the model's answers; keep --host "
+                    "127.0.0.1 unless the network is trusted, or put an authenticating proxy in front", host,
+                    "every interface" if bound.is_unspecified else bound, port)
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> str:

@@ -86,10 +86,28 @@ def _unavailable(cfg: RunConfig) -> str:
 def load_study(path: str | Path) -> Study:
     """Read a study YAML: name, out, base (a run config), grid (key -> list of values), exclude (grid points)."""
     path = Path(path)
-    data = _read_yaml(path)
-    unknown = set(data) - set(KEYS)
+    return _parse(path, _read_yaml(path), KEYS)
+
+
+def load_written(study_root: str | Path) -> Study:
+    """The study.yaml that `medtl study` wrote into a study folder, checked as `load_study` checks a study file
+    (its `out` is the folder's parent; `skipped` lists the runs left out)."""
+    root = Path(study_root)
+    spec = StudyFolder(root).spec
+    data = _read_yaml(spec)
+    skipped = data.get("skipped") or []
+    if not isinstance(skipped, list) or not all(isinstance(s, str) for s in skipped):
+        raise MedtlError(f"{spec}: skipped must be a list of lines, not {_kind(skipped)}; run `medtl study CONFIG` "
+                         "again to rewrite it")
+    study = _parse(spec, {**data, "out": str(root.parent)}, KEYS + ("skipped",))
+    study.skipped = skipped
+    return study
+
+
+def _parse(path: Path, data: dict, keys: tuple[str, ...]) -> Study:
+    unknown = set(data) - set(keys)
     if unknown:
-        raise MedtlError(f"{path}: unknown keys {sorted(map(str, unknown))}; valid: {', '.join(KEYS)}")
+        raise MedtlError(f"{path}: unknown keys {sorted(map(str, unknown))}; valid: {', '.join(keys)}")
     grid = {}
     for key, values in _mapping(path, data, "grid", "grid: {backbone: [resnet18], seed: [0, 1]}").items():
         if not isinstance(values, list) or not values:
@@ -218,17 +236,23 @@ def _value_of(cfg: RunConfig, key: str) -> str:
     return str(value)
 
 
-def run_study(study: Study, progress: bool = True) -> list[Path]:
-    """Run every grid point not yet done; returns the run folders in grid order."""
-    from medtl.training.run import run
-
-    planned = study.runs()
+def write_spec(study: Study) -> StudyFolder:
+    """The study folder, with its study.yaml (what `load_written` reads back for `medtl report`)."""
     study.root.mkdir(parents=True, exist_ok=True)
     folder = StudyFolder(study.root)
     atomic_write(folder.spec, yaml.safe_dump(
         {"name": study.name, "base": to_dict(study.base), "grid": study.grid, "exclude": study.exclude,
          "compare_to": study.compare_to, "skipped": study.skipped},
         sort_keys=False))
+    return folder
+
+
+def run_study(study: Study, progress: bool = True) -> list[Path]:
+    """Run every grid point not yet done; returns the run folders in grid order."""
+    from medtl.training.run import run
+
+    planned = study.runs()
+    folder = write_spec(study)
     for line in study.skipped:
         log.warning("study %s: skipped %s", study.name, line)
     todo = [(n, c) for n, c in planned if not folder.run(n).finished]

@@ -25,6 +25,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from medtl.core.errors import MedtlError
+from medtl.models.safe_load import READ_ERRORS, kind, load_plain, reason
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,16 @@ def resolve_weights(spec: BackboneSpec, weights: str) -> str:
     if weights not in ("imagenet", "package", "none") and not Path(weights).is_file():
         raise MedtlError(f"weights '{weights}' is not imagenet, package, none or an existing file; "
                          "pass one of those or the path of a .pth/.safetensors file")
+    if weights not in ("imagenet", "package", "none"):
+        stat = Path(weights).stat()
+        _check_state_file(weights, stat.st_mtime_ns, stat.st_size)  # a bad file: one line before a run starts
     return weights
+
+
+@functools.lru_cache(maxsize=8)
+def _check_state_file(path: str, mtime_ns: int, size: int) -> None:
+    """Read once per version of the file: it is a state dict of tensors, or MedtlError."""
+    _read_state_file(Path(path))
 
 
 def weights_id(spec: BackboneSpec, weights: str) -> str:
@@ -262,19 +272,25 @@ def _hub_state(spec: BackboneSpec) -> dict[str, torch.Tensor]:
 
 
 def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; re-raised with the path
-        raise MedtlError(f"cannot read weights file {path}: {exc}; pass a state_dict saved with torch.save "
+        state = load_file(str(path)) if path.suffix == ".safetensors" else load_plain(
+            path, "weights file", "save only the state dict, torch.save(model.state_dict(), path), or as "
+            ".safetensors")
+    except (*READ_ERRORS, SafetensorError) as exc:
+        raise MedtlError(f"cannot read weights file {path}: {reason(exc)}; pass a state_dict saved with torch.save "
                          "or a .safetensors file") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    tensors = {k.removeprefix("module."): v for k, v in state.items()
+               if isinstance(k, str) and isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    if not tensors:
+        raise MedtlError(f"weights file {path} is not a state dict of tensors ({kind(state)}); save the weights with "
+                         "torch.save(model.state_dict(), path) or as .safetensors and pass that file")
+    return tensors
 
 
 def _map_in_order(spec: BackboneSpec, source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from medtl.core.io import atomic_write
 from medtl.core.runfolder import RunFolder
 from medtl.data.images import Decoding
 from medtl.data.preprocess import Preprocess
+from medtl.models.safe_load import READ_ERRORS, kind, load_plain, reason
 from medtl.models.strategies import Classifier, build_classifier
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class Checkpoint:
     preprocess: Preprocess
     backbone: str
     temperature: float = 1.0  # logits are divided by it (train.calibrate=temperature; 1: as trained)
+    source: str = ""  # the file it was loaded from (for messages)
 
     @property
     def binary(self) -> bool:
@@ -57,23 +58,67 @@ class Checkpoint:
         if not path.is_file():
             raise MedtlError(f"{path} not found; pass a run folder written by `medtl train`")
         try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
-            raise MedtlError(f"checkpoint {path} is unreadable ({exc.__class__.__name__}); it is damaged or not a "
-                             "medtl checkpoint: train the run again") from exc
+            d = load_plain(path, "checkpoint", "medtl checkpoints hold only tensors and plain values; train the run "
+                           "again")
+        except READ_ERRORS as exc:
+            raise MedtlError(f"checkpoint {path} is unreadable ({reason(exc)}); it is damaged or not a medtl "
+                             "checkpoint: train the run again") from exc
+        _check_layout(path, d)
         _verify(path, d["model"])
-        cfg = from_dict(RunConfig, d["config"], where=str(path))
-        # older checkpoints: the decoding from the config, with the full JPEG decoding they were trained on
-        decoding = None if "dicom_window" in d else dataclasses.replace(Decoding.of(cfg.data), fast_jpeg=False)
-        return cls(d["model"], cfg, list(d["classes"]), float(d["threshold"]), Preprocess.from_dict(d, decoding),
-                   d["backbone"], float(d.get("temperature", 1.0)))
+        try:
+            cfg = from_dict(RunConfig, d["config"], where=str(path))
+            # older checkpoints: the decoding from the config, with the full JPEG decoding they were trained on
+            decoding = None if "dicom_window" in d else dataclasses.replace(Decoding.of(cfg.data), fast_jpeg=False)
+            return cls(d["model"], cfg, list(d["classes"]), float(d["threshold"]), Preprocess.from_dict(d, decoding),
+                       d["backbone"], float(d.get("temperature", 1.0)), str(path))
+        except (TypeError, ValueError) as exc:
+            raise MedtlError(f"checkpoint {path} is not a medtl checkpoint (a bad value: {reason(exc)}); pass a run "
+                             "folder written by `medtl train`, or train the run again") from exc
 
     def build(self) -> Classifier:
         """The classifier with these weights, in eval mode (no pretrained weights are read)."""
         num_out = 1 if self.binary else len(self.classes)
         model = build_classifier(self.config.model, num_out, self.preprocess.in_chans, load_weights=False)
-        model.load_state_dict(self.weights)
+        try:
+            model.load_state_dict(self.weights)
+        except RuntimeError as exc:
+            raise MedtlError(f"checkpoint {self.source or '(in memory)'} is not a medtl checkpoint (its weights do not "
+                             f"fit backbone {self.backbone}: {reason(exc)}); pass a run folder written by `medtl "
+                             "train`, or train the run again") from exc
         return model.eval()
+
+
+FIELDS = {"model": dict, "config": dict, "classes": (list, tuple), "threshold": (int, float), "backbone": str,
+          "image_size": int, "in_chans": int, "mean": (list, tuple), "std": (list, tuple)}
+
+
+def _check_layout(path: Path, d: object) -> None:
+    """What `to_dict` writes, each field of its type; anything else (a list, a bare state dict) is one line."""
+    if isinstance(d, dict) and d and all(isinstance(v, torch.Tensor) for v in d.values()):
+        raise MedtlError(f"checkpoint {path} is not a medtl checkpoint ({kind(d)}: bare weights, not a run); pass a "
+                         f"run folder written by `medtl train`, or train one from them: medtl train DATA --weights "
+                         f"{path}")
+    problem = _layout_problem(d)
+    if problem:
+        raise MedtlError(f"checkpoint {path} is not a medtl checkpoint ({problem}); pass a run folder written by "
+                         "`medtl train`, or train the run again")
+
+
+def _layout_problem(d: object) -> str:
+    """'' when `d` has every field of its type; else what is wrong, in a few words."""
+    if not isinstance(d, dict):
+        return kind(d)
+    missing = [k for k in FIELDS if k not in d]
+    if missing:
+        return f"{kind(d)}; no {', '.join(missing)}"
+    wrong = [k for k, t in FIELDS.items() if not isinstance(d[k], t) or isinstance(d[k], bool)]
+    weights, classes = d["model"], d["classes"]
+    if not wrong and not (weights and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                          for k, v in weights.items())):
+        wrong = ["model"]
+    if not wrong and (len(classes) < 2 or not all(isinstance(c, str) for c in classes)):
+        wrong = ["classes"]
+    return f"{wrong[0]} is {kind(d[wrong[0]])}" if wrong else ""
 
 
 def _verify(path: Path, weights: dict) -> None:
