@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
+from medtl.core.config_io import parse_yaml
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder, StudyFolder
 
@@ -46,14 +46,14 @@ class Run:
 
 def load_runs(study_root: Path) -> tuple[dict, list[Run]]:
     study = StudyFolder(study_root)
-    meta = yaml.safe_load(study.spec.read_text())
+    meta = parse_yaml(study.spec.read_text(encoding="utf-8"), str(study.spec))
     keys = [k for k in meta["grid"] if k != "train.seed"]
     runs = []
     folders = [RunFolder(f) for f in sorted(study.runs.iterdir())] if study.runs.is_dir() else []
     for folder in folders:
         if not folder.finished:
             continue
-        cfg = yaml.safe_load(folder.config.read_text())
+        cfg = parse_yaml(folder.config.read_text(encoding="utf-8"), str(folder.config))
         group = tuple((k, str(dotted_value(cfg, k))) for k in keys)
         runs.append(_load_run(folder, group, int(cfg["train"]["seed"])))
     return meta, runs

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from medtl.models.backbones import get_spec, weights_available_offline
 from medtl.core.config import RunConfig, apply_overrides, dotted_key, run_config_from, to_dict
+from medtl.core.config_io import parse_yaml
 from medtl.core.errors import MedtlError
 from medtl.core.io import atomic_write
 from medtl.core.logs import on_terminal
@@ -141,26 +142,17 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise MedtlError(f"study file {path} not found; see examples/kermany_seed_protocol.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise MedtlError(f"{path} is not a UTF-8 text file ({exc.reason} at byte {exc.start}); save the study "
                          "as plain YAML text") from exc
-    except yaml.YAMLError as exc:
-        raise MedtlError(f"{path}: not valid YAML{_where(exc)}; fix the syntax there "
-                         "(e.g. a missing colon, a tab, an unclosed bracket or quote)") from exc
+    data = parse_yaml(text, str(path))  # the config's hardened loader: no aliases, tags or deep nesting
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise MedtlError(f"{path}: the top level is {_kind(data)}; a study is a mapping with keys name, out, base, "
                          "grid, exclude (see examples/kermany_seed_protocol.yaml)")
     return data
-
-
-def _where(exc: yaml.YAMLError) -> str:
-    """' at line L, column C: problem' (1-based, as editors count), from a multi-line yaml error."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else f": {problem}"
 
 
 def _kind(value: Any) -> str:
