@@ -18,13 +18,26 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever `sys.stderr` is when a message is written (not the stream it was made with: a
+    caller, or a test, that swaps stderr later would otherwise get writes to a closed file)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def console(quiet: bool = False) -> None:
     """medtl's messages on stderr: INFO and up, or WARNING and up when quiet. Idempotent."""
     logger = logging.getLogger(LOGGER)
     logger.setLevel(logging.INFO)
     handler = next((h for h in logger.handlers if getattr(h, "_medtl_console", False)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         handler._medtl_console = True
         logger.addHandler(handler)
