@@ -16,6 +16,7 @@ import torch
 
 from medtl.core.config import RunConfig, from_dict, to_dict
 from medtl.core.errors import MedtlError
+from medtl.core.faults import out_of_memory
 from medtl.core.io import atomic_write
 from medtl.core.runfolder import RunFolder
 from medtl.data.images import Decoding
@@ -59,6 +60,8 @@ class Checkpoint:
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
         except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+            if out_of_memory(exc):  # not a damaged file: told as memory exhausted where it is caught
+                raise
             raise MedtlError(f"checkpoint {path} is unreadable ({exc.__class__.__name__}); it is damaged or not a "
                              "medtl checkpoint: train the run again") from exc
         _verify(path, d["model"])
