@@ -110,8 +110,7 @@ class Run:
     def load(cls, path: PathLike) -> "Run":
         """The run in the folder `path` (written by `medtl train` or `medtl.train`)."""
         folder = RunFolder(path)
-        if not folder.checkpoint.is_file():
-            raise MedtlError(f"{folder.checkpoint} not found; pass a run folder written by `medtl train`")
+        folder.require_checkpoint()  # a killed run: "did not finish", and how to go on with it
         return cls(folder)
 
     @property

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from medtl import __version__
 from medtl.core.errors import MedtlError
+from medtl.core.faults import as_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning for medical images: train, evaluate, compare backbones.",
@@ -373,9 +374,10 @@ def main() -> None:
     """The `medtl` entry point: every failure ends in one `error: ...` line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)
-    except MedtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    except (MedtlError, MemoryError, ImportError, RuntimeError, OSError) as exc:
+        error = as_error(exc)  # a MedtlError, or memory exhausted told as one; anything else is raised again
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         code = 130
     except typer.TyperException as exc:  # usage errors (typer's own click), e.g. an unknown option

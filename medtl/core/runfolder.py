@@ -6,10 +6,12 @@ record, so no file name is spelled twice."""
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medtl.core.config import load_config
 from medtl.core.errors import MedtlError
 
 
@@ -51,11 +53,41 @@ class RunFolder:
     def finished(self) -> bool:
         return self.metrics.is_file()
 
+    @property
+    def started(self) -> bool:
+        """`medtl train` began a run here (it writes config.yaml first), finished or not."""
+        return self.config.is_file() or self.state.is_file()
+
+    def how_to_continue(self) -> str:
+        """What to do with the unfinished run here: `--resume`, or, for strategy auto (whose candidates keep no
+        per-epoch state), the command that starts it again in this folder."""
+        try:
+            cfg = load_config(self.config)
+        except MedtlError:  # no readable config: --resume says what is wrong with the folder
+            cfg = None
+        if cfg is None or cfg.model.strategy != "auto" or not cfg.data.path:
+            return f"continue it with `medtl train --resume {self.path}`"
+        return ("an auto run cannot be resumed (its candidates keep no per-epoch state): start it again with "
+                f"{self.restart_command(cfg.data.path)}")
+
+    def restart_command(self, data: str) -> str:
+        """The command that starts the run again with the config it was started with, into this folder."""
+        return f"`medtl train {shlex.quote(data)} --config {shlex.quote(str(self.config))}`"
+
     def read_metrics(self) -> dict[str, Any]:
         if not self.finished:
             raise MedtlError(f"{self.metrics} not found: the run in {self.path} did not finish; "
-                             f"continue it with `medtl train --resume {self.path}`")
+                             f"{self.how_to_continue()}")
         return json.loads(self.metrics.read_text())
+
+    def require_checkpoint(self) -> Path:
+        """checkpoint.pt, or one line: the run here did not finish (and how to go on), or this is no run folder."""
+        if self.checkpoint.is_file():
+            return self.checkpoint
+        if self.started:
+            raise MedtlError(f"the run in {self.path} did not finish (no {self.checkpoint.name}); "
+                             f"{self.how_to_continue()}")
+        raise MedtlError(f"{self.checkpoint} not found; pass a run folder written by `medtl train`")
 
 
 @dataclass(frozen=True)

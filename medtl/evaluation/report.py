@@ -26,24 +26,31 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 
 def format_metrics(name: str, m: dict) -> str:
-    """One line of the headline metrics with their 95 % intervals; undefined values print as 'undefined'."""
+    """One line of the headline metrics with their 95 % intervals; undefined values (NaN, or None as NaN reads
+    back from metrics.json, e.g. the recall of a class absent from the split) print as 'undefined'."""
     ci = m.get("ci95") or {}
 
     def f(key: str) -> str:
-        value = clean(m.get(key))
-        text = "undefined" if value is None else f"{value:.4f}"
         low_high = ci.get(key)
-        return text + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "")
+        interval = f" [{_number(low_high[0], 3)}, {_number(low_high[1], 3)}]" if low_high else ""
+        return _number(m.get(key), 4) + interval
     keys = ("accuracy", "auc", "sensitivity", "specificity", "precision", "f1", "gmean", "loss")
     line = f"{name}: " + ", ".join(f"{k} {f(k)}" for k in keys)
     if "calibration" in m:
-        line += f", ECE {m['calibration']['ece']:.4f}, Brier {m['calibration']['brier']:.4f}"
+        cal = m["calibration"] or {}
+        line += f", ECE {_number(cal.get('ece'), 4)}, Brier {_number(cal.get('brier'), 4)}"
     if "removed" in m:
         line += f" ({m['removed']} test images with a copy in train left out)"
     if m.get("per_class"):
-        line += "; per class recall " + ", ".join(f"{c} {f'{v:.3f}' if v == v else 'undefined'}"
-                                                  for c, v in ((c, d["recall"]) for c, d in m["per_class"].items()))
+        line += "; per class recall " + ", ".join(f"{c} {_number((d or {}).get('recall'), 3)}"
+                                                  for c, d in m["per_class"].items())
     return line
+
+
+def _number(value, digits: int) -> str:
+    """`value` with `digits` decimals; 'undefined' for None, NaN or infinity."""
+    value = clean(value)
+    return "undefined" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
 
 
 def write_predictions(path: Path, refs: list[str], labels, probs, classes: list[str], threshold: float) -> None:

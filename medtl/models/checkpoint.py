@@ -15,6 +15,7 @@ import torch
 
 from medtl.core.config import RunConfig, from_dict, to_dict
 from medtl.core.errors import MedtlError
+from medtl.core.faults import out_of_memory
 from medtl.core.io import atomic_write
 from medtl.core.runfolder import RunFolder
 from medtl.data.images import Decoding
@@ -61,6 +62,8 @@ class Checkpoint:
             d = load_plain(path, "checkpoint", "medtl checkpoints hold only tensors and plain values; train the run "
                            "again")
         except READ_ERRORS as exc:
+            if out_of_memory(exc):  # not a damaged file: told as memory exhausted where it is caught
+                raise
             raise MedtlError(f"checkpoint {path} is unreadable ({reason(exc)}); it is damaged or not a medtl "
                              "checkpoint: train the run again") from exc
         _check_layout(path, d)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from medtl.core.errors import MedtlError
+from medtl.core.faults import out_of_memory
 from medtl.core.io import atomic_write, sealed, unseal
 
 
@@ -50,6 +51,8 @@ def load_state(path: Path) -> dict:
         payload = unseal(path.read_bytes(), path)
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        if out_of_memory(exc):  # the state is fine; memory ran out reading it
+            raise
         reason = str(exc) if isinstance(exc, ValueError) else exc.__class__.__name__
         raise MedtlError(f"training state {path} is unreadable ({reason}); delete it to restart the run from "
                          "epoch 1") from exc

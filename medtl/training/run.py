@@ -24,6 +24,7 @@ from medtl.core import logs
 from medtl.core.config import RunConfig, dump_yaml, from_dict, run_budget, to_dict
 from medtl.core.device import pick_device
 from medtl.core.errors import Interrupted, MedtlError
+from medtl.core.faults import memory_advice, out_of_memory
 from medtl.core.io import atomic_write, cannot_write, make_dir, write_json
 from medtl.core.runfolder import RunFolder
 from medtl.data.datasets import class_weights, train_transform
@@ -89,7 +90,7 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
             p, model, (_, _, probs), _ = _strategy(p, model, progress, on_epoch, prepare_seconds)
             mirrored(p, model, probs, progress)
             return folder.path
-        with logs.to_file(folder.log), _interruptible(folder):
+        with logs.to_file(folder.log), _guarded(folder, cfg):
             _write_inputs(p, folder, resume)
             log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s%s", folder,
                      p.spec.name, p.weights, cfg.model.strategy, p.size, p.device,
@@ -141,13 +142,27 @@ def _locked(folder: RunFolder) -> Iterator[None]:
 
 
 @contextmanager
-def _interruptible(folder: RunFolder) -> Iterator[None]:
-    """Ctrl-C: one line saying how to continue (exit 130), instead of a traceback or a silent exit."""
+def _guarded(folder: RunFolder, cfg: RunConfig) -> Iterator[None]:
+    """Ctrl-C, memory exhausted, or the run folder deleted under the run: one line saying how to go on (exit
+    130 after Ctrl-C) instead of a traceback or a silent exit. The lock is released by the caller either way."""
     try:
         yield
     except KeyboardInterrupt:
+        if cfg.model.strategy == "auto":  # its candidates keep no per-epoch state: the command that starts it again
+            raise Interrupted("interrupted: an auto run cannot be resumed (its candidates keep no per-epoch state): "
+                              f"start it again with {folder.restart_command(cfg.data.path)}") from None
         kept = "the last finished epoch is kept" if folder.state.exists() else "no epoch had finished"
         raise Interrupted(f"interrupted: {kept}; continue with `medtl train --resume {folder}`") from None
+    except MedtlError:
+        raise
+    except Exception as exc:
+        if not folder.path.is_dir():
+            raise MedtlError(f"the run folder {folder} was removed while training ({type(exc).__name__}); nothing "
+                             "of the run is kept: start it again") from exc
+        if out_of_memory(exc):
+            raise MedtlError(f"out of memory while training; the run in {folder} did not finish: "
+                             f"{memory_advice()}, and start it again with another --name") from exc
+        raise
 
 
 def _write_inputs(p: Prepared, folder: RunFolder, resume: bool) -> None:
@@ -173,8 +188,9 @@ def _check_auto(cfg: RunConfig, resume: bool) -> None:
         raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "
                          "none; pass --weights default (or a file), or --strategy scratch")
     if resume:
-        raise MedtlError("an auto run cannot be resumed (its candidates keep no per-epoch state); start it again, "
-                         "or resume a run with a fixed --strategy")
+        again = RunFolder(Path(cfg.out) / (cfg.name or "RUN")).restart_command(cfg.data.path or "DATA")
+        raise MedtlError("an auto run cannot be resumed (its candidates keep no per-epoch state); start it again "
+                         f"with {again}, or resume a run with a fixed --strategy")
 
 
 def _strategy(p: Prepared, model: Classifier | None, progress: bool, on_epoch: EpochHook | None,
