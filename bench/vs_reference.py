@@ -150,9 +150,10 @@ def medtl_linear(args) -> dict:
     run_dir = run(cfg, progress=False)
     seconds = time.perf_counter() - start
     test = json.loads((run_dir / "metrics.json").read_text())["splits"]["test"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"seconds": seconds, "test_auc": test["auc"], "test_accuracy": test["accuracy"],
-            "peak_rss_mib": peak_rss_mib(), "run_dir": str(run_dir),
-            "split_sizes": json.loads((run_dir / "metrics.json").read_text())["split_sizes"]}
+            "peak_rss_mib": peak_rss_mib(), "run_dir": str(run_dir), "tta": metrics.get("tta", {}).get("applied"),
+            "split_sizes": metrics["split_sizes"]}
 
 
 def _time_steps(model, batches, step, n: int) -> float:
@@ -216,6 +217,7 @@ PHASES = {"reference-linear": reference_linear, "medtl-linear": medtl_linear, "r
 REFERENCE_RUNS = (("reference-linear", "reference-linear"), ("medtl-linear-cold", "medtl-linear"),
                   ("medtl-linear-warm", "medtl-linear"), ("reference-full", "reference-full"), ("medtl-full", "medtl-full"))
 ENGINE_RUNS = tuple((name, name) for name in engines.PHASES)
+LINEAR_RUNS = REFERENCE_RUNS[1:3]  # --only linear: medtl's linear probe, cold then warm (the cache's own rows)
 
 
 def flops_per_image() -> float:
@@ -295,8 +297,9 @@ def main() -> None:
     ap.add_argument("--full-batches", type=int, default=8)
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="the tutorial's num_workers=4")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--only", choices=("all", "reference", "engines"), default="all",
-                    help="the rows against the reference loop, the inference-engine rows, or both")
+    ap.add_argument("--only", choices=("all", "reference", "engines", "linear"), default="all",
+                    help="the rows against the reference loop, the inference-engine rows, both, or medtl's linear "
+                         "probe cold and warm alone")
     ap.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     ap.add_argument("--runs", help=argparse.SUPPRESS)
@@ -305,20 +308,27 @@ def main() -> None:
         print(json.dumps(PHASES[args.phase](args)))
         return
     results = {}
-    runs = (REFERENCE_RUNS if args.only != "engines" else ()) + (ENGINE_RUNS if args.only != "reference" else ())
+    runs = {"all": REFERENCE_RUNS + ENGINE_RUNS, "reference": REFERENCE_RUNS, "engines": ENGINE_RUNS,
+            "linear": LINEAR_RUNS}[args.only]
     with tempfile.TemporaryDirectory(prefix="medtl-bench-") as tmp:
         for name, phase in runs:
             results[name] = run_phase(args, phase, f"{tmp}/cache", f"{tmp}/runs")
     fwd, mm = flops_per_image(), matmul_flops()
     summary = {}
-    if args.only != "engines":
+    if args.only == "linear":
+        cold, warm = results["medtl-linear-cold"], results["medtl-linear-warm"]
+        summary = {"warm_over_cold": warm["seconds"] / cold["seconds"]}
+        print(f"medtl linear cold {cold['seconds']:.1f} s (tta {cold['tta']}, AUC {cold['test_auc']:.4f}), warm "
+              f"{warm['seconds']:.1f} s (tta {warm['tta']}, AUC {warm['test_auc']:.4f}): warm/cold "
+              f"{summary['warm_over_cold']:.3f}")
+    elif args.only != "engines":
         summary.update(summarize(results, fwd, mm))
         print_table(results, summary, args.ref_epochs)
-    if args.only != "reference":
+    if args.only in ("all", "engines"):
         summary["engines"] = engines.summarize(results, fwd, mm)
         engines.print_table(results, summary["engines"])
     dev = device()
-    suffix = {"all": "", "reference": "", "engines": "_engines"}[args.only]
+    suffix = {"all": "", "reference": "", "engines": "_engines", "linear": "_linear"}[args.only]
     out = Path(args.out or f"bench/results/vs_reference{suffix}_{dev.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or platform.machine(),
