@@ -162,7 +162,8 @@ def test_cjk_class_names_give_a_figure_without_warnings(tmp_path, capsys, caplog
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
         plot_confusions(tmp_path / "confusion.png", splits, classes)
-    assert not caught and capsys.readouterr().err == ""
+    err = capsys.readouterr().err  # medtl's own log line may be there (a console handler); no Python warning
+    assert not caught and "Warning" not in err and "Glyph" not in err and "missing from font" not in err
     assert Image.open(tmp_path / "confusion.png").size[0] > 100 and not list(tmp_path.glob("*.tmp"))
     lines = [r.getMessage() for r in caplog.records if "no installed font draws" in r.getMessage()]
     labels, families = drawable(classes, "confusion.png")

@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,15 @@ def test_linear_learns_with_pretrained_features_and_reuses_the_cache(image_tree,
     first = run(cfg, progress=False)
     metrics = json.loads((first / "metrics.json").read_text())
     assert metrics["splits"]["test"]["auc"] > 0.9
+    caplog.clear()  # the first run reads its own val and test features again when it scores their mirror
     with caplog.at_level(logging.INFO, logger="medtl"):
         second = run(apply_overrides(cfg, {"name": "again"}), progress=False)
-    assert caplog.text.count("cache hit") == 4  # train, val, test and one augmented view
+    views = re.findall(r"features (\w+) view (\S+): (cache hit|computed)", caplog.text)
+    mirrored = json.loads((second / "metrics.json").read_text())["tta"]["applied"] == "hflip"
+    # train, val, test and one augmented view; val's mirror (tta=auto decides on it), and test's when it is kept
+    expected = {("train", "0"), ("val", "0"), ("test", "0"), ("train", "1"), ("val", "mirror")} | (
+        {("test", "mirror")} if mirrored else set())
+    assert {(split, view) for split, view, _ in views} == expected and {how for *_, how in views} == {"cache hit"}
     assert json.loads((second / "metrics.json").read_text())["splits"] == metrics["splits"]  # hit == miss
     Image.new("L", (40, 40), 128).save(sorted((image_tree / "test" / "pos").iterdir())[0])
     caplog.clear()
