@@ -102,3 +102,27 @@ def test_allocator_tuning_applies_on_glibc_linux():
     from medtl.training.loop import tune_allocator
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected
+
+
+def test_prepare_hashes_each_image_file_once(image_tree, cache_dir, monkeypatch):
+    """Content keys, carving groups and the audit share one digest per file (issue 25: read and hashed once per
+    run); a file rewritten in place gets a new digest."""
+    from collections import Counter
+
+    from medtl.core.config import RunConfig, apply_overrides
+    from medtl.data import images
+    from medtl.training.prepare import prepare
+
+    cfg = apply_overrides(RunConfig(), {"data.path": str(image_tree), "model.backbone": "resnet18",
+                                        "model.weights": "none", "data.image_size": 32})
+    prepare(cfg, progress=False)  # fills the image cache
+    images._digest_of.cache_clear()
+    reads = Counter()
+    real = images.read_bytes
+    monkeypatch.setattr(images, "read_bytes", lambda ref: reads.update([ref]) or real(ref))
+    p = prepare(cfg, progress=False)
+    assert set(reads) == set(p.splits.all_refs()) and set(reads.values()) == {1}
+    first = p.splits.all_refs()[0]
+    before = images.content_digest(first)
+    Image.new("L", (40, 40), 7).save(first)
+    assert images.content_digest(first) != before and reads[first] == 2

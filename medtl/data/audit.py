@@ -7,7 +7,6 @@ the audit warns about every property whose distribution differs by class.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from medtl.data.splits import DataSplits
 from medtl.data.dicom import is_dicom
-from medtl.data.images import NPZ_SEP, READ_ERRORS, open_checked, open_image, read_bytes, to_uint8
+from medtl.data.images import NPZ_SEP, READ_ERRORS, content_digest, open_checked, open_image, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ class Facts:
 def image_facts(ref: str, split: str, label: int, perceptual: bool) -> Facts:
     f = Facts(ref, split, label)
     try:
-        f.sha1 = hashlib.sha1(read_bytes(ref)).hexdigest()
+        f.sha1 = content_digest(ref).hex()
         img, f.format = _open_raw(ref, load=perceptual)
         f.mode, (f.width, f.height) = img.mode, img.size
         f.bits = BITS.get(img.mode, 8)

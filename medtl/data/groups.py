@@ -7,13 +7,12 @@ patient, so a manifest with patient IDs remains the reliable way to split by pat
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from medtl.data.audit import NEAR_BITS, image_facts, near_pairs
-from medtl.data.images import READ_ERRORS, read_bytes
+from medtl.data.images import READ_ERRORS, content_digest
 
 
 def content_groups(refs: list[str], near: bool = False) -> dict[str, str]:
@@ -31,7 +30,7 @@ def content_groups(refs: list[str], near: bool = False) -> dict[str, str]:
 
 def _digest(ref: str) -> str:
     try:
-        return hashlib.sha1(read_bytes(ref)).hexdigest()
+        return content_digest(ref).hex()
     except READ_ERRORS:
         return f"unreadable:{ref}"  # its own group; decoding reports it later
 

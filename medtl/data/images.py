@@ -52,6 +52,20 @@ def read_bytes(ref: str) -> bytes:
     return Path(ref).read_bytes()
 
 
+def content_digest(ref: str) -> bytes:
+    """SHA-1 of `read_bytes(ref)`, remembered by the file's path, size and modification time: a run's content
+    keys, carving groups and audit hash each image file once, not once each. A file rewritten in place gets a
+    new time, so a new digest (a rewrite within the file system's time resolution that keeps the size is the
+    one change it would miss, as for git's index)."""
+    st = os.stat(ref.split(NPZ_SEP)[0])
+    return _digest_of(ref, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 18)  # ~60 MB for 262,144 images at most
+def _digest_of(ref: str, size: int, mtime_ns: int) -> bytes:
+    return hashlib.sha1(read_bytes(ref)).digest()
+
+
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's own default (89.5 MP): larger images are refused unread
 EIGHT_BIT = {"L", "RGB", "RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "1", "RGBa", "La", "LAB", "HSV"}
 
@@ -203,16 +217,19 @@ def content_key(refs: list[str], *parts: object) -> str:
     for part in parts:
         h.update(repr(part).encode())
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        for digest in pool.map(lambda r: hashlib.sha1(_bytes_or_empty(r)).digest(), refs):
+        for digest in pool.map(_digest_or_empty, refs):
             h.update(digest)
     return h.hexdigest()[:24]
 
 
-def _bytes_or_empty(ref: str) -> bytes:
+def _digest_or_empty(ref: str) -> bytes:
     try:
-        return read_bytes(ref)
+        return content_digest(ref)
     except OSError:
-        return b""  # unreadable: decode() reports it; the key still changes when the file appears
+        return EMPTY_DIGEST  # unreadable: decode() reports it; the key still changes when the file appears
+
+
+EMPTY_DIGEST = hashlib.sha1(b"").digest()
 
 
 def build_store(refs: list[str], size: int, cache_dir: Path, progress: bool = True,
