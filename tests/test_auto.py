@@ -151,3 +151,31 @@ def test_a_2m_budget_ends_within_the_budget_plus_one_epoch(tmp_path, monkeypatch
     assert wall <= 120 + max(epochs) + 10, (wall, max(epochs))
     record = json.loads((run_dir / "auto.json").read_text())
     assert record["budget_seconds"] == 120 and record["candidates"][0]["strategy"] == "linear"
+
+
+def test_a_busy_machine_still_fine_tunes_for_the_epochs_that_fit(image_tree, cache_dir, tmp_path):
+    """When MIN_EPOCHS fit at no size (a slow step: a busy CPU), the candidate runs at the smallest size for the
+    epochs that do fit, and says so; only when not one epoch fits is it skipped."""
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 224, "train.epochs": 50}), progress=False)
+    step = 1.0  # 40 training images: 1.25 steps an epoch at 224 px, 0.23 at 96 px (+ the evaluation passes)
+    size, epochs, note = auto._fit(p, "full", 0.6, 0.0, step)
+    assert size == 96 and 1 <= epochs < auto.MIN_EPOCHS and f"only {epochs} of the {auto.MIN_EPOCHS}" in note
+    assert auto._fit(p, "full", 0.05, 0.0, step)[:2] == (0, 0)
+
+
+def test_the_other_strategy_runs_in_the_time_the_rule_left(image_tree, cache_dir, tmp_path):
+    """Few images close to ImageNet: the rule tries partial alone; full then runs in the time partial left."""
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"train.tta": "none"}), progress=False)
+    p.deadline = time.monotonic() + 3600
+    val_auc = {"linear": 0.95, "partial": 0.96, "full": 0.99}
+    seen = []
+
+    def fake_train(cp, model, progress):
+        s = cp.cfg.model.strategy
+        seen.append(s)
+        y = np.array([0, 1] * 4)
+        return [{"epoch": 1, "val_auc": val_auc[s], "val_loss": 1 - val_auc[s]}], 1, {"val": (y * 0.8 + 0.1, y)}
+
+    outcome = auto.choose(p, fake_train, False, prepare_seconds=1.0)
+    assert seen == ["linear", "partial", "full"] and outcome.record["chosen"] == "full"
+    assert "after the rule's candidates" in outcome.record["candidates"][2]["note"]

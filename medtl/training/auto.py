@@ -84,14 +84,20 @@ def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: floa
     log.info("auto: %s; next: %s", why, ", ".join(order))
     step = _step_seconds(p)  # one full step at the run's size, the unit of every candidate's estimate
     end -= _mirror_seconds(p, step)
-    for i, strategy in enumerate(order):
+    # the rule's candidates share the time; the others run after them in what is left (one that stopped early
+    # leaves time: full after partial on few images), and are not tried when nothing fits
+    extra = [s for s in ("full", "partial") if s not in order]
+    for i, strategy in enumerate(order + extra):
         share = (end - time.monotonic()) * (FIRST_SHARE if i < len(order) - 1 else 1.0)
         size, epochs, note = _fit(p, strategy, share, prepare_seconds, step)
+        if i >= len(order):
+            note = "; ".join(filter(None, ["after the rule's candidates, in the time they left", note]))
         if not size:
             tried.append(Candidate(strategy, 0, note=note))
             log.info("auto: %s skipped: %s", strategy, note)
             continue
         attempt = _attempt(p, strategy, size, epochs, train_fn, progress, time.monotonic() + share)
+        attempt[1].note = note
         tried.append(attempt[1])
         if _better(attempt[1], best[1], p.cfg):
             best = attempt  # the other candidates' models are let go
@@ -167,6 +173,7 @@ def _fit(p: Prepared, strategy: str, seconds: float, prepare_seconds: float, ste
     n_train = len(p.splits.refs["train"])
     n_eval = sum(len(r) for s, r in p.splits.refs.items() if s != "train")
     views = 1 + (p.cfg.train.feature_views if p.cfg.data.augment else 0)
+    epochs = 0
     for size in _sizes(p.size):
         scale = (size / p.size) ** 2
         forward = step * scale / FT_BATCH / 3  # per image, gradient-free
@@ -176,8 +183,12 @@ def _fit(p: Prepared, strategy: str, seconds: float, prepare_seconds: float, ste
         epochs = int((seconds - setup) // epoch) if seconds > setup else 0
         if epochs >= MIN_EPOCHS:
             return size, min(epochs, p.cfg.train.epochs), ""
-    return 0, 0, (f"{MIN_EPOCHS} epochs do not fit in {max(seconds, 0):.0f} s even at {_sizes(p.size)[-1]} px "
-                  f"(one {FT_BATCH}-image step at {p.size} px takes {step:.2f} s here)")
+    timing = f"one {FT_BATCH}-image step at {p.size} px takes {step:.2f} s here"
+    if epochs >= 1:  # a busy machine, a short budget: a short fine-tuning still beats none (validation decides)
+        return size, min(epochs, p.cfg.train.epochs), (f"only {epochs} of the {MIN_EPOCHS} epochs sought fit in "
+                                                       f"{seconds:.0f} s, at {size} px ({timing})")
+    return 0, 0, (f"epochs do not fit: not one in {max(seconds, 0):.0f} s even at {_sizes(p.size)[-1]} px "
+                  f"({timing})")
 
 
 def _mirror_seconds(p: Prepared, step: float) -> float:
