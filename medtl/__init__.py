@@ -1,7 +1,8 @@
 """medtl: transfer learning for medical images, fast on a CPU.
 
-The Python API (`medtl.train`, `medtl.Run`, `medtl.study`, `medtl.audit`, ...) lives in `medtl.api`; it is
-imported on first use, so `import medtl` and the command line start without loading torch.
+The Python API (`medtl.train`, `medtl.Run`, `medtl.RunConfig`, `medtl.list_backbones`, `medtl.study`,
+`medtl.audit`, ...) lives in `medtl.api`; it is imported on first use, so `import medtl` and the command line
+start without loading torch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 from medtl.core.errors import MedtlError
 
 __version__ = "0.1.0"
-_API = ("Predictions", "Run", "audit", "evaluate", "make_config", "report", "study", "train", "tune")
+_API = ("BackboneInfo", "Predictions", "Run", "RunConfig", "audit", "evaluate", "list_backbones", "make_config",
+        "report", "study", "train", "tune")
 __all__ = ["MedtlError", "__version__", *_API]
 
 

@@ -27,6 +27,41 @@ log = logging.getLogger(__name__)
 PathLike = str | Path
 
 
+@dataclass(frozen=True)
+class BackboneInfo:
+    """One backbone of medtl's registry, as `medtl backbones` lists it.
+
+    Attributes:
+        name: The name `--backbone` takes.
+        family: The architecture family (`efficientnet_lite`, `resnet`, ...).
+        input_size: The image size in px it was pretrained at (the default `--image-size`).
+        feature_dim: The width of the features the new head receives.
+        default_weights: The weights `--weights default` loads (`package` or `imagenet`).
+        offline_sources: Where its ImageNet weights load from without a network (`package`, `hub cache`);
+            empty when they would need a download.
+    """
+
+    name: str
+    family: str
+    input_size: int
+    feature_dim: int
+    default_weights: str
+    offline_sources: tuple[str, ...]
+
+
+def list_backbones() -> list[BackboneInfo]:
+    """Every backbone medtl can build, in registry order, with where its pretrained weights come from.
+
+    Returns:
+        One `BackboneInfo` per backbone, e.g. `[b.name for b in medtl.list_backbones() if b.offline_sources]`
+        for those that load offline here.
+    """
+    from medtl.models.backbones import BACKBONES, offline_sources
+
+    return [BackboneInfo(s.name, s.family, s.input_size, s.feature_dim, s.default_weights,
+                         tuple(offline_sources(s))) for s in BACKBONES.values()]
+
+
 def make_config(data: PathLike | None = None, *, config: PathLike | None = None, **settings: Any) -> RunConfig:
     """The resolved run config: defaults, then the YAML file `config`, then `data` and `settings`."""
     return apply_overrides(load_config(config), overrides_of({"data.path": str(data) if data else None,

@@ -98,3 +98,21 @@ def test_the_quickstart_example_runs(tmp_path):
     assert "test accuracy" in done.stdout and "exported" in done.stdout
     assert (tmp_path / "out" / "quickstart" / "model.onnx").is_file()
     assert len(list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))) == 4
+
+
+def test_public_names_for_configs_and_backbones():
+    """`medtl.RunConfig` is the config record every run saves; `medtl.list_backbones()` lists the registry with
+    each backbone's family, input size and offline weight sources."""
+    import medtl
+    from medtl.core.config import RunConfig
+    from medtl.models.backbones import BACKBONES
+
+    assert medtl.RunConfig is RunConfig and "RunConfig" in medtl.__all__
+    listed = {b.name: b for b in medtl.list_backbones()}
+    assert list(listed) == list(BACKBONES)
+    lite = listed["efficientnet_lite0"]
+    assert (lite.family, lite.input_size, lite.default_weights) == ("efficientnet_lite", 224, "package")
+    assert "package" in lite.offline_sources
+    assert {listed[n].family for n in ("resnet18", "resnet50")} == {"resnet"}
+    assert listed["wide_resnet50_2"].family == "wide_resnet" and listed["mobilenet_v3_large"].family == "mobilenet"
+    assert listed["efficientnet_b0"].family == listed["efficientnet_v2_s"].family == "efficientnet"

@@ -8,7 +8,6 @@ import logging
 import pickle
 import shutil
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,7 @@ import torch
 from PIL import Image
 
 import medtl
-from conftest import make_image
-from medtl import cli
+from conftest import cli_in_process, make_image
 from medtl.core.errors import MedtlError
 
 TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
@@ -43,14 +41,7 @@ def tiny_run(tmp_path_factory):
 
 def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `medtl ARGS` run in this process."""
-    monkeypatch.setattr(sys, "argv", ["medtl", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return cli_in_process(monkeypatch, capsys, *args)
 
 
 class _OpensAFile:

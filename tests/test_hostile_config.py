@@ -3,7 +3,6 @@ nothing written; and a run folder's own config.yaml trains again."""
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import yaml
 
 import medtl
-from medtl import cli
+from conftest import cli_in_process
 from medtl.core.config import RunConfig, apply_overrides, load_config, parse_set
 from medtl.core.errors import MedtlError
 
@@ -24,13 +23,8 @@ LAUGHS = "a: &a [" + ", ".join(["lol"] * 9) + "]\n" + "".join(  # 9**9 "lol"s fr
 
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     """Exit code and stderr of `medtl ARGS` run in this process."""
-    monkeypatch.setattr(sys, "argv", ["medtl", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
+    code, _, err = cli_in_process(monkeypatch, capsys, *args)
+    return code, err
 
 
 def _one_error_line(code: int, err: str) -> str:

@@ -28,7 +28,7 @@ from medtl.core.runfolder import RunFolder
 from medtl.models.checkpoint import Checkpoint
 from medtl.training.resume import load_state
 from medtl.training.run import run
-from conftest import make_image
+from conftest import cli_in_process, make_image
 
 AUTO = ["--backbone", "efficientnet_lite0", "--weights", "package", "--image-size", "32", "--epochs", "2",
         "--set", "train.batch_size=8", "--set", "train.engine=torch", "--set", "train.bootstrap=50"]
@@ -36,13 +36,7 @@ AUTO = ["--backbone", "efficientnet_lite0", "--weights", "package", "--image-siz
 
 def _cli(monkeypatch, capsys, *args) -> tuple[int, list[str], str]:
     """`medtl ARGS` in this process: (exit code, the `error:` lines, stdout)."""
-    monkeypatch.setattr(sys, "argv", ["medtl", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
+    code, out, err = cli_in_process(monkeypatch, capsys, *args)
     return code, [line for line in err.splitlines() if line.startswith("error:")], out
 
 

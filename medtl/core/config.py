@@ -195,6 +195,11 @@ class TrainConfig(_Checked):
 
 @dataclass(frozen=True)
 class RunConfig(_Checked):
+    """Everything a run does, checked when made and saved resolved in its folder and checkpoint: `data`,
+    `model` and `train` sections, the parent folder `out` and the run's `name`. Make one with
+    `medtl.make_config(data, **settings)` (or read a run's `config.yaml` with `--config`); the keys are in the
+    settings reference."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

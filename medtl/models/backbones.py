@@ -12,8 +12,8 @@ import functools
 import hashlib
 import importlib
 import importlib.util
-import re
 import logging
+import re
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,13 @@ class BackboneSpec:
     # modules whose activations are recomputed in backward while they train (models/memory.py): the wide,
     # high-resolution stages that hold much of a step's memory and little of its compute; () = none measured
     recompute: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str:
+        """The architecture family, the name without its size or version (`efficientnet_lite0` ->
+        `efficientnet_lite`, `wide_resnet50_2` -> `wide_resnet`, `mobilenet_v3_large` -> `mobilenet`)."""
+        found = re.match(r"[a-z_]+?(?=_?(?:v\d|b\d|\d))", self.name)
+        return found.group(0) if found else self.name
 
     @property
     def default_weights(self) -> str:
