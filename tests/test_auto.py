@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from medtl.core.config import RunConfig, apply_overrides, budget_seconds
 from medtl.core.errors import MedtlError
@@ -179,3 +180,28 @@ def test_the_other_strategy_runs_in_the_time_the_rule_left(image_tree, cache_dir
     outcome = auto.choose(p, fake_train, False, prepare_seconds=1.0)
     assert seen == ["linear", "partial", "full"] and outcome.record["chosen"] == "full"
     assert "after the rule's candidates" in outcome.record["candidates"][2]["note"]
+
+
+def test_an_epoch_past_the_deadline_ends_after_the_batch_in_progress():
+    """A busy machine can make one epoch far longer than planned: past the budget's deadline the pass stops
+    after its current batch (the first batch always trains), instead of running the whole epoch over it."""
+    from medtl.core.config import TrainConfig
+    from medtl.training.loop import _train_epoch, make_loss, make_optimizer
+
+    def epoch(deadline):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 1)
+        opt = make_optimizer([{"params": net.parameters()}], TrainConfig(optimizer="sgd", lr=0.1))
+        fetched = []
+
+        def batches():
+            for i in range(20):
+                fetched.append(i)
+                yield torch.randn(8, 4), torch.tensor([0, 1] * 4)
+        loss = _train_epoch(net, batches(), lambda t: t, make_loss(True, None), opt, torch.device("cpu"), False,
+                            None, deadline)
+        return len(fetched), loss
+
+    assert epoch(None)[0] == 20 and epoch(time.monotonic() + 3600)[0] == 20
+    fetched, loss = epoch(time.monotonic() - 1)  # already past: one batch trains, the next is not used
+    assert fetched == 2 and math.isfinite(loss)

@@ -195,7 +195,7 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     for epoch in progress_of(epochs, "epochs", progress, unit="epoch"):
         start = time.perf_counter()
         distributed.set_epoch(train_batches, epoch)
-        train_loss = _train_epoch(net, train_batches, prepare, loss_fn, opt, device, progress, micro)
+        train_loss = _train_epoch(net, train_batches, prepare, loss_fn, opt, device, progress, micro, deadline)
         if not math.isfinite(train_loss):
             raise MedtlError(f"training diverged in epoch {epoch} (training loss {train_loss}); lower the learning "
                              f"rate (train.lr={cfg.lr:g}) and start again; epochs 1..{epoch - 1} are kept in the "
@@ -284,15 +284,20 @@ def chunk_count(rows: int, micro: int | None) -> int:
     return -(-rows // micro) if micro else 1
 
 
-def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress, micro: int | None = None) -> float:
+def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress, micro: int | None = None,
+                 deadline: float | None = None) -> float:
     """One pass; returns the mean training loss (over all processes' rows). A batch larger than `micro` runs
     forward and backward in the fewest equal chunks of at most `micro` rows, gradients summed (each chunk's
     mean loss weighted by its share of the batch), then one optimizer step: the memory of a chunk, the update
-    of the batch."""
+    of the batch. Past `deadline` (train.budget) the pass ends after the batch in progress: an epoch far slower
+    than planned (a busy machine) cannot overrun the budget by more than a batch and the validation pass."""
     model.train()
     world = distributed.current()
     total, count = 0.0, 0
     for x, y in progress_of(batches, "train", progress, unit="batch"):
+        if count and _past(deadline, world):
+            log.info("budget: the epoch ends early, after %d images (the deadline has passed)", count)
+            break
         y = torch.as_tensor(y).to(device, non_blocking=True)
         share = _share(len(y), device, world)
         parts = chunk_count(len(y), micro)
@@ -310,6 +315,14 @@ def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress, micro:
         count += len(y)
     total, count = distributed.all_sum([total, count], device, world)
     return total / max(count, 1)
+
+
+def _past(deadline: float | None, world: distributed.World) -> bool:
+    """Whether `deadline` (time.monotonic()) has passed; rank 0 decides for every process, so all stop at one
+    batch (no collective without a deadline)."""
+    if deadline is None:
+        return False
+    return bool(distributed.broadcast(time.monotonic() > deadline, world))
 
 
 def _share(rows: int, device: torch.device, world: distributed.World) -> float:
