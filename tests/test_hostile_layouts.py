@@ -82,13 +82,19 @@ def test_manifest_rows_without_a_label_are_skipped_and_listed_not_classes(tmp_pa
     assert not (tmp_path / "runs" / "strict").exists()
 
 
-def test_a_placeholder_label_is_a_class_only_when_class_names_name_it(tmp_path):
+def _manifest(folder: Path, row) -> Path:
+    """folder/m.csv over 24 generated images (classes alternate); `row(i)` gives image i's label and patient."""
     rng = np.random.default_rng(0)
     lines = ["path,label,patient_id"]
     for i in range(24):
-        make_image(i % 2, rng).save(tmp_path / f"{i}.png")
-        lines.append(f"{i}.png,{'NA' if i % 2 else 'pos'},P{i}")
-    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+        make_image(i % 2, rng).save(folder / f"{i}.png")
+        lines.append(f"{i}.png,{row(i)}")
+    (folder / "m.csv").write_text("\n".join(lines) + "\n")
+    return folder / "m.csv"
+
+
+def test_a_placeholder_label_is_a_class_only_when_class_names_name_it(tmp_path):
+    _manifest(tmp_path, lambda i: f"{'NA' if i % 2 else 'pos'},P{i}")
     with pytest.raises(MedtlError, match=r"m.csv has 1 label\(s\) in its training rows; need at least two"):
         discover(DataConfig(path=str(tmp_path / "m.csv")))
     splits = discover(DataConfig(path=str(tmp_path / "m.csv"), class_names=("NA", "pos")))
@@ -97,12 +103,7 @@ def test_a_placeholder_label_is_a_class_only_when_class_names_name_it(tmp_path):
 
 
 def test_a_placeholder_patient_id_counts_as_empty(tmp_path):
-    rng = np.random.default_rng(0)
-    lines = ["path,label,patient_id"]
-    for i in range(24):
-        make_image(i % 2, rng).save(tmp_path / f"{i}.png")
-        lines.append(f"{i}.png,{'yes' if i % 2 else 'no'},{'NaN' if i < 12 else f'P{i}'}")
-    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    _manifest(tmp_path, lambda i: f"{'yes' if i % 2 else 'no'},{'NaN' if i < 12 else f'P{i}'}")
     with pytest.raises(MedtlError, match=r"some rows have an empty patient_id; give every row a patient ID"):
         discover(DataConfig(path=str(tmp_path / "m.csv")))
 

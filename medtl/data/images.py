@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from medtl.data.dicom import is_dicom, read_dicom
 from medtl.data.pixels import finite
 from medtl.core.errors import MedtlError
-from medtl.core.io import array_digest, atomic_write, cache_root, make_dir, sweep_temps
+from medtl.core.io import array_digest, atomic_write, make_dir, sweep_temps
 from medtl.core.logs import progress as progress_of
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,6 @@ CACHE_VERSION = "images-v2"  # bump when decoding changes, so older caches are n
 # what an unreadable file raises (PIL's bomb error is none of the others)
 READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 NPZ_SEP = "::"  # an array image is named "<file.npz>::<split>::<index>"
-
-
-def default_cache_dir(configured: str | None = None) -> Path:
-    return cache_root(configured)
 
 
 @functools.lru_cache(maxsize=8)

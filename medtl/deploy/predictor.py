@@ -18,12 +18,11 @@ from PIL import Image
 from torch import nn
 
 from medtl.core.device import pick_device
-from medtl.core.io import atomic_write, make_dir
+from medtl.core.io import atomic_write, cache_root, make_dir
 from medtl.core.logs import progress as progress_of
 from medtl.core.runfolder import RunFolder
-from medtl.data.datasets import in_background
 from medtl.data.dicom import is_dicom, read_dicom
-from medtl.data.images import DEFAULT_MAX_PIXELS, default_cache_dir, READ_ERRORS, OverPixelLimit, open_checked, reduce_on_decode
+from medtl.data.images import DEFAULT_MAX_PIXELS, READ_ERRORS, OverPixelLimit, open_checked, reduce_on_decode
 from medtl.data.preprocess import Preprocess
 from medtl.evaluation.metrics import class_table, decide
 from medtl.models.checkpoint import Checkpoint
@@ -86,7 +85,7 @@ class Predictor:
         x = batch.to(self.device)
         if self.runner is None:  # normalised inside: by the engine's graph, or in eager PyTorch
             net = OnPixels(self.net, *self.preprocess.stats()).to(self.device)
-            self.runner = frozen_runner(net, x, self.engine, default_cache_dir(), self.planned)
+            self.runner = frozen_runner(net, x, self.engine, cache_root(), self.planned)
         logits = self.runner(x).float() / self.temperature
         return class_table(to_probs(logits).cpu().numpy())
 

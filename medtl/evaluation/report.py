@@ -7,8 +7,6 @@ import io
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from medtl.core.io import atomic_write, clean
 from medtl.evaluation.metrics import class_table, decide
 

@@ -69,8 +69,7 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
     """partial: the frozen prefix runs once per image and view (cached on disk); the top stages and the
     head train on its activations, one augmented view per epoch in turn."""
     tc = p.cfg.train
-    example = next(iter(p.loader("val", False, 2, shard=False)))[0]
-    boundary, top, shape = split_frozen_prefix(model, p.prepare(example))
+    boundary, top, shape = _prefix_split(p, model)
     frozen = FrozenPass(p, Prefix(model.backbone, boundary), boundary)
     with distributed.main_first():
         acts = {s: _features(p, frozen, s, 0, progress) for s in p.splits.refs}
@@ -103,9 +102,8 @@ def mirrored_from_cache(p: Prepared, model: Classifier, split: str, progress: bo
     if p.cfg.model.strategy == "linear":
         frozen, trained, shape = FrozenPass(p, model.backbone, images=mirrored), model.head, None
     elif p.cfg.model.strategy == "partial" and p.cfg.train.cache_frozen:
-        example = next(iter(p.loader("val", False, 2, shard=False)))[0]
         try:
-            boundary, top, shape = split_frozen_prefix(model, p.prepare(example))
+            boundary, top, shape = _prefix_split(p, model)
         except ValueError:
             return None
         frozen = FrozenPass(p, Prefix(model.backbone, boundary), boundary, mirrored)
@@ -140,6 +138,12 @@ class MeanOfViews(nn.Module):
 
     def forward(self, x):
         return torch.stack([self.net(x[:, v]) for v in range(x.shape[1])]).mean(0)
+
+
+def _prefix_split(p: Prepared, model: Classifier) -> tuple[str, nn.Module, tuple[int, ...]]:
+    """partial's frozen prefix and trainable top (`split_frozen_prefix`), found on two validation images."""
+    example = next(iter(p.loader("val", False, 2, shard=False)))[0]
+    return split_frozen_prefix(model, p.prepare(example))
 
 
 def _mirror(image: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader
 from medtl.core.config import RunConfig
 from medtl.core.device import pick_device
 from medtl.core.errors import MedtlError
+from medtl.core.io import cache_root
 from medtl.data.audit import audit, warnings_for
 from medtl.data.datasets import StoreDataset
-from medtl.data.images import Decoding, ImageStore, build_store, check_failures, default_cache_dir
+from medtl.data.images import Decoding, ImageStore, build_store, check_failures
 from medtl.data.preprocess import Preprocess
 from medtl.data.sources import discover
 from medtl.data.splits import DataSplits
@@ -102,7 +103,7 @@ def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None =
     decoding = Decoding.of(cfg.data)
     pre = Preprocess(cfg.data.image_size or spec.input_size, 1 if cfg.data.channels == "adapt" else 3,
                      spec.mean, spec.std, decoding)
-    cache_dir = default_cache_dir(cfg.data.cache_dir)
+    cache_dir = cache_root(cfg.data.cache_dir)
     with distributed.main_first():
         store = build_store(splits.all_refs(), pre.size, cache_dir, progress, decoding)
     check_failures({**splits.rejected, **store.failed}, cfg.data.strict)
