@@ -268,15 +268,22 @@ def report(study_dir: PathLike) -> Path:
     return write_report(folder.path)
 
 
-def audit(data: PathLike, perceptual: bool = True, output: PathLike | None = None, **settings: Any) -> dict:
-    """Class balance, unreadable files, exact and near duplicates within and across splits, and class-correlated
-    properties (shortcuts); `settings` are data options such as `val_fraction`."""
+def audit(data: PathLike, perceptual: bool = True, output: PathLike | None = None,
+          target_width: float | None = None, **settings: Any) -> dict:
+    """Class balance, unreadable files, exact and near duplicates within and across splits, class-correlated
+    properties (shortcuts), and whether the test split is large enough (`sample_size`: expected 95 % interval
+    widths, and with `target_width` the test images that width needs); `settings` are data options such as
+    `val_fraction`."""
     from medtl.core.io import write_json
     from medtl.data.audit import audit as run_audit
     from medtl.data.sources import discover
+    from medtl.evaluation.sample_size import for_labels
 
     cfg = make_config(data, **settings)
-    result = run_audit(discover(cfg.data, cfg.data.split_seed), perceptual)
+    splits = discover(cfg.data, cfg.data.split_seed)
+    result = run_audit(splits, perceptual)
+    if "test" in splits.labels:
+        result["sample_size"] = for_labels(splits.labels["test"], splits.classes, target_width)
     if output is not None:
         write_json(output, result)
     return result

@@ -282,16 +282,22 @@ def audit(
     data: str = typer.Argument(..., help="Data as `medtl train` takes it"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the full audit as JSON here"),
     perceptual: bool = typer.Option(True, help="Also look for near-duplicates (perceptual hash)"),
+    target_width: Optional[float] = typer.Option(None, help="Say how many test images a 95% interval this wide "
+                                                 "needs (sensitivity, specificity, AUC), e.g. 0.05"),
     set_: Sets = None,
 ) -> None:
-    """Duplicates within and across splits, unreadable files, class balance, and class-correlated properties."""
+    """Duplicates within and across splits, unreadable files, class balance, class-correlated properties, and
+    whether the test split is large enough."""
     from medtl import api
     from medtl.core.config import parse_set
     from medtl.data.audit import warnings_for
+    from medtl.evaluation.sample_size import describe_split
 
     _setup_logging(False)
-    report_ = api.audit(data, perceptual, output, **parse_set(set_ or []))
+    report_ = api.audit(data, perceptual, output, target_width, **parse_set(set_ or []))
     cli_output.print_audit(report_)
+    for line in describe_split(report_.get("sample_size")):
+        cli_output.say(line)
     for line in warnings_for(report_):
         cli_output.console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
 

@@ -108,6 +108,9 @@ class DataConfig(_Checked):
     # carved splits keep together: copies of one image (content), also near-duplicates (perceptual-hash clusters,
     # a patient proxy when there are no patient IDs), or nothing; manifests with patient IDs group by patient
     group: Literal["content", "near_duplicates", "none"] = "content"
+    # manifest columns whose values are subgroups scored apart (sex, site, scanner): None: every extra column with
+    # at most 20 values; []: none. A name that is not a column of the manifest is refused when the data are read
+    subgroups: tuple[str, ...] | None = None
 
 
     def check(self) -> None:

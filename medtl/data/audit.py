@@ -197,4 +197,20 @@ def warnings_for(report: dict) -> list[str]:
         out.append(f"image {s['property']} differs by class ({detail}): a model may learn this shortcut instead "
                    "of the anatomy" + ("; --set data.convert_mode=RGB (or L) removes a mode difference"
                                        if s["property"] == "mode" else ""))
-    return out
+    return out + _small_test(report.get("sample_size") or {})
+
+
+def _small_test(sizes: dict) -> list[str]:
+    """A warning when the test split has fewer images than the target interval width needs (`sample_size`, added
+    by `medtl audit --target-width`)."""
+    reports = list(sizes["per_class"].values()) if "per_class" in sizes else [sizes] if sizes else []
+    needed = [r.get("test_images_needed") for r in reports if r.get("target_width")]
+    if not needed:
+        return []
+    have = reports[0]["n_pos"] + reports[0]["n_neg"]
+    most = None if None in needed else max(needed)
+    if most is not None and have >= most:
+        return []
+    return [f"the test split has {have} images; 95% intervals of width {reports[0]['target_width']:g} need "
+            + (f"{most}" if most else "more than any test set can give at this prevalence")
+            + " (sample_size in the audit JSON says which metric needs how many)"]

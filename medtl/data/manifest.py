@@ -24,7 +24,7 @@ import numpy as np
 from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.layout import class_name
-from medtl.data.splits import DataSplits, carve
+from medtl.data.splits import MISSING_VALUE, DataSplits, carve
 
 COLUMNS = {"path": ("path", "file", "filename", "image", "filepath"),
            "label": ("label", "class", "target", "diagnosis"),
@@ -32,6 +32,7 @@ COLUMNS = {"path": ("path", "file", "filename", "image", "filepath"),
            "split": ("split", "set", "fold", "subset")}
 MISSING = {"", "nan", "na", "n/a", "none", "null", "<na>", "#n/a"}  # an empty cell, as tools write it (casefolded)
 SEPARATORS = (",", ";", "\t", "|")
+MAX_SUBGROUP_VALUES = 20  # an extra column with more values (an ID, an age) is not scored unless data.subgroups names it
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "test": "test", "testing": "test"}
 
@@ -91,12 +92,51 @@ def from_manifest(path: Path, cfg: DataConfig, seed: int):
     kept = [e for items in by_split.values() for e in items]
     splits.groups = {e["ref"]: e["patient"] for e in kept if e["patient"]}
     splits.rejected = rejected
+    splits.attributes = subgroup_columns(path, [h for h in (rows[0][1] if rows else {}) if h is not None], roles,
+                                         kept, cfg.subgroups, splits.notes)
     _check_patients(path, entries)
     if "patient" in roles and len(splits.groups) != len(kept):
         raise MedtlError(f"manifest {path}: some rows have an empty {roles['patient']}; give every row a patient ID")
     if "test" not in splits.refs:
         carve(splits, "train", "test", cfg.test_fraction, seed, splits.groups)
     return splits
+
+
+def subgroup_columns(path: Path, header: list[str], roles: dict[str, str], kept: list[dict],
+                     named: tuple[str, ...] | None, notes: list[str]) -> dict[str, dict[str, str]]:
+    """{column: {ref: value}} for the subgroup columns: those `named` (data.subgroups), else every column that has
+    no role (path, label, patient, split) and at most MAX_SUBGROUP_VALUES values; an empty cell is MISSING_VALUE."""
+    if named is not None:
+        for name in named:
+            if name not in header:
+                raise MedtlError(f"data.subgroups names '{name}', which is not a column of manifest {path}; its "
+                                 f"columns: {', '.join(header)}")
+        columns = list(dict.fromkeys(named))
+    else:
+        columns = [h for h in header if h not in roles.values()]
+    out = {}
+    for column in columns:
+        values = {e["ref"]: _cell(e["cells"].get(column)) for e in kept}
+        distinct = len(set(values.values()))
+        if named is None and distinct > MAX_SUBGROUP_VALUES:
+            notes.append(f"manifest column '{column}' has {distinct} values: not scored as subgroups (name it in "
+                         "data.subgroups to score each value, or add a column of a few bins)")
+            continue
+        out[column] = values
+    return out
+
+
+def no_subgroup_columns(cfg: DataConfig, root: Path) -> None:
+    """Data that is not a manifest has no columns: data.subgroups naming any is refused."""
+    if cfg.subgroups:
+        raise MedtlError(f"data.subgroups names {', '.join(cfg.subgroups)}, but {root} is not a .csv/.tsv manifest "
+                         "and has no columns; list the images in a manifest with those columns, or leave "
+                         "data.subgroups unset")
+
+
+def _cell(value: str | None) -> str:
+    value = (value or "").strip()
+    return MISSING_VALUE if missing(value) else value
 
 
 def missing(value: str) -> bool:
@@ -126,7 +166,7 @@ def _entries(path: Path, roles: dict[str, str], rows) -> tuple[list[dict], dict[
             continue
         label = class_name((row.get(roles["label"]) or "").strip())
         patient = (row.get(roles["patient"]) or "").strip() if "patient" in roles else ""
-        entry = {"row": number, "ref": str(file.resolve()), "label": label,
+        entry = {"row": number, "ref": str(file.resolve()), "label": label, "cells": row,
                  "patient": "" if missing(patient) else patient, "split": SPLIT_NAMES[split] if split else None}
         first = seen.setdefault(entry["ref"], entry)
         if first is entry:

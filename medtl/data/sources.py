@@ -15,7 +15,7 @@ from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.groups import content_groups
 from medtl.data.layout import IMAGE_SUFFIXES, class_name, hidden_folders, image_files, split_folders, subfolders
-from medtl.data.manifest import from_manifest
+from medtl.data.manifest import from_manifest, no_subgroup_columns
 from medtl.data.npz import from_npz
 from medtl.data.splits import SPLITS, DataSplits, carve, need_two_classes, subset
 
@@ -33,7 +33,10 @@ def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = N
                          "train/ (val/, test/) inside, or a MedMNIST .npz file")
     root = root.resolve()  # cache keys name images by path: one spelling per file, whatever the cwd
     one_tree = False
-    if root.is_file() and root.suffix.lower() in (".csv", ".tsv"):
+    manifest = root.is_file() and root.suffix.lower() in (".csv", ".tsv")
+    if not manifest:
+        no_subgroup_columns(cfg, root)  # only a manifest has columns to name
+    if manifest:
         splits = from_manifest(root, cfg, split_seed)
     elif root.is_file():
         if root.suffix != ".npz":

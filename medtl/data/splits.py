@@ -13,6 +13,7 @@ from medtl.core.errors import MedtlError
 from medtl.data.images import NPZ_SEP
 
 SPLITS = ("train", "val", "test")
+MISSING_VALUE = "(missing)"  # the subgroup of images whose cell is empty (or NaN, NA, ...): named, not dropped
 
 
 @dataclass
@@ -25,9 +26,15 @@ class DataSplits:
     carved: dict[str, str] = field(default_factory=dict)  # split -> the split it was carved from (given: absent)
     content: dict[str, str] = field(default_factory=dict)  # ref -> content (or near-duplicate cluster) key
     rejected: dict[str, str] = field(default_factory=dict)  # manifest rows left out -> why (row number)
+    attributes: dict[str, dict[str, str]] = field(default_factory=dict)  # subgroup column -> {ref: value}
 
     def all_refs(self) -> list[str]:
         return [r for s in SPLITS for r in self.refs.get(s, [])]
+
+    def attributes_of(self, split: str, order: list[str] | None = None) -> dict[str, list[str]]:
+        """{subgroup column: the value of each image of `split`, in the split's order (or `order`'s refs)}."""
+        refs = self.refs.get(split, []) if order is None else order
+        return {column: [values.get(r, MISSING_VALUE) for r in refs] for column, values in self.attributes.items()}
 
     def drop(self, bad: set[str]) -> None:
         """Leave out `bad` refs (unreadable images); refused when a class would keep no training image."""

@@ -83,19 +83,8 @@ def summarize(runs: list[Run]) -> list[dict]:
             values = np.array([_value(r, m) for r in members], float)
             row[f"{m}_mean"] = float(np.nanmean(values)) if not np.isnan(values).all() else math.nan
             row[f"{m}_std"] = float(np.nanstd(values, ddof=1)) if np.isfinite(values).sum() > 1 else math.nan
-        row.update(_interval_columns(members))
         rows.append(row)
     return rows
-
-
-def _interval_columns(members: list[Run]) -> dict[str, str]:
-    """Each run's 95 % bootstrap interval on the test images (metrics.json `ci95`), averaged over seeds: how
-    much one run's figure could move with another draw of test images (runs written before intervals: n/a)."""
-    out = {}
-    for m in ("accuracy", "auc"):
-        bounds = np.array([r.test["ci95"][m] for r in members if (r.test.get("ci95") or {}).get(m)], float)
-        out[f"{m} 95% CI"] = f"[{bounds[:, 0].mean():.3f}, {bounds[:, 1].mean():.3f}]" if len(bounds) else "n/a"
-    return out
 
 
 def _value(run: Run, metric: str) -> float:

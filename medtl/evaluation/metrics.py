@@ -48,7 +48,8 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
     auc = float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else math.nan
     return {
         "n": int(len(y)), "threshold": float(threshold), "loss": _loss(y, np.asarray(p, dtype=np.float64)),
-        "accuracy": _div(tp + tn, len(y)), "precision": prec, "recall": sens, "sensitivity": sens,
+        "accuracy": _div(tp + tn, len(y)), "precision": prec, "npv": _div(tn, tn + fn), "recall": sens,
+        "sensitivity": sens,
         "specificity": spec, "f1": f1, "gmean": math.sqrt(sens * spec) if not math.isnan(sens * spec) else math.nan,
         "auc": auc, "confusion_matrix": [[tn, fp], [fn, tp]],
     }
@@ -67,7 +68,8 @@ def multiclass_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str]) -> 
         prec, rec = _div(tp, tp + fp), _div(tp, tp + fn)
         present = (y == c).any() and (y != c).any()
         per_class[name] = {
-            "support": int(cm[c].sum()), "precision": prec, "recall": rec, "specificity": _div(tn, tn + fp),
+            "support": int(cm[c].sum()), "precision": prec, "npv": _div(tn, tn + fn), "recall": rec,
+            "specificity": _div(tn, tn + fp),
             "f1": _div(2 * prec * rec, prec + rec) if not math.isnan(prec + rec) else math.nan,
             "auc": float(roc_auc_score(y == c, probs[:, c])) if present else math.nan,  # absent: skipped
         }

@@ -16,13 +16,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from medtl.evaluation.compare import (METRICS, SCRATCH, Run, best_marks, by_group, is_reference, label, load_runs,  # noqa: E402
+from medtl.evaluation.compare import (BOOTSTRAP, METRICS, SCRATCH, Run, best_marks, by_group, is_reference, label, load_runs,  # noqa: E402
                                      paired_tests, summarize)
 from medtl.core.errors import MedtlError  # noqa: E402
 from medtl.core.io import atomic_write, make_dir  # noqa: E402
-from medtl.core.runfolder import StudyFolder  # noqa: E402
+from medtl.core.runfolder import RunFolder, StudyFolder  # noqa: E402
 from medtl.evaluation.figures import save_figure  # noqa: E402
+from medtl.evaluation.weighted import over_replicates, percentile_interval, weighted_metrics  # noqa: E402
 
+POOLED = ("accuracy", "sensitivity", "specificity", "precision", "auc")  # intervals over all seeds' predictions
 HEADLINE = ("accuracy", "precision", "sensitivity", "f1", "gmean", "auc")
 FIGURES = {"curves.png": "Training curves (mean over seeds): dashed = the reference configuration",
            "metrics.png": "Test metrics by configuration (mean ± std over seeds)",
@@ -36,6 +38,8 @@ def write_report(study_root: Path, command: str = "") -> Path:
         raise MedtlError(f"{study_root} has no finished runs to report; run `medtl study CONFIG` first")
     reference = {k: str(v) for k, v in (meta.get("compare_to") or SCRATCH).items()}
     rows, tests = summarize(runs), paired_tests(runs, reference)
+    for row, members in zip(rows, by_group(runs).values()):  # summarize's rows are by_group's, in its order
+        row.update(pooled_columns(members))
     figures = StudyFolder(study_root).figures
     make_dir(figures)
     _curves(runs, figures / "curves.png", reference)
@@ -48,6 +52,34 @@ def write_report(study_root: Path, command: str = "") -> Path:
     atomic_write(study_root / "report.md", _markdown(meta, tables, command))
     atomic_write(study_root / "report.html", _html(meta, tables, command))
     return study_root / "report.html"
+
+
+def pooled_columns(members: list[Run], resamples: int = BOOTSTRAP, seed: int = 0) -> dict[str, str]:
+    """'{metric} pooled, 95% CI' -> 'value [low, high]': every seed's test predictions of one configuration pooled
+    (read from each run's predictions_test.csv), with a bootstrap that resamples test images, not predictions:
+    an image and all the seeds' predictions of it are drawn together, within its class. The per-seed spread is
+    the table's mean ± sd."""
+    refs = [_test_refs(r.folder) for r in members]
+    cluster: dict[str, int] = {}
+    index = np.array([cluster.setdefault(ref, len(cluster)) for run_refs in refs for ref in run_refs])
+    y = np.concatenate([r.labels for r in members])
+    table = np.concatenate([r.probs for r in members])
+    predicted = np.concatenate([r.predicted for r in members])
+    image_y = np.zeros(len(cluster), dtype=int)
+    image_y[index] = y
+    observed = weighted_metrics(np.ones((1, len(y))), y, table, predicted)
+    boot = over_replicates(image_y, resamples, seed, lambda w: weighted_metrics(w, y, table, predicted), index)
+    out = {}
+    for m in POOLED:
+        value, ci = float(observed[m][0]), percentile_interval(boot[m])
+        out[f"{m} pooled, 95% CI"] = ("n/a" if not np.isfinite(value) else f"{value:.3f}"
+                                      + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+    return out
+
+
+def _test_refs(folder: Path) -> list[str]:
+    with open(RunFolder(folder).predictions("test"), newline="") as f:
+        return [row["path"] for row in csv.DictReader(f)]
 
 
 def _styles(groups, reference: dict[str, str]) -> dict[tuple, dict]:
@@ -147,7 +179,7 @@ def _tables(rows: list[dict], tests: list[dict]) -> dict:
     marks = best_marks(rows)
     keys = [k for k in rows[0] if not k.endswith(("_mean", "_std", "95% CI"))]
     intervals = [k for k in rows[0] if k.endswith("95% CI")]
-    head = keys + list(METRICS) + [f"test {k} (per run, mean over seeds)" for k in intervals]
+    head = keys + list(METRICS) + [f"test {k} (seeds' predictions pooled)" for k in intervals]
     body = []
     for i, row in enumerate(rows):
         cells = [(str(row[k]), False) for k in keys]

@@ -13,7 +13,8 @@ from scipy.stats import rankdata
 
 from medtl.evaluation.metrics import class_table, decide
 
-INTERVAL_METRICS = ("accuracy", "sensitivity", "specificity", "f1", "gmean", "auc")
+INTERVAL_METRICS = ("accuracy", "sensitivity", "specificity", "f1", "gmean", "auc")  # binary: precision, npv too
+CLASS_METRICS = ("precision", "npv", "recall", "specificity", "f1", "auc")  # per class, one class vs the rest
 BINS = 15
 
 
@@ -24,19 +25,40 @@ def intervals(y: np.ndarray, probs: np.ndarray, threshold: float, resamples: int
     y = np.asarray(y).astype(int)
     if resamples <= 0 or len(y) == 0:
         return {}
+    yb, pb, predicted = _resamples(y, class_table(probs), threshold, resamples, seed)
+    values = _binary(yb, pb[..., 1], predicted) if pb.shape[-1] == 2 else _multiclass(yb, pb, predicted)
+    return {name: _percentiles(v, level) for name, v in values.items()}
+
+
+def class_intervals(y: np.ndarray, probs: np.ndarray, resamples: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> dict[int, dict[str, list[float] | None]]:
+    """{class index: {metric: [low, high]}} of a multiclass split (prediction = argmax), each class against the
+    rest (CLASS_METRICS), on the same resamples as `intervals`."""
+    y = np.asarray(y).astype(int)
     table = class_table(probs)
+    if resamples <= 0 or len(y) == 0 or table.shape[1] == 2:
+        return {}
+    yb, pb, predicted = _resamples(y, table, 0.5, resamples, seed)
+    out = {}
+    for c in range(table.shape[1]):
+        v = _one_class(yb == c, predicted == c, pb[..., c])
+        out[c] = {name: _percentiles(v[name], level) for name in CLASS_METRICS}
+    return out
+
+
+def _resamples(y: np.ndarray, table: np.ndarray, threshold: float, resamples: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels (B, n), probabilities (B, n, K), decisions (B, n)) of `resamples` draws within each class."""
     rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.choice(np.flatnonzero(y == c), (resamples, int((y == c).sum())))
                           for c in np.unique(y)], axis=1)
-    yb, pb = y[idx], table[idx]  # (B, n), (B, n, K)
-    predicted = decide(table, threshold)[idx]
-    values = _binary(yb, pb[..., 1], predicted) if table.shape[1] == 2 else _multiclass(yb, pb, predicted)
+    return y[idx], table[idx], decide(table, threshold)[idx]
+
+
+def _percentiles(v: np.ndarray, level: float) -> list[float] | None:
+    v = v[np.isfinite(v)]
     tail = (1 - level) / 2 * 100
-    out = {}
-    for name, v in values.items():
-        v = v[np.isfinite(v)]
-        out[name] = [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) else None
-    return out
+    return [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) else None
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -51,7 +73,17 @@ def _binary(y: np.ndarray, p: np.ndarray, pred: np.ndarray) -> dict[str, np.ndar
     fn = ((y == 1) & (pred == 0)).sum(1)
     sens, spec, prec = _div(tp, tp + fn), _div(tn, tn + fp), _div(tp, tp + fp)
     return {"accuracy": (tp + tn) / y.shape[1], "sensitivity": sens, "specificity": spec,
-            "f1": _div(2 * prec * sens, prec + sens), "gmean": np.sqrt(sens * spec), "auc": _auc(y == 1, p)}
+            "f1": _div(2 * prec * sens, prec + sens), "gmean": np.sqrt(sens * spec), "auc": _auc(y == 1, p),
+            "precision": prec, "npv": _div(tn, tn + fn)}
+
+
+def _one_class(positive: np.ndarray, said: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
+    """One class against the rest, per resample row: CLASS_METRICS."""
+    tp, fn = (positive & said).sum(1), (positive & ~said).sum(1)
+    fp, tn = (~positive & said).sum(1), (~positive & ~said).sum(1)
+    rec, prec = _div(tp, tp + fn), _div(tp, tp + fp)
+    return {"precision": prec, "npv": _div(tn, tn + fn), "recall": rec, "specificity": _div(tn, tn + fp),
+            "f1": _div(2 * prec * rec, prec + rec), "auc": _auc(positive, score)}
 
 
 def _auc(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -65,19 +97,11 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> np.ndarray:
 def _multiclass(y: np.ndarray, p: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
     """Macro averages over the classes present, as `multiclass_metrics` reports them."""
     k = p.shape[-1]
-    recall, spec, f1, auc = [], [], [], []
-    for c in range(k):
-        tp = ((y == c) & (pred == c)).sum(1)
-        fn = ((y == c) & (pred != c)).sum(1)
-        fp = ((y != c) & (pred == c)).sum(1)
-        tn = ((y != c) & (pred != c)).sum(1)
-        rec, prec = _div(tp, tp + fn), _div(tp, tp + fp)
-        recall.append(rec)
-        spec.append(_div(tn, tn + fp))
-        f1.append(_div(2 * prec * rec, prec + rec))
-        auc.append(_auc(y == c, p[..., c]))
-    return {"accuracy": (pred == y).mean(1), "sensitivity": _nanmean(recall), "specificity": _nanmean(spec),
-            "f1": _nanmean(f1), "gmean": np.prod(recall, 0) ** (1 / k), "auc": _nanmean(auc)}
+    per = [_one_class(y == c, pred == c, p[..., c]) for c in range(k)]
+    recall = [v["recall"] for v in per]
+    return {"accuracy": (pred == y).mean(1), "sensitivity": _nanmean(recall),
+            **{m: _nanmean([v[m] for v in per]) for m in ("specificity", "f1", "auc")},
+            "gmean": np.prod(recall, 0) ** (1 / k)}
 
 
 def _nanmean(rows: list[np.ndarray]) -> np.ndarray:
