@@ -11,6 +11,7 @@ separator is `,` (tab for .tsv) or whichever of `, ; tab |` makes the header nam
 column (spreadsheets in many locales write `;`). An image listed twice is
 kept once (the extra rows listed the same way) when its rows agree, and refused, naming both rows, when they
 give it different labels, splits or patients: otherwise one image could be trained on and tested on.
+Other columns (sex, site, scanner) are subgroups, scored apart (`DataSplits.attributes`; `data.subgroups`).
 """
 
 from __future__ import annotations
