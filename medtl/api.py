@@ -198,8 +198,8 @@ class Run:
 
         Returns:
             One dict per readable image (`path`, `predicted`, `prob_<class>`, `unlike_percentile`,
-            `unlike_training`, `prediction_set`, `refer`; the last four None for a run made before medtl kept
-            its feature reference); unreadable files, with the reason, in `.failed`; `.to_csv(path)` writes
+            `unlike_training`, `prediction_set`, `refer`; the last four absent for a run made before medtl
+            kept its feature reference); unreadable files, with the reason, in `.failed`; `.to_csv(path)` writes
             them all.
         """
         from medtl.data.sources import expand_inputs
@@ -211,7 +211,7 @@ class Run:
         found, failed = predict_files(pred, expand_inputs(_as_list(images)), batch_size, progress)
         rows = [{"path": r["path"], "predicted": r["predicted"],
                  **{f"prob_{c}": float(p) for c, p in zip(pred.classes, r["probabilities"])},
-                 **{key: r[key] for key in EXTRA}} for r in found]
+                 **{key: r[key] for key in EXTRA if pred.reference is not None}} for r in found]
         return Predictions(rows, failed, lambda path: write_predictions(path, pred, found, failed))
 
     def explain(self, images: Sequence[PathLike] | PathLike, out: PathLike = "explain",

@@ -111,3 +111,20 @@ def test_damaged_reference_is_refused_in_one_line(tmp_path, damage):
     message = str(err.value)
     assert message.startswith(f"{path} is not a feature reference medtl wrote (") and "\n" not in message
     assert message.endswith("delete it to predict without shift scores and referral, or train the run again")
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_one_pass_gives_the_predicting_logits_and_the_pooled_features(tta):
+    import torch
+
+    from medtl.core.config import ModelConfig
+    from medtl.models.reference import WithFeatures, outputs_of, split
+    from medtl.models.strategies import build_classifier, for_prediction
+
+    torch.manual_seed(0)
+    model = build_classifier(ModelConfig(backbone="resnet18", weights="none", strategy="full"), 3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, feats = split(WithFeatures(model, tta)(x), outputs_of(model))
+        assert torch.allclose(logits, for_prediction(model, "hflip" if tta else "none")(x), atol=1e-5)
+        assert torch.allclose(feats, model.backbone(x), atol=1e-5) and feats.shape == (2, 512)
