@@ -184,7 +184,7 @@ class Run:
         return pred
 
     def predict(self, images: Sequence[PathLike] | PathLike, batch_size: int = 32,
-                progress: bool = False, engine: str = "auto") -> Predictions:
+                progress: bool = False, engine: str = "auto", coverage: float = 0.9) -> Predictions:
         """Score image or DICOM files with the run's preprocessing, threshold (and temperature).
 
         Args:
@@ -194,18 +194,24 @@ class Run:
             engine: What runs the network: auto (the fastest measured on this machine; an engine only
                 when the pass repays exporting the model, or its export is cached), torch, openvino or
                 onnxruntime (checked against PyTorch on the first batch; PyTorch when they disagree).
+            coverage: Of the conformal prediction sets (calibrated on validation) that decide `refer`.
 
         Returns:
-            One dict per readable image (`path`, `predicted`, `prob_<class>`); unreadable files, with the
-            reason, in `.failed`; `.to_csv(path)` writes them all.
+            One dict per readable image (`path`, `predicted`, `prob_<class>`, `unlike_percentile`,
+            `unlike_training`, `prediction_set`, `refer`; the last four absent for a run made before medtl
+            kept its feature reference); unreadable files, with the reason, in `.failed`; `.to_csv(path)` writes
+            them all.
         """
         from medtl.data.sources import expand_inputs
-        from medtl.deploy.predictor import predict_files, write_predictions
+        from medtl.deploy.predictor import EXTRA, predict_files, write_predictions
+        from medtl.evaluation.conformal import check_coverage
 
         pred = self.predictor_on(engine)
+        pred.coverage = check_coverage(coverage)
         found, failed = predict_files(pred, expand_inputs(_as_list(images)), batch_size, progress)
         rows = [{"path": r["path"], "predicted": r["predicted"],
-                 **{f"prob_{c}": float(p) for c, p in zip(pred.classes, r["probabilities"])}} for r in found]
+                 **{f"prob_{c}": float(p) for c, p in zip(pred.classes, r["probabilities"])},
+                 **{key: r[key] for key in EXTRA if pred.reference is not None}} for r in found]
         return Predictions(rows, failed, lambda path: write_predictions(path, pred, found, failed))
 
     def explain(self, images: Sequence[PathLike] | PathLike, out: PathLike = "explain",

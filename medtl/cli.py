@@ -35,6 +35,8 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no pr
 RunDir = Annotated[Path, typer.Argument(help="Run folder written by `medtl train`")]
 Engine = Annotated[str, typer.Option(help="auto | torch | openvino | onnxruntime: what runs the network (auto: the "
                                           "fastest measured here; an engine is checked against PyTorch first)")]
+Coverage = Annotated[float, typer.Option(help="Referral: images whose conformal prediction set at this coverage "
+                                         "(calibrated on validation) is not the predicted class alone are 'refer'")]
 # the spelling before output options were named one way; hidden, accepted with a deprecation notice
 OldOut = Annotated[Optional[Path], typer.Option("--out", hidden=True, help="Deprecated: use --output-dir")]
 
@@ -142,17 +144,20 @@ def predict(
                                 help="CSV: path, predicted, probabilities, threshold"),
     batch_size: int = typer.Option(32, help="Images per forward pass"),
     engine: Engine = "auto",
+    coverage: Coverage = 0.9,
     quiet: Quiet = False,
 ) -> None:
     """Score new images with a trained run; unreadable files are listed, not fatal."""
     from medtl import api
+    from medtl.deploy.predictor import trust_summary
 
     _setup_logging(quiet)
     run = api.Run.load(run_dir)
-    rows = run.predict(paths, batch_size, progress=not quiet, engine=engine)
+    rows = run.predict(paths, batch_size, progress=not quiet, engine=engine, coverage=coverage)
     rows.to_csv(output)
     counts = {c: sum(r["predicted"] == c for r in rows) for c in run.predictor.classes}
     cli_output.say(f"{len(rows)} images scored ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {output}")
+    cli_output.say(trust_summary(rows, coverage))
     cli_output.list_failures(rows.failed)
 
 
@@ -206,6 +211,7 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on"),
     max_mb: float = typer.Option(20.0, help="Largest upload accepted, MiB"),
     engine: Engine = "auto",
+    coverage: Coverage = 0.9,
 ) -> None:
     """A local web page: upload an image or DICOM, see probabilities and the Grad-CAM overlay."""
     import uvicorn
@@ -215,7 +221,11 @@ def serve(
 
     _setup_logging(False)
     check_address(host, port)  # a bad port or a busy address: one line, before the model loads
-    app_ = create_app(api.Run.load(run_dir).predictor_on(engine), int(max_mb * 2**20))
+    from medtl.evaluation.conformal import check_coverage
+
+    pred = api.Run.load(run_dir).predictor_on(engine)
+    pred.coverage = check_coverage(coverage)
+    app_ = create_app(pred, int(max_mb * 2**20))
     cli_output.say(f"serving {run_dir} on http://{host}:{port}/")
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from medtl.core.errors import MedtlError
 from medtl.deploy.explain import cams, overlay
 from medtl.deploy.predictor import Predictor, open_upload
+from medtl.evaluation.shift import FLAG_QUANTILE
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,14 @@ td, th {{ border: 1px solid #ccc; padding: .3rem .7rem; }} img {{ width: 22rem; 
 </style></head>
 <body><h1>medtl: {title}</h1>
 <p>Classes: {classes}. Threshold {threshold} (chosen on validation). Not for clinical use.</p>
+<p>Refer: the model's set of possible classes at {coverage} coverage (calibrated on validation) is not its answer
+alone. Unlike the training images: the image's features are farther from the training images' than
+{flag_quantile} of the run's validation images are.</p>
 <form id="form"><input type="file" id="file" name="file" accept="image/*,.dcm,.dicom">
 <button type="submit" id="submit">Predict</button></form>
 <p id="error" role="alert"></p>
 <div id="result" hidden><p>Predicted class: <strong id="predicted"></strong></p>
+<p id="referral"></p><p id="unlike"></p>
 <table id="probs"><thead><tr><th>class</th><th>probability</th></tr></thead><tbody></tbody></table>
 <img id="overlay" alt="Grad-CAM overlay"></div>
 <script>
@@ -62,6 +67,13 @@ document.getElementById("form").addEventListener("submit", async (event) => {{
   const data = await response.json();
   if (!response.ok) {{ error.textContent = data.detail; return; }}
   document.getElementById("predicted").textContent = data.predicted;
+  document.getElementById("referral").textContent = data.refer === null ? "Referral: not available for this run." :
+    (data.refer ? "Refer: not sure at " : "No referral needed at ") + Math.round(data.coverage * 1000) / 10 + "% coverage (classes that " +
+    "may be true: " + (data.prediction_set.join(", ") || "none") + ").";
+  document.getElementById("unlike").textContent = data.unlike_training === null ?
+    "Unlike the training images: not available for this run." : (data.unlike_training ?
+    "Unlike the training images: yes" : "Unlike the training images: no") + " (its distance to the training images is above " +
+    data.unlike_percentile.toFixed(0) + "% of the run's validation images').";
   const rows = document.querySelector("#probs tbody"); rows.innerHTML = "";
   for (const [name, p] of Object.entries(data.probabilities)) {{
     const tr = rows.insertRow(); tr.insertCell().textContent = name; tr.insertCell().textContent = p.toFixed(4);
@@ -88,7 +100,8 @@ def create_app(pred: Predictor, max_bytes: int = 20 * 2**20, method: str = "grad
     lock = threading.Lock()  # one model: CAM hooks and gradients are not safe to share between requests
     decodes = threading.BoundedSemaphore(DECODES)
     page = PAGE.format(title=html.escape(pred.backbone), classes=html.escape(", ".join(pred.classes)),
-                       threshold=f"{pred.threshold:.3f}" if pred.binary else "argmax")
+                       threshold=f"{pred.threshold:.3f}" if pred.binary else "argmax",
+                       coverage=f"{pred.coverage:.0%}", flag_quantile=f"{FLAG_QUANTILE:.0%}")
 
     # async, so they answer on the event loop even while every worker thread is decoding an upload
     @app.get("/", response_class=HTMLResponse)
@@ -98,7 +111,8 @@ def create_app(pred: Predictor, max_bytes: int = 20 * 2**20, method: str = "grad
     @app.get("/api/info")
     async def info() -> dict:
         return {"backbone": pred.backbone, "classes": pred.classes, "threshold": pred.threshold,
-                "image_size": pred.size, "max_bytes": max_bytes}
+                "image_size": pred.size, "max_bytes": max_bytes,
+                "coverage": pred.coverage if pred.reference is not None else None}
 
     @app.post("/api/predict")
     async def predict(file: UploadFile) -> JSONResponse:
@@ -200,13 +214,15 @@ def _locked_answer(pred: Predictor, pixels: torch.Tensor, method: str, lock: thr
 
 
 def _answer(pred: Predictor, pixels: torch.Tensor, method: str) -> dict:
-    probs = pred.probabilities(pixels[None])
-    k = int(pred.decide(probs)[0])
+    probs, feats = pred.outputs(pixels[None])
+    decided = pred.decide(probs)
+    k, extra = int(decided[0]), pred.assess(probs, feats, decided)[0]
     maps, _ = cams(pred, pixels[None], method, classes=np.array([k]))
     buf = io.BytesIO()
     Image.fromarray(overlay(pixels, maps[0])).save(buf, format="PNG")
     return {"predicted": pred.classes[k], "probabilities": dict(zip(pred.classes, map(float, probs[0]))),
-            "threshold": pred.threshold, "overlay_png": base64.b64encode(buf.getvalue()).decode("ascii")}
+            "threshold": pred.threshold, "overlay_png": base64.b64encode(buf.getvalue()).decode("ascii"),
+            **extra, "coverage": pred.coverage if pred.reference is not None else None}
 
 
 def check_address(host: str, port: int) -> None:
