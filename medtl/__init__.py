@@ -13,7 +13,7 @@ from typing import Any
 from medtl.core.errors import MedtlError
 
 __version__ = "0.1.0"
-_API = ("BackboneInfo", "Predictions", "Run", "RunConfig", "audit", "evaluate", "list_backbones", "make_config",
+_API = ("BackboneInfo", "Predictions", "Run", "RunConfig", "audit", "card", "card_template", "evaluate", "list_backbones", "make_config",
         "report", "study", "train", "tune")
 __all__ = ["MedtlError", "__version__", *_API]
 

@@ -244,6 +244,10 @@ class Run:
 
         return evaluate(self.path, str(data), split, progress)
 
+    def card(self, **options: Any) -> dict[str, Path]:
+        """model_card.md/.html and the checklists in the run folder; `options` as `medtl.card` takes them."""
+        return card(self.path, **options)
+
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
@@ -315,4 +319,32 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str = "test", output: Pat
     return metrics
 
 
-__all__ = ["Predictions", "Run", "audit", "evaluate", "make_config", "report", "study", "train", "tune"]
+def card(run_or_study: PathLike, intended_use: PathLike | None = None, evaluations: Sequence[PathLike] = (),
+         output_dir: PathLike | None = None, rescan: bool = True, target_width: float = 0.1) -> dict[str, Path]:
+    """A model card and the CLAIM 2024 and TRIPOD+AI checklists, from a run's (or a study's) records.
+
+    Args:
+        run_or_study: A run folder, or a study folder (its run with the best validation AUC, and its report).
+        intended_use: YAML with the intended use, users, population, reference standard, ethics, funding
+            (`card_template` writes one); what is missing shows as "for the authors: ...".
+        evaluations: Folders (or files) holding the metrics.json of external evaluations.
+        output_dir: Where to write (default: the run or study folder).
+        rescan: Read the data again for counts per split and class, patients and near copies.
+        target_width: The 95 % interval width the card holds the test split to.
+
+    Returns:
+        {"card_md", "card_html", "checklist_claim_md", ...: path}.
+    """
+    from medtl.experiments.card import write_card
+
+    return write_card(run_or_study, intended_use, list(evaluations), output_dir, rescan, target_width)
+
+
+def card_template(run_or_study: PathLike, output: PathLike | None = None) -> Path:
+    """card.yaml to fill in (in the run or study folder unless `output`); an existing file is kept."""
+    from medtl.experiments.card import write_template
+
+    return write_template(run_or_study, output)
+
+
+__all__ = ["Predictions", "Run", "audit", "card", "card_template", "evaluate", "make_config", "report", "study", "train", "tune"]

@@ -332,6 +332,9 @@ def backbones() -> None:
                                   "--weights PATH, or train --strategy scratch; optional packages: " + "; ".join(hints))
 
 
+__import__("medtl.cli_card", fromlist=["register"]).register(app)  # `medtl card` (medtl/cli_card.py)
+
+
 def main() -> None:
     """The `medtl` entry point: every failure ends in one `error: ...` line on stderr and exit code 2."""
     try:

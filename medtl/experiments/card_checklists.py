@@ -1,0 +1,79 @@
+"""Reporting checklists (CLAIM 2024, TRIPOD+AI) as package data, filled from a model card.
+
+Each item names the card section that answers it; filled from a card, an item is answered when the card has
+that section with content (not only placeholders), else it is "for the authors"."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from medtl.core.io import atomic_write
+from medtl.experiments.card_render import Section
+
+CHECKLISTS = {"claim": "claim_2024.yaml", "tripod_ai": "tripod_ai.yaml"}
+AUTHORS = "for the authors"
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    section: str
+    text: str
+    card: str | None  # the card section that can answer it
+
+
+def load_checklist(key: str) -> tuple[dict, list[Item]]:
+    """(header {name, reference}, items) of a checklist shipped with medtl."""
+    text = resources.files("medtl.experiments").joinpath("checklists", CHECKLISTS[key]).read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    items = [Item(str(i["id"]), i["section"], i["text"], i.get("card")) for i in data["items"]]
+    return {"name": data["name"], "reference": data["reference"]}, items
+
+
+def fill(items: list[Item], sections: list[Section], card_name: str) -> list[dict]:
+    """One row per item: where the card answers it (`card_name#anchor`) or "for the authors"."""
+    answered = {s.anchor: s.title for s in sections if s.filled}
+    rows = []
+    for item in items:
+        where = item.card if item.card in answered else None
+        rows.append({"item": item.id, "section": item.section, "text": item.text,
+                     "answer": f"{card_name}#{where}" if where else AUTHORS,
+                     "card_section": answered[where] if where else ""})
+    return rows
+
+
+def write_checklists(folder: Path, sections: list[Section], card_name: str = "model_card.md") -> list[Path]:
+    """checklist_<key>.md and .csv for every checklist, in `folder`."""
+    written = []
+    for key in CHECKLISTS:
+        header, items = load_checklist(key)
+        rows = fill(items, sections, card_name)
+        written.append(atomic_write(folder / f"checklist_{key}.csv", _csv(rows)))
+        written.append(atomic_write(folder / f"checklist_{key}.md", _markdown(header, rows)))
+    return written
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _markdown(header: dict, rows: list[dict]) -> str:
+    done = sum(r["answer"] != AUTHORS for r in rows)
+    lines = [f"# {header['name']} checklist", "",
+             f"{header['reference']}. Item text is paraphrased; use the published checklist's wording when you "
+             f"submit. {done} of {len(rows)} items point to the model card; the rest are for the authors.", "",
+             "| item | section | what it asks | where |", "|---|---|---|---|"]
+    for r in rows:
+        where = (f"[{r['card_section']}]({r['answer']})" if r["answer"] != AUTHORS else AUTHORS)
+        lines.append(f"| {r['item']} | {r['section']} | {r['text']} | {where} |")
+    return "\n".join(lines) + "\n"
