@@ -256,14 +256,15 @@ def _as_list(items: Sequence[PathLike] | PathLike) -> list[PathLike]:
     return [items] if isinstance(items, (str, Path)) else list(items)
 
 
-def study(spec: PathLike, progress: bool = False) -> Path:
-    """Run a study's grid (finished runs are kept) and write its report; returns report.html."""
-    from medtl.evaluation.study_report import write_report
-    from medtl.experiments.study import load_study, run_study
+def study(spec: PathLike, progress: bool = False, storage: str | None = None, lease_seconds: float = 180) -> Path:
+    """Run a study's grid (finished runs are kept) and write its report; returns report.html. With `storage`
+    (postgresql://...), this process is one of any number of workers sharing the grid through the database;
+    the worker that finishes the last run writes the report. `lease_seconds`: how long a silent worker's run
+    waits before another worker takes it over."""
+    from medtl.experiments.study import load_study, run_and_report
 
     loaded = load_study(spec)
-    run_study(loaded, progress=progress)
-    return write_report(loaded.root, f"medtl study {spec}")
+    return run_and_report(loaded, f"medtl study {spec}", progress, storage, lease_seconds)
 
 
 def report(study_dir: PathLike) -> Path:

@@ -16,7 +16,7 @@ import typer
 from medtl import __version__
 from medtl.core.errors import MedtlError
 from medtl.core.faults import as_error
-from medtl import cli_output
+from medtl import cli_output, cli_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning for medical images: train, evaluate, compare backbones.",
@@ -230,16 +230,7 @@ def serve(
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
-@app.command(epilog="Example: medtl study examples/kermany_seed_protocol.yaml")
-def study(
-    config: Path = typer.Argument(..., help="Study YAML: name, out, base (a run config), grid"),
-    quiet: Quiet = False,
-) -> None:
-    """Run a grid of runs (resumable: finished runs are kept) and write the study report."""
-    from medtl import api
-
-    _setup_logging(quiet)
-    cli_output.say(f"report: {api.study(config, progress=not quiet)}")
+cli_study.register(app)
 
 
 @app.command(epilog="Example: medtl report studies/kermany_seed_protocol")

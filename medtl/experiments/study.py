@@ -2,7 +2,9 @@
 
 Each run is a normal run folder under `<out>/<name>/runs/<run>`; a run counts as done when its
 `metrics.json` exists (written last), so a killed study restarts where it stopped: finished runs are kept,
-an unfinished folder is removed and its run redone from the start.
+an unfinished folder is removed and its run redone from the start. Workers take grid points from a queue
+(study_queue: lock files in the study folder, or PostgreSQL), and only the worker holding a point's claim
+clears and runs its folder.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from medtl.models.backbones import get_spec, weights_available_offline
 from medtl.core.config import RunConfig, apply_overrides, dotted_key, run_config_from, to_dict
 from medtl.core.config_io import parse_yaml
-from medtl.core.errors import MedtlError
+from medtl.core.errors import Interrupted, MedtlError
 from medtl.core.io import atomic_write
 from medtl.core.logs import on_terminal
 from medtl.core.runfolder import StudyFolder
+from medtl.experiments.study_queue import (DONE, FAILED, LEASE_SECONDS, PENDING, Claim, LocalQueue, Queue, digest,
+                                           worker_id)
 
 log = logging.getLogger(__name__)
 
@@ -239,27 +243,81 @@ def write_spec(study: Study) -> StudyFolder:
     return folder
 
 
-def run_study(study: Study, progress: bool = True) -> list[Path]:
-    """Run every grid point not yet done; returns the run folders in grid order."""
+def run_study(study: Study, progress: bool = True, queue: Queue | None = None) -> list[Path]:
+    """Run the grid points not yet done that this worker claims from `queue` (default: lock files in the study
+    folder, so two workers on one folder never take one point); returns the run folders in grid order."""
     from medtl.training.run import run
 
     planned = study.runs()
     folder = write_spec(study)
+    queue = queue or LocalQueue(folder.path)
     for line in study.skipped:
         log.warning("study %s: skipped %s", study.name, line)
-    todo = [(n, c) for n, c in planned if not folder.run(n).finished]
+    configs = dict(planned)
+    queue.register(list(configs), digest({"base": to_dict(study.base), "grid": study.grid, "exclude": study.exclude}),
+                   lambda name: folder.run(name).finished)
+    todo = [n for n in configs if not folder.run(n).finished]
     log.info("study %s: %d runs, %d done, %d to run", study.name, len(planned), len(planned) - len(todo), len(todo))
     columns = [TextColumn("study {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
     with Progress(*columns, disable=not (progress and on_terminal()), transient=False) as bar:
         task = bar.add_task("runs", total=len(todo), name=study.name, current="")
-        for name, cfg in todo:
-            run_folder = folder.run(name).path
-            if run_folder.exists():  # an unfinished run from a killed study: start it again, from scratch
-                shutil.rmtree(run_folder)
-            bar.update(task, current=name)
-            start = time.perf_counter()
-            run(cfg, progress=False)
-            log.info("study %s: %s done in %.0f s", study.name, name, time.perf_counter() - start)
-            bar.advance(task)
+        try:
+            while (claim := queue.next()) is not None:
+                bar.update(task, current=claim.name)
+                _run_point(study, folder, queue, claim, configs[claim.name], run)
+                bar.advance(task)
+        finally:
+            queue.close()
     return [folder.run(n).path for n, _ in planned]
+
+
+def _run_point(study: Study, folder: StudyFolder, queue: Queue, claim: Claim, cfg: RunConfig, run) -> None:
+    """Run one claimed point: only the worker that holds the claim clears an unfinished run folder."""
+    if folder.run(claim.name).finished:  # finished by a worker the queue did not hear of (a study without it)
+        queue.finish(claim, DONE)
+        return
+    run_folder = folder.run(claim.name).path
+    if run_folder.exists():  # an unfinished run from a killed worker: start it again, from scratch
+        shutil.rmtree(run_folder)
+    after = f", taken over from {claim.taken_from}" if claim.taken_from else ""
+    log.info("study %s: %s started by %s (attempt %d%s)", study.name, claim.name, worker_id(), claim.attempt, after)
+    start = time.perf_counter()
+    try:
+        with queue.running(claim):
+            run(cfg, progress=False, on_epoch=claim.check)
+    except (Interrupted, KeyboardInterrupt, SystemExit):  # Ctrl-C: the point goes back to the queue at once
+        queue.finish(claim, PENDING)
+        raise
+    except Exception as exc:
+        queue.finish(claim, FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    queue.finish(claim, DONE)
+    log.info("study %s: %s done in %.0f s", study.name, claim.name, time.perf_counter() - start)
+
+
+def open_queue(root: Path, name: str, storage: str | None, lease_seconds: float = LEASE_SECONDS) -> Queue:
+    """Lock files in the study folder, or the study's rows in the database at `storage`."""
+    if storage is None:
+        return LocalQueue(root)
+    from medtl.experiments.study_pg import PostgresQueue  # SQLAlchemy only when a database is named
+
+    return PostgresQueue(storage, name, lease_seconds)
+
+
+def run_and_report(study: Study, command: str = "", progress: bool = True, storage: str | None = None,
+                   lease_seconds: float = LEASE_SECONDS) -> Path:
+    """This worker's share of the study, then the report if it is this worker's to write (locally: every
+    worker's, when it leaves; with `storage`: the worker that finished the last point); returns report.html."""
+    from medtl.evaluation.study_report import write_report
+
+    queue = open_queue(study.root, study.name, storage, lease_seconds)
+    run_study(study, progress, queue)
+    for point, worker, error in queue.failed():
+        log.warning("study %s: %s failed on %s: %s (a new worker retries it)", study.name, point, worker, error)
+    if not queue.report_due:
+        log.info("study %s: nothing left for this worker; the worker that finishes the last run writes the report "
+                 "(or `medtl report %s`)", study.name, study.root)
+        return StudyFolder(study.root).path / "report.html"
+    with queue.reporting():
+        return write_report(study.root, command)
