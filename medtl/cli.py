@@ -99,6 +99,7 @@ def train(
     from medtl import api
     from medtl.core.config import parse_set
     from medtl.core.logs import redirect_bars
+    from medtl.evaluation.records import RunMetrics
     from medtl.training.distributed import from_env
 
     main_process = from_env().main  # under torchrun, only rank 0 talks
@@ -114,7 +115,7 @@ def train(
         result = api.train(data, config=config, resume=resume, progress=not quiet, **flags)
     if main_process:
         cli_output.say(f"run folder: {result.path}")
-        cli_output.print_metrics(result.metrics)
+        cli_output.print_metrics(RunMetrics.of_run(result.folder))
 
 
 @app.command(epilog="Example: medtl evaluate runs/first other_hospital/ --split test --output metrics.json")
