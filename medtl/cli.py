@@ -99,7 +99,6 @@ def train(
     from medtl import api
     from medtl.core.config import parse_set
     from medtl.core.logs import redirect_bars
-    from medtl.evaluation.records import RunMetrics
     from medtl.training.distributed import from_env
 
     main_process = from_env().main  # under torchrun, only rank 0 talks
@@ -115,7 +114,7 @@ def train(
         result = api.train(data, config=config, resume=resume, progress=not quiet, **flags)
     if main_process:
         cli_output.say(f"run folder: {result.path}")
-        cli_output.print_metrics(RunMetrics.of_run(result.folder))
+        cli_output.print_metrics(result.metrics)
 
 
 @app.command(epilog="Example: medtl evaluate runs/first other_hospital/ --split test --output metrics.json")

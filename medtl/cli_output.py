@@ -17,11 +17,11 @@ def say(text: str) -> None:
     console.print(text, soft_wrap=True, highlight=False)
 
 
-def print_metrics(metrics) -> None:
-    """Each split's metrics, as `medtl train` ends (`metrics`: the run's `RunMetrics`)."""
+def print_metrics(metrics: dict) -> None:
+    """Each split's metrics, as `medtl train` ends."""
     from medtl.evaluation.report import format_metrics
 
-    for split, m in metrics.splits.items():
+    for split, m in metrics["splits"].items():
         print(format_metrics(split, m))
 
 
