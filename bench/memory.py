@@ -47,7 +47,7 @@ def measure(setting: str, seconds: float) -> dict:
     from medtl.models.backbones import build_backbone, get_spec
     from medtl.models.memory import recomputing
     from medtl.models.strategies import Classifier, apply_strategy, make_head, param_groups
-    from medtl.training.loop import _train_epoch, make_loss, make_optimizer, tune_allocator
+    from medtl.training.loop import FitPlan, _train_epoch, make_loss, make_optimizer, tune_allocator
 
     strategy, micro, recompute = SETTINGS[setting]
     tune_allocator()
@@ -62,8 +62,10 @@ def measure(setting: str, seconds: float) -> dict:
     y = (torch.rand(32) > 0.5).long()
     before = _rss_gib()
 
+    plan = FitPlan(TrainConfig(), loss_fn, torch.device("cpu"), micro=micro)
+
     def step():
-        _train_epoch(model, [(x, y)], lambda t: t, loss_fn, opt, torch.device("cpu"), False, micro)
+        _train_epoch(model, [(x, y)], lambda t: t, opt, plan, False)
 
     with recomputing(model.backbone, spec.recompute if recompute else ()):
         step()

@@ -157,7 +157,9 @@ class Run:
     def metrics(self) -> dict[str, Any]:
         """metrics.json: per split loss, accuracy, sensitivity, specificity, F1, G-mean, AUC, confusion matrix,
         and the threshold chosen on validation."""
-        return self.folder.read_metrics()
+        from medtl.evaluation.records import RunMetrics
+
+        return RunMetrics.of_run(self.folder).to_dict()
 
     @property
     def config(self) -> RunConfig:

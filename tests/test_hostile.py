@@ -149,13 +149,13 @@ def test_evaluating_a_class_folder_tree_scores_all_of_it(image_tree, cache_dir, 
 
 def test_a_diverging_run_stops_in_one_line():
     from medtl.core.config import TrainConfig
-    from medtl.training.loop import fit
+    from medtl.training.loop import FitPlan, fit
 
     model = torch.nn.Linear(4, 1)
     batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
+    plan = FitPlan(TrainConfig(epochs=3), lambda out, y: out.sum() * float("nan"), torch.device("cpu"), ["a", "b"])
     with pytest.raises(MedtlError, match=r"training diverged in epoch 1 \(training loss nan\); lower the learning"):
-        fit(model, batches, batches, lambda x: x, lambda out, y: out.sum() * float("nan"), TrainConfig(epochs=3),
-            torch.device("cpu"), ["a", "b"], progress=False)
+        fit(model, batches, batches, lambda x: x, plan, progress=False)
 
 
 def test_weights_of_another_architecture_are_one_line(image_tree, cache_dir, tmp_path):

@@ -97,10 +97,10 @@ def test_frozen_prefix_split_reproduces_the_backbone(name):
 def test_lp_ft_starts_fine_tuning_from_the_probed_head(image_tree, cache_dir, tmp_path, monkeypatch, head_init):
     """LP-FT: the head that fine-tuning starts from is the linear probe's best head, not a random one."""
     import medtl
-    from medtl.training import cached, run as run_module
+    from medtl.training import cached, train as train_module
 
     probed, started = [], []
-    probe_fit, ft_fit = cached.fit, run_module.fit
+    probe_fit, ft_fit = cached.fit, train_module.fit
 
     def probe(model, *a, **k):
         out = probe_fit(model, *a, **k)
@@ -111,7 +111,7 @@ def test_lp_ft_starts_fine_tuning_from_the_probed_head(image_tree, cache_dir, tm
         started.append({k: v.clone() for k, v in model.head.state_dict().items()})
         return ft_fit(model, *a, **k)
     monkeypatch.setattr(cached, "fit", probe)
-    monkeypatch.setattr(run_module, "fit", fine_tune)
+    monkeypatch.setattr(train_module, "fit", fine_tune)
     medtl.train(image_tree, "efficientnet_lite0", "full", epochs=1, image_size=32, out=tmp_path / "runs",
                 head_init=head_init, probe_epochs=3, feature_views=0)
     assert len(started) == 1

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from medtl.core.config_io import parse_yaml
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder, StudyFolder
+from medtl.evaluation.records import RunMetrics
 
 # test metrics, then validation's AUC and loss as each run reports them (after its test-time augmentation and
 # calibration, if any; epochs and auto's candidates were chosen on plain validation scores), then the time
@@ -60,17 +61,17 @@ def load_runs(study_root: Path) -> tuple[dict, list[Run]]:
 
 
 def _load_run(folder: RunFolder, group, seed: int) -> Run:
-    metrics = folder.read_metrics()
+    metrics = RunMetrics.of_run(folder)
     with open(folder.history, newline="") as f:
         history = [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in csv.DictReader(f)]
     with open(folder.predictions("test"), newline="") as f:
         rows = list(csv.DictReader(f))
-    classes = metrics["classes"]
+    classes = metrics.classes
     index = {c: i for i, c in enumerate(classes)}
     probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
-    return Run(folder.path, group, seed, metrics["splits"]["test"], metrics["train_seconds"], history,
+    return Run(folder.path, group, seed, metrics.splits["test"], metrics.train_seconds, history,
                np.array([index[r["label"]] for r in rows]), probs, np.array([index[r["predicted"]] for r in rows]),
-               classes, metrics["splits"].get("val") or {})
+               classes, metrics.splits.get("val") or {})
 
 
 def summarize(runs: list[Run]) -> list[dict]:

@@ -27,6 +27,7 @@ from medtl.core.io import make_dir
 from medtl.core.config import RunConfig, apply_overrides
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
+from medtl.evaluation.records import RunMetrics
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ def objective(base: RunConfig, out: Path):
         except optuna.TrialPruned:
             shutil.rmtree(out / "trials" / name, ignore_errors=True)
             raise
-        metrics = RunFolder(run_dir).read_metrics()
+        metrics = RunMetrics.of_run(RunFolder(run_dir))
         trial.set_user_attr("run_dir", str(run_dir))
-        return float(metrics["splits"]["val"]["auc"])
+        return float(metrics.splits["val"]["auc"])
     return score
 
 

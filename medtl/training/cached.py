@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,10 +21,12 @@ from medtl.data.datasets import train_transform
 from medtl.models.backbones import weights_id
 from medtl.models.engine import OnPixels, frozen_runner
 from medtl.models.strategies import Classifier, Prefix, param_groups, split_frozen_prefix
-from medtl.training import distributed
+import medtl.training.distributed as distributed
 from medtl.training.features import cached, feature_key
+from medtl.training.fitstate import FitPlan, Hook
 from medtl.training.loop import extract, fit, predict
 from medtl.training.prepare import Prepared
+from medtl.training.results import SplitScores, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,10 @@ MIRROR = "mirror"  # the feature view of each image's horizontal mirror
 CPU_EXTRACT_BATCH = 16  # measured: 1.7x the img/s of batch 64 for Lite0 at 224 px on a 2-core AVX2 CPU
 
 
-def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bool, on_epoch=None):
-    """linear: backbone features computed once (cached on disk), then the head trains on them."""
+def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bool,
+                           hooks: Sequence[Hook] = ()) -> TrainResult:
+    """linear: backbone features computed once (cached on disk), then the head trains on them; returns the
+    fit with validation's scores."""
     tc = p.cfg.train
     frozen = FrozenPass(p, model.backbone)
     with distributed.main_first():
@@ -40,16 +45,19 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
         train_x = [feats["train"]] + _augmented_views(p, frozen, progress)
     y = {s: torch.from_numpy(p.splits.labels[s]) for s in p.splits.refs}
     train_ds = TensorDataset(torch.from_numpy(np.concatenate(train_x)), y["train"].repeat(len(train_x)))
-    batches = {s: p.batches(TensorDataset(torch.from_numpy(np.array(feats[s])), y[s]), 1024, train=False)
-               for s in p.splits.refs}
+    val = p.batches(TensorDataset(torch.from_numpy(np.array(feats["val"])), y["val"]), 1024, train=False)
     train = p.batches(train_ds, tc.batch_size, train=True)
     def to_dev(x):
         return x.to(p.device)
-    history, _, best_epoch = fit(model.head, train, batches["val"], to_dev, loss_fn, tc, p.device,
-                                 p.splits.classes, progress=progress, on_epoch=on_epoch, state_path=p.state_path,
-                                 resume=p.resume, deadline=p.deadline)
-    probs = {s: predict(model.head, batches[s], to_dev, p.device) for s in p.scored if s in batches}
-    return history, best_epoch, probs
+    state = fit(model.head, train, val, to_dev, _plan(p, loss_fn), hooks, progress)
+    scores = SplitScores(*predict(model.head, val, to_dev, p.device))
+    return TrainResult(state.history, state.best_epoch, {"val": scores})
+
+
+def _plan(p: Prepared, loss_fn, groups: list[dict] | None = None, micro: int | None = None) -> FitPlan:
+    """The run's fit: its settings, budget and resume file."""
+    return FitPlan(p.cfg.train, loss_fn, p.device, p.splits.classes, groups, micro, p.deadline, p.state_path,
+                   p.resume)
 
 
 def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:
@@ -59,23 +67,25 @@ def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:
     tc = dataclasses.replace(p.cfg.train, epochs=p.cfg.train.probe_epochs, lr=p.cfg.train.probe_lr,
                              feature_views=0)  # the clean images' features: no augmented pass just to start a head
     probe = dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, train=tc), state_path=None, resume=False)
-    history, best_epoch, _ = train_head_on_features(probe, model, loss_fn, progress)
-    best = history[best_epoch - 1]
+    result = train_head_on_features(probe, model, loss_fn, progress)
     log.info("LP-FT: head trained as a linear probe for %d epochs (best epoch %d, val AUC %.4f, val loss %.4f); "
-             "fine-tuning starts from it", len(history), best_epoch, best["val_auc"], best["val_loss"])
+             "fine-tuning starts from it", len(result.history), result.best_epoch, result.best["val_auc"],
+             result.best["val_loss"])
 
 
-def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: bool, on_epoch=None):
+def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: bool,
+                             hooks: Sequence[Hook] = ()) -> TrainResult:
     """partial: the frozen prefix runs once per image and view (cached on disk); the top stages and the
-    head train on its activations, one augmented view per epoch in turn."""
+    head train on its activations, one augmented view per epoch in turn; returns the fit with validation's
+    scores."""
     tc = p.cfg.train
     boundary, top, shape = _prefix_split(p, model)
     frozen = FrozenPass(p, Prefix(model.backbone, boundary), boundary)
     with distributed.main_first():
         acts = {s: _features(p, frozen, s, 0, progress) for s in p.splits.refs}
         train_views = [acts["train"]] + _augmented_views(p, frozen, progress)
-    y = {s: p.splits.labels[s] for s in p.splits.refs}
-    batches = {s: p.batches(RowsDataset(acts[s], y[s], shape), tc.batch_size, train=False) for s in p.splits.refs}
+    y = p.splits.labels
+    val = p.batches(RowsDataset(acts["val"], y["val"], shape), tc.batch_size, train=False)
     train = RotatingViews([p.batches(RowsDataset(a, y["train"], shape), tc.batch_size, train=True)
                            for a in train_views])
     net = Classifier(top, model.head).to(p.device, memory_format=torch.channels_last)
@@ -83,50 +93,53 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
         net = distributed.sync_batch_norm(net, p.device)
     def to_dev(x):
         return x.to(p.device).contiguous(memory_format=torch.channels_last)
-    groups = param_groups(net, tc.lr, tc.backbone_lr_scale)
-    history, _, best_epoch = fit(net, train, batches["val"], to_dev, loss_fn, tc, p.device, p.splits.classes, groups,
-                                 progress, on_epoch, p.state_path, p.resume, p.deadline)
+    state = fit(net, train, val, to_dev, _plan(p, loss_fn, param_groups(net, tc.lr, tc.backbone_lr_scale)), hooks,
+                progress)
     result = model.backbone.load_state_dict(top.state_dict(), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # top holds a subset of the backbone's modules
-    probs = {s: predict(net, batches[s], to_dev, p.device) for s in p.scored if s in batches}
-    return history, best_epoch, probs
+    scores = SplitScores(*predict(net, val, to_dev, p.device))
+    return TrainResult(state.history, state.best_epoch, {"val": scores})
 
 
-def mirrored_from_cache(p: Prepared, model: Classifier, split: str, progress: bool):
-    """(probabilities, labels) of `split` with test-time mirroring, for a model whose frozen part has a cache
-    (linear: the backbone's features; partial: the prefix's activations): the frozen outputs of each image
-    and of its mirror are cached views, read (or filled) like the training views, and only the trained part
-    runs: the mean of its logits on the two, as `Mirrored` gives on the images. None for other strategies
-    (and for a partial backbone whose prefix cannot be cached): the caller then runs the whole network."""
+def scores_from_cache(p: Prepared, model: Classifier, split: str, progress: bool,
+                      mirror: bool = False) -> SplitScores | None:
+    """Scores of `split` for a model whose frozen part has a cache (linear: the backbone's features; partial:
+    the prefix's activations): the frozen outputs are cached views, read (or filled) like the training views,
+    and only the trained part runs. With `mirror` (test-time mirroring) the views are each image and its
+    mirror and the logits are their mean, as `Mirrored` gives on the images. None for other strategies (and
+    for a partial backbone whose prefix cannot be cached): the caller then runs the whole network."""
     mirrored = sum(len(p.splits.refs[s]) for s in ("val", "test") if s in p.splits.refs)
+    images = mirrored if mirror else len(p.splits.refs[split])  # what this pass sees, should it miss the cache
     if p.cfg.model.strategy == "linear":
-        frozen, trained, shape = FrozenPass(p, model.backbone, images=mirrored), model.head, None
+        frozen, trained, shape = FrozenPass(p, model.backbone, images=images), model.head, None
     elif p.cfg.model.strategy == "partial" and p.cfg.train.cache_frozen:
         try:
             boundary, top, shape = _prefix_split(p, model)
         except ValueError:
             return None
-        frozen = FrozenPass(p, Prefix(model.backbone, boundary), boundary, mirrored)
+        frozen = FrozenPass(p, Prefix(model.backbone, boundary), boundary, images)
         trained = Classifier(top, model.head).to(p.device, memory_format=torch.channels_last)
     else:
         return None
+    views = (0, MIRROR) if mirror else (0,)
     with distributed.main_first():
-        views = [_features(p, frozen, split, view, progress) for view in (0, MIRROR)]
-    pairs = p.batches(RowsDataset(PairedRows(*views), p.splits.labels[split], (2, *(shape or (-1,)))),
+        arrays = [_features(p, frozen, split, view, progress) for view in views]
+    pairs = p.batches(RowsDataset(PairedRows(*arrays), p.splits.labels[split], (len(views), *(shape or (-1,)))),
                       p.cfg.train.batch_size if shape else 1024, train=False)
     def to_dev(x):
         return x.to(p.device)
-    return predict(MeanOfViews(trained), pairs, to_dev, p.device)
+    return SplitScores(*predict(MeanOfViews(trained), pairs, to_dev, p.device))
 
 
 class PairedRows:
-    """Two arrays of equal shape read row by row as one: row i is (a[i], b[i]) stacked (memory-mapped stays so)."""
+    """Arrays of equal shape read row by row as one: row i is (a[i], b[i], ...) stacked (memory-mapped stays
+    so)."""
 
-    def __init__(self, a: np.ndarray, b: np.ndarray):
-        self.a, self.b = a, b
+    def __init__(self, *arrays: np.ndarray):
+        self.arrays = arrays
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.stack([self.a[i], self.b[i]])
+        return np.stack([a[i] for a in self.arrays])
 
 
 class MeanOfViews(nn.Module):

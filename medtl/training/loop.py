@@ -6,7 +6,6 @@ end-to-end path (a whole classifier on images) share it.
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import gc
 import logging
@@ -17,20 +16,21 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medtl.training import distributed
+import medtl.training.distributed as distributed
 from medtl.core.config import TrainConfig
 from medtl.core.errors import MedtlError
 from medtl.core.logs import length, progress as progress_of
 from medtl.data.datasets import in_background
 from medtl.evaluation.metrics import score
 from medtl.models.strategies import to_probs
+from medtl.training.fitstate import EpochHook, FitPlan, FitState, Hook, deadline, early_stop  # noqa: F401
 from medtl.training.resume import load_state, rng_state, save_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 # at ~4.4 GiB RSS in one pass, ~2.5 GiB in two of 16, for ~8 % fewer images/s)
 MICRO_AT_224 = 16
 Prepare = Callable[[torch.Tensor], torch.Tensor]
-EpochHook = Callable[[int, dict], None]  # (epoch, validation metrics); may raise to stop training
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
@@ -172,69 +171,51 @@ def monitor_key(val: dict, monitor: str) -> tuple[float, float]:
     return (-val["loss"], 0.0) if monitor == "loss" else (-math.inf, -val["loss"])
 
 
-def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare,
-        loss_fn: Callable, cfg: TrainConfig, device: torch.device, classes: list[str],
-        groups: list[dict] | None = None, progress: bool = True, on_epoch: EpochHook | None = None,
-        state_path: Path | None = None, resume: bool = False,
-        deadline: float | None = None, micro: int | None = None) -> tuple[list[dict], dict, int]:
-    """Train with early stopping on validation `cfg.monitor` (and at `deadline`, see `_out_of_time`); returns
-    (history, best state, best epoch). The best state is deep-copied: a state_dict() reference would keep
-    changing as training goes on. With `state_path`, the whole training state is saved after every epoch (by
-    rank 0) and, with `resume` and the file there, training continues from it exactly where it stopped. Under
+def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare, plan: FitPlan,
+        hooks: Sequence[Hook] = (), progress: bool = True) -> FitState:
+    """Train per `plan`, scoring validation after every epoch; returns the final `FitState`, the model holding
+    its best epoch's weights. After each epoch `hooks` run, then early stopping, the state saved for
+    `--resume` (with `plan.state_path`, by rank 0) and the deadline (see fitstate.py); any of them can stop
+    training. With `plan.resume` and the state file there, training continues exactly where it stopped. Under
     torchrun the model trains wrapped in DDP on sharded batches; every process sees the same validation
-    metrics, so all stop together. `micro`: images per forward/backward pass (see `micro_batch`)."""
-    opt = make_optimizer(groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
+    metrics, so all stop together."""
+    cfg, world = plan.cfg, distributed.current()
+    opt = make_optimizer(plan.groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
     sched = make_scheduler(opt, cfg)
-    st = {"epoch": 0, "best": [-math.inf, -math.inf], "best_state": None, "best_epoch": 0, "history": [],
-          "stopped": False}
-    world = distributed.current()
-    if resume and state_path is not None and state_path.is_file():
-        st = _resume(state_path, model, opt, sched, world)
-    net = distributed.wrap(model, device, world)
-    epochs = range(st["epoch"] + 1, cfg.epochs + 1) if not st["stopped"] else range(0)
+    state = FitState()
+    if plan.resume and plan.state_path is not None and plan.state_path.is_file():
+        state = _resume(plan.state_path, model, opt, sched, world)
+    after = [*hooks, early_stop(cfg), *([_saving(plan.state_path, model, opt, sched, world)] if plan.state_path
+                                         else []), deadline(plan.deadline, world)]
+    net = distributed.wrap(model, plan.device, world)
+    epochs = range(state.epoch + 1, cfg.epochs + 1) if not state.stopped else range(0)
     for epoch in progress_of(epochs, "epochs", progress, unit="epoch"):
-        start = time.perf_counter()
+        state.epoch_began = time.perf_counter()
         distributed.set_epoch(train_batches, epoch)
-        train_loss = _train_epoch(net, train_batches, prepare, loss_fn, opt, device, progress, micro, deadline)
+        train_loss = _train_epoch(net, train_batches, prepare, opt, plan, progress)
         if not math.isfinite(train_loss):
             raise MedtlError(f"training diverged in epoch {epoch} (training loss {train_loss}); lower the learning "
                              f"rate (train.lr={cfg.lr:g}) and start again; epochs 1..{epoch - 1} are kept in the "
                              "run folder's state.pt")
         distributed.sync_buffers(model, world)
-        probs, y = predict(model, val_batches, prepare, device)
-        val = score(y, probs, classes)
-        _record(st, epoch, train_loss, val, opt.param_groups[0]["lr"], time.perf_counter() - start, cfg)
+        probs, y = predict(model, val_batches, prepare, plan.device)
+        state.val = score(y, probs, plan.classes)
+        _record(state, epoch, train_loss, opt.param_groups[0]["lr"], cfg)
         if sched is not None:
             sched.step()
-        value = monitor_key(val, cfg.monitor)
-        if st["best_state"] is None or value > tuple(st["best"]):
-            st.update(best=list(value), best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()))
-        if on_epoch is not None:
-            on_epoch(epoch, val)
-        st.update(epoch=epoch, stopped=epoch - st["best_epoch"] >= cfg.patience)
-        if state_path is not None:
-            _save(state_path, st, model, opt, sched, world)
-        if st["stopped"]:
-            log.info("early stop: val %s has not improved for %d epochs (best epoch %d)", cfg.monitor,
-                     cfg.patience, st["best_epoch"])
+        state.keep_if_best(monitor_key(state.val, cfg.monitor), epoch, model)
+        state.epoch = epoch
+        for hook in after:
+            hook(state)
+        if state.stopped:
             break
-        if _out_of_time(deadline, time.perf_counter() - start, world, epoch):
-            break
-    model.load_state_dict(st["best_state"])
-    return st["history"], st["best_state"], st["best_epoch"]
+    model.load_state_dict(state.best_state)
+    return state
 
 
-def _out_of_time(deadline: float | None, epoch_seconds: float, world: distributed.World, epoch: int) -> bool:
-    """Whether another epoch as long as the last would end past `deadline` (a `time.monotonic()` value, from
-    train.budget); rank 0 decides for every process."""
-    late = bool(distributed.broadcast(deadline is not None and time.monotonic() + epoch_seconds > deadline, world))
-    if late:
-        log.info("budget: stopping after epoch %d (another would end past the budget)", epoch)
-    return late
-
-
-def _record(st: dict, epoch: int, train_loss: float, val: dict, lr: float, seconds: float, cfg: TrainConfig) -> None:
-    st["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
+def _record(state: FitState, epoch: int, train_loss: float, lr: float, cfg: TrainConfig) -> None:
+    val, seconds = state.val, time.perf_counter() - state.epoch_began
+    state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                           "val_accuracy": val["accuracy"], "val_auc": val["auc"],
                           "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
                           "val_f1": val["f1"], "lr": lr, "seconds": seconds})
@@ -242,15 +223,19 @@ def _record(st: dict, epoch: int, train_loss: float, val: dict, lr: float, secon
              train_loss, val["loss"], val["accuracy"], val["auc"], seconds)
 
 
-def _save(path: Path, st: dict, model: nn.Module, opt, sched, world: distributed.World) -> None:
-    """The whole training state after an epoch, written by rank 0 with every process's RNG state."""
-    rngs = distributed.collect(rng_state(), world)  # each process's own draws (augmentation, dropout)
-    if world.main:
-        save_state(path, {"fit": st, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict() if sched else None, "rng": rngs[0], "rng_ranks": rngs})
+def _saving(path: Path, model: nn.Module, opt, sched, world: distributed.World) -> Hook:
+    """A hook that saves the whole training state after an epoch: written by rank 0, with every process's RNG
+    state (each process's own draws: augmentation, dropout)."""
+    def hook(state: FitState) -> None:
+        rngs = distributed.collect(rng_state(), world)
+        if world.main:
+            save_state(path, {"fit": state.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict() if sched else None, "rng": rngs[0],
+                              "rng_ranks": rngs})
+    return hook
 
 
-def _resume(path: Path, model: nn.Module, opt, sched, world: distributed.World) -> dict:
+def _resume(path: Path, model: nn.Module, opt, sched, world: distributed.World) -> FitState:
     """Every process loads the state; each takes back its own RNG state when the number of processes is the
     one that saved it (then the run ends as an uninterrupted one would), else rank 0's, with a warning."""
     saved = load_state(path)
@@ -268,7 +253,7 @@ def _resume(path: Path, model: nn.Module, opt, sched, world: distributed.World) 
         if world.rank:
             seed_everything(int(torch.randint(2**31 - 1, (1,)).item()) + world.rank)
     log.info("resuming from %s after epoch %d", path, saved["fit"]["epoch"])
-    return saved["fit"]
+    return FitState.from_dict(saved["fit"])
 
 
 def micro_batch(cfg: TrainConfig, size: int, device: torch.device) -> int | None:
@@ -284,36 +269,37 @@ def chunk_count(rows: int, micro: int | None) -> int:
     return -(-rows // micro) if micro else 1
 
 
-def _train_epoch(model, batches, prepare, loss_fn, opt, device, progress, micro: int | None = None,
-                 deadline: float | None = None) -> float:
-    """One pass; returns the mean training loss (over all processes' rows). A batch larger than `micro` runs
-    forward and backward in the fewest equal chunks of at most `micro` rows, gradients summed (each chunk's
-    mean loss weighted by its share of the batch), then one optimizer step: the memory of a chunk, the update
-    of the batch. Past `deadline` (train.budget) the pass ends after the batch in progress: an epoch far slower
-    than planned (a busy machine) cannot overrun the budget by more than a batch and the validation pass."""
+def _train_epoch(model: nn.Module, batches: Iterable, prepare: Prepare, opt: torch.optim.Optimizer, plan: FitPlan,
+                 progress: bool = False) -> float:
+    """One pass; returns the mean training loss (over all processes' rows). A batch larger than `plan.micro`
+    runs forward and backward in the fewest equal chunks of at most `micro` rows, gradients summed (each
+    chunk's mean loss weighted by its share of the batch), then one optimizer step: the memory of a chunk, the
+    update of the batch. Past `plan.deadline` (train.budget) the pass ends after the batch in progress: an
+    epoch far slower than planned (a busy machine) cannot overrun the budget by more than a batch and the
+    validation pass."""
     model.train()
     world = distributed.current()
     total, count = 0.0, 0
     for x, y in progress_of(batches, "train", progress, unit="batch"):
-        if count and _past(deadline, world):
+        if count and _past(plan.deadline, world):
             log.info("budget: the epoch ends early, after %d images (the deadline has passed)", count)
             break
-        y = torch.as_tensor(y).to(device, non_blocking=True)
-        share = _share(len(y), device, world)
-        parts = chunk_count(len(y), micro)
+        y = torch.as_tensor(y).to(plan.device, non_blocking=True)
+        share = _share(len(y), plan.device, world)
+        parts = chunk_count(len(y), plan.micro)
         chunks = list(zip(x.tensor_split(parts), y.tensor_split(parts)))
         opt.zero_grad(set_to_none=True)
         for i, (xc, yc) in enumerate(chunks):
             last = i == len(chunks) - 1
             with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():  # DDP: one all-reduce
-                with autocast(device):
+                with autocast(plan.device):
                     logits = model(prepare(xc))
-                loss = loss_fn(logits, yc)
+                loss = plan.loss_fn(logits, yc)
                 (loss * (share * len(yc) / len(y))).backward()
             total += loss.detach().item() * len(yc)
         opt.step()
         count += len(y)
-    total, count = distributed.all_sum([total, count], device, world)
+    total, count = distributed.all_sum([total, count], plan.device, world)
     return total / max(count, 1)
 
 

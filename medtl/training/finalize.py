@@ -1,0 +1,74 @@
+"""The finalize phase, the one owner of what gets scored: after every choice (auto's strategy, the mirror,
+calibration) test is scored once (training/scoring.py); then the run's metrics, predictions, checkpoint and
+figures are written, metrics.json last (its presence marks a finished run)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from medtl.core.io import write_json
+from medtl.core.runfolder import RunFolder
+from medtl.evaluation.figures import plot_confusions, plot_curves, plot_reliability
+from medtl.evaluation.records import RunMetrics
+from medtl.evaluation.report import format_metrics, write_history, write_predictions
+from medtl.evaluation.splits_report import split_report, without_train_copies
+from medtl.models.checkpoint import Checkpoint
+from medtl.training.prepare import Prepared
+from medtl.training.scoring import Scored, score
+from medtl.training.train import Trained
+
+log = logging.getLogger(__name__)
+
+
+def finalize(trained: Trained, folder: RunFolder | None, progress: bool, began: float) -> RunMetrics | None:
+    """Score the chosen model (every process takes its share) and, with `folder` (rank 0), write the run's
+    results there; returns its metrics (None without a folder). `began`: `time.perf_counter()` when training
+    began (train_seconds counts to the end of scoring)."""
+    if folder is not None and trained.auto:
+        write_json(folder.auto, trained.auto)
+    scored = score(trained, progress)
+    if folder is None:
+        return None
+    return _write(scored, folder, time.perf_counter() - began)
+
+
+def _write(scored: Scored, folder: RunFolder, seconds: float) -> RunMetrics:
+    """Predictions, checkpoint, history, figures, then metrics.json."""
+    p, model, result = scored.trained.p, scored.trained.model, scored.trained.result
+    classes, threshold = p.splits.classes, scored.threshold
+    splits = _split_reports(p, scored, threshold)
+    for split, m in splits.items():
+        log.info(format_metrics(split, m))
+    for split, (pr, y) in scored.scores.items():
+        write_predictions(folder.predictions(split), p.splits.refs[split], y, pr, classes, threshold)
+    ckpt = Checkpoint(model.state_dict(), p.cfg, classes, threshold, p.preprocess, p.spec.name, scored.temperature)
+    digest = ckpt.save(folder.checkpoint)
+    write_history(folder.history, result.history)
+    title = f"{p.spec.name} {p.cfg.model.strategy}"
+    plot_curves(folder.curves, result.history, title)
+    plot_reliability(folder.reliability, splits, title)
+    plot_confusions(folder.confusion, splits, classes)
+    metrics = RunMetrics(result.best_epoch, len(result.history), seconds, threshold, p.cfg.train.threshold, classes,
+                         p.size, {s: len(r) for s, r in p.splits.refs.items()}, splits, scored.temperature, digest,
+                         scored.uncalibrated, scored.trained.auto, scored.tta)
+    metrics.write(folder.metrics)  # last: its presence marks a finished run (studies resume on it)
+    log.info("training took %.1f s; best epoch %d; threshold %.4f (chosen on validation by %s)",
+             seconds, result.best_epoch, threshold, p.cfg.train.threshold)
+    return metrics
+
+
+def _split_reports(p: Prepared, scored: Scored, threshold: float) -> dict:
+    """Every evaluated split, and `test_deduplicated` when the given test split shares images with train
+    (byte-identical, or near-duplicate with data.group=near_duplicates)."""
+    n, seed, classes = p.cfg.train.bootstrap, p.cfg.train.seed, p.splits.classes
+    out = {s: split_report(y, pr, classes, threshold, n, seed) for s, (pr, y) in scored.scores.items()}
+    if "test" in scored.scores and p.splits.carved.get("test") is None and p.splits.content:
+        keys = p.splits.content  # computed once by discover, for every image
+        kept = without_train_copies([keys[r] for r in p.splits.refs["test"]],
+                                    {keys[r] for r in p.splits.refs["train"]})
+        if 0 < len(kept) < len(p.splits.refs["test"]):
+            pr, y = scored.scores["test"]
+            out["test_deduplicated"] = {**split_report(y[kept], pr[kept], classes, threshold, n, seed),
+                                        "removed": len(p.splits.refs["test"]) - len(kept)}
+    return out

@@ -1,0 +1,91 @@
+"""The run phase: the strategy's training (or auto's choice among candidates), which returns validation's
+scores only. Test is scored after every choice, once, by the finalize phase (training/finalize.py)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+import medtl.training.distributed as distributed
+from medtl.data.datasets import class_weights, train_transform
+from medtl.models.memory import recomputed, recomputing
+from medtl.models.strategies import Classifier, param_groups
+from medtl.training.auto import choose
+from medtl.training.cached import probe_head, train_head_on_features, train_top_on_activations
+from medtl.training.fitstate import EpochHook, FitPlan, calling
+from medtl.training.loop import fit, make_loss, micro_batch, predict
+from medtl.training.prepare import Prepared
+from medtl.training.results import SplitScores, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trained:
+    """What the run phase hands to finalize: the Prepared and model of the strategy trained (auto: of the
+    candidate chosen), its fit, and auto's record ({} for a fixed strategy)."""
+
+    p: Prepared
+    model: Classifier
+    result: TrainResult
+    auto: dict = field(default_factory=dict)
+
+
+def run_strategy(p: Prepared, model: Classifier | None, progress: bool, on_epoch: EpochHook | None,
+                 prepare_seconds: float) -> Trained:
+    """The strategy's training; with `model` None (strategy auto) auto's choice among candidates, each with its
+    own Prepared and model (`on_epoch` is not called then)."""
+    if model is not None:
+        return Trained(p, model, train(p, model, progress, on_epoch))
+    outcome = choose(p, train, progress, prepare_seconds)
+    result = TrainResult.of(outcome.trained)
+    if "test" in result.scores:  # test is finalize's to score, once, after every choice
+        log.debug("auto handed back test scores: finalize scores test itself")
+        result = TrainResult(result.history, result.best_epoch, {"val": result.scores["val"]})
+    return Trained(outcome.p, outcome.model, result, outcome.record)
+
+
+def train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook | None = None) -> TrainResult:
+    """Train `model` per `p`'s strategy; returns the fit with validation's scores only (`scores["val"]`).
+    `on_epoch(epoch, val_metrics)` is called after every epoch of the strategy's own fit (not LP-FT's probe)."""
+    tc = p.cfg.train
+    weights = class_weights(p.splits.labels["train"], len(p.splits.classes)) if tc.class_weights else None
+    loss_fn = make_loss(p.binary, weights, tc.label_smoothing)
+    hooks = [calling(on_epoch)] if on_epoch is not None else []
+    if p.cfg.model.strategy == "linear":
+        return train_head_on_features(p, model, loss_fn, progress, hooks)
+    if _lp_ft(p):
+        probe_head(p, model, loss_fn, progress)
+    if p.cfg.model.strategy == "partial" and tc.cache_frozen:
+        try:
+            return train_top_on_activations(p, model, loss_fn, progress, hooks)
+        except ValueError as exc:
+            log.info("partial: training end to end, the frozen prefix cannot be cached (%s)", exc)
+    model.to(memory_format=torch.channels_last)  # as the inputs: measured faster on CPU, no re-layout in DDP
+    if tc.sync_bn:
+        model = distributed.sync_batch_norm(model, p.device)
+    transform = train_transform(p.size, p.cfg.data.hflip) if p.cfg.data.augment else None
+    batches = p.loader("train", True, tc.batch_size, transform)
+    val = p.loader("val", False, tc.batch_size)
+    plan = FitPlan(tc, loss_fn, p.device, p.splits.classes, param_groups(model, tc.lr, tc.backbone_lr_scale),
+                   micro_batch(tc, p.size, p.device), p.deadline, p.state_path, p.resume)
+    stages = () if tc.sync_bn else recomputed(p.cfg.model.backbone, tc.recompute, p.device)  # SyncBN: untried
+    with recomputing(model.backbone, stages) as names:
+        if names:
+            log.info("recomputing %s in backward (train.recompute=%s)", ", ".join(names), tc.recompute)
+        state = fit(model, batches, val, p.prepare, plan, hooks, progress)
+    scores = SplitScores(*predict(model, val, p.prepare, p.device, "predict val", progress))
+    return TrainResult(state.history, state.best_epoch, {"val": scores})
+
+
+def _lp_ft(p: Prepared) -> bool:
+    """LP-FT's probe step runs for partial/full from pretrained weights, unless a resumed run's state (which
+    holds the head) is there."""
+    if p.cfg.train.head_init != "probe" or p.cfg.model.strategy not in ("partial", "full"):
+        return False
+    if p.weights == "none":
+        log.info("LP-FT: no pretrained weights to probe; the head starts random")
+        return False
+    return not (p.resume and p.state_path is not None and p.state_path.is_file())

@@ -1,0 +1,139 @@
+"""Records of results: metrics.json's schema (keys and types, as torchvision checks its weights' meta), read and
+written by `RunMetrics`; older files read as version 1, later ones refused in one line; test scored once, by
+the finalize phase, after every choice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import medtl
+from medtl.core.errors import MedtlError
+from medtl.evaluation.records import SCHEMA_VERSION, RunMetrics
+
+TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
+        "batch_size": 16}
+# every key of a finished run's metrics.json and its type (optional keys: when set)
+SCHEMA = {"schema_version": int, "best_epoch": int, "epochs_run": int, "train_seconds": float, "threshold": float,
+          "threshold_method": str, "classes": list, "image_size": int, "split_sizes": dict, "splits": dict,
+          "temperature": float, "tta": dict, "weights_sha256": str}
+SPLIT = {"n": int, "threshold": float, "loss": float, "accuracy": float, "auc": float, "sensitivity": float,
+         "specificity": float, "f1": float, "confusion_matrix": list, "ci95": dict, "calibration": dict}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run for the schema tests (copied by `tiny_run` for a test that damages its files)."""
+    from conftest import make_image
+
+    root = tmp_path_factory.mktemp("records")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        for label, name in enumerate(("neg", "pos")):
+            (root / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                make_image(label, rng).save(root / "data" / split / name / f"{name}_{i}.png")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDTL_CACHE", str(root / "cache"))
+        return medtl.train(root / "data", out=root / "runs", name="r", progress=False, **TINY).path
+
+
+@pytest.fixture
+def tiny_run(trained, tmp_path):
+    shutil.copytree(trained, tmp_path / "r")
+    return medtl.Run.load(tmp_path / "r")
+
+
+def test_metrics_json_has_its_schema(tiny_run):
+    written = json.loads((tiny_run.path / "metrics.json").read_text())
+    assert list(written) == list(SCHEMA)  # the keys in their order: no key lost, renamed or added unnoticed
+    for key, kind in SCHEMA.items():
+        assert isinstance(written[key], kind), (key, written[key])
+    assert written["schema_version"] == SCHEMA_VERSION == 1
+    assert set(written["splits"]) == {"val", "test"} and written["classes"] == ["neg", "pos"]
+    assert written["split_sizes"] == {"train": 40, "val": 8, "test": 16}
+    for split in ("val", "test"):
+        for key, kind in SPLIT.items():
+            assert isinstance(written["splits"][split][key], kind), (split, key)
+    assert written["splits"]["test"]["n"] == 16
+    record = RunMetrics.read(tiny_run.path / "metrics.json")
+    assert record.to_dict() == written and record.best_epoch == written["best_epoch"]
+    assert tiny_run.metrics == written  # the API reads it through the record
+
+
+def test_an_older_metrics_file_reads_as_version_1_and_keeps_unknown_keys(tiny_run, tmp_path):
+    old = json.loads((tiny_run.path / "metrics.json").read_text())
+    del old["schema_version"]  # written before the key existed
+    old["from_a_later_tool"] = {"x": 1}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    record = RunMetrics.read(path)
+    assert record.schema_version == 1 and record.splits == old["splits"] and record.tta == old["tta"]
+    assert record.extra == {"from_a_later_tool": {"x": 1}}
+    record.write(tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text()) == {"schema_version": 1, **old}
+
+
+def test_a_later_or_damaged_metrics_file_is_one_line(tiny_run, tmp_path):
+    path = tiny_run.path / "metrics.json"
+    later = {**json.loads(path.read_text()), "schema_version": SCHEMA_VERSION + 1}
+    path.write_text(json.dumps(later))
+    with pytest.raises(MedtlError) as err:
+        tiny_run.metrics
+    assert str(err.value) == (f"metrics file {path} has schema_version 2, which this medtl (schema 1) cannot read; "
+                              "upgrade medtl (pip install -U medtl) to read it")
+    path.write_text('{"best_epoch": 1')  # cut short
+    with pytest.raises(MedtlError, match=r"^metrics file .* is unreadable \(JSONDecodeError\); train the run "
+                                         r"again \(its metrics.json is damaged\)$"):
+        RunMetrics.read(path)
+    path.write_text(json.dumps({"best_epoch": 1}))
+    with pytest.raises(MedtlError, match=r"^metrics file .* has no epochs_run, train_seconds, .*; train the run"):
+        RunMetrics.read(path)
+    assert path.read_text() == json.dumps({"best_epoch": 1})  # reading never rewrites the file
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tta", ["none", "auto"])
+def test_training_returns_validation_and_test_is_scored_once(image_tree, cache_dir, tmp_path, monkeypatch, tta):
+    """The run phase returns validation's scores alone; the finalize phase scores test once, after the mirror
+    is chosen, and those are the scores the run writes."""
+    from medtl.training import scoring, train as train_module
+
+    returned, tested = [], []
+    real_train, real_score = train_module.train, scoring.score_split
+
+    def spy_train(*a, **k):
+        result = real_train(*a, **k)
+        returned.append(set(result.scores))
+        return result
+
+    def spy_score(p, model, split, progress):
+        scores = real_score(p, model, split, progress)
+        tested.append((split, scores.probs.copy()))
+        return scores
+    monkeypatch.setattr(train_module, "train", spy_train)
+    monkeypatch.setattr(scoring, "score_split", spy_score)
+    run = medtl.train(image_tree, out=tmp_path / "runs", name=tta, progress=False, tta=tta, **TINY)
+    assert returned == [{"val"}]
+    assert [s for s, _ in tested] == ["test"]
+    with open(run.path / "predictions_test.csv", newline="") as f:
+        saved = np.array([float(r["prob_pos"]) for r in csv.DictReader(f)])
+    assert len(saved) == 16 and np.abs(saved - tested[0][1]).max() < 1e-6  # written as scored (no temperature)
+
+
+def test_auto_handing_back_test_scores_leaves_test_to_finalize(monkeypatch):
+    """auto (training/auto.py) may still return test's scores with its choice: the run phase drops them, so test
+    is scored in one place."""
+    from medtl.training import train as train_module
+    from medtl.training.auto import Outcome
+
+    y = np.array([0, 1, 0, 1])
+    legacy = ([{"epoch": 1, "val_auc": 1.0, "val_loss": 0.1}], 1, {"val": (y * 0.9, y), "test": (y * 0.8, y)})
+    monkeypatch.setattr(train_module, "choose", lambda p, fn, progress, seconds: Outcome("P", "M", legacy, {"a": 1}))
+    trained = train_module.run_strategy("P", None, False, None, 0.0)
+    assert set(trained.result.scores) == {"val"} and trained.auto == {"a": 1}
+    assert np.array_equal(trained.result.scores["val"].probs, y * 0.9) and trained.result.best_epoch == 1
