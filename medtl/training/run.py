@@ -103,7 +103,7 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
             p, probs, tta_record = mirrored(p, model, probs, progress)
             _finish(p, model, folder, history, best_epoch, probs, time.perf_counter() - start,
                     {"auto": auto_record, "tta": tta_record})
-            folder.state.unlink(missing_ok=True)  # the run is complete: the checkpoint holds its result
+            folder.remove_run_state()  # the run is complete: the checkpoint holds its result
     return folder.path
 
 
@@ -111,8 +111,9 @@ def _claim(cfg: RunConfig, resume: bool, held: ExitStack) -> RunFolder:
     """The run folder, made (or found, for --resume) and locked for this process until `held` closes."""
     folder = _resume_dir(cfg) if resume else _make_run_dir(cfg)
     held.enter_context(_locked(folder))
-    if not resume and folder.state.exists():
-        raise MedtlError(f"run folder {folder} holds an unfinished run ({folder.state.name}); continue it with "
+    left = next((f for f in (folder.state, folder.auto_progress) if f.exists()), None)  # auto: auto-progress
+    if not resume and left is not None:
+        raise MedtlError(f"run folder {folder} holds an unfinished run ({left.name}); continue it with "
                          f"`medtl train --resume {folder}`, or pass another --name")
     return folder
 
@@ -148,10 +149,11 @@ def _guarded(folder: RunFolder, cfg: RunConfig) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        if cfg.model.strategy == "auto":  # its candidates keep no per-epoch state: the command that starts it again
-            raise Interrupted("interrupted: an auto run cannot be resumed (its candidates keep no per-epoch state): "
-                              f"start it again with {folder.restart_command(cfg.data.path)}") from None
-        kept = "the last finished epoch is kept" if folder.state.exists() else "no epoch had finished"
+        if cfg.model.strategy == "auto":  # training/auto_state.py: finished candidates, the current one's epochs
+            kept = "the finished candidates and epochs are kept" if folder.auto_progress.exists() else \
+                "no epoch had finished"
+        else:
+            kept = "the last finished epoch is kept" if folder.state.exists() else "no epoch had finished"
         raise Interrupted(f"interrupted: {kept}; continue with `medtl train --resume {folder}`") from None
     except MedtlError:
         raise
@@ -181,16 +183,12 @@ def _write_inputs(p: Prepared, folder: RunFolder, resume: bool) -> None:
 
 
 def _check_auto(cfg: RunConfig, resume: bool) -> None:
-    """Before the data are read: what an auto run cannot do."""
+    """Before the data are read: what an auto run cannot do. (It can be resumed: training/auto_state.py.)"""
     if cfg.model.strategy != "auto":
         return
     if effective_weights(cfg.model) == "none":
         raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "
                          "none; pass --weights default (or a file), or --strategy scratch")
-    if resume:
-        again = RunFolder(Path(cfg.out) / (cfg.name or "RUN")).restart_command(cfg.data.path or "DATA")
-        raise MedtlError("an auto run cannot be resumed (its candidates keep no per-epoch state); start it again "
-                         f"with {again}, or resume a run with a fixed --strategy")
 
 
 def _strategy(p: Prepared, model: Classifier | None, progress: bool, on_epoch: EpochHook | None,
