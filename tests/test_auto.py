@@ -12,6 +12,9 @@ from medtl.core.config import RunConfig, apply_overrides, budget_seconds
 from medtl.core.errors import MedtlError
 from medtl.models.checkpoint import Checkpoint
 from medtl.training import auto
+from medtl.training import scoring
+from medtl.training.results import SplitScores, TrainResult
+from medtl.training.train import Trained
 from medtl.training.prepare import prepare
 from medtl.training.run import run
 
@@ -62,13 +65,12 @@ def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
     val_auc = {"linear": 0.80, "partial": 0.95, "full": 0.90}  # few (48) and far (0.80): partial, then full
     seen = []
 
-    def fake_train(cp, model, progress):
+    def fake_train(cp, model, progress, on_epoch=None):
         s = cp.cfg.model.strategy
         seen.append(s)
-        assert cp.scored == ("val",)  # a candidate never computes test probabilities
         y = np.array([0, 1] * 4)
-        probs = {"val": (y * 0.8 + 0.1, y)}
-        return [{"epoch": 1, "val_auc": val_auc[s], "val_loss": 1 - val_auc[s]}], 1, probs
+        probs = {"val": SplitScores(y * 0.8 + 0.1, y)}
+        return TrainResult([{"epoch": 1, "val_auc": val_auc[s], "val_loss": 1 - val_auc[s]}], 1, probs)
 
     outcome = auto.choose(p, fake_train, False, prepare_seconds=1.0)
     assert seen == ["linear", "partial", "full"]
@@ -76,7 +78,9 @@ def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
     assert outcome.p.cfg.train.head_init == "probe"  # fine-tuning candidates are LP-FT
     assert [c["val_auc"] for c in outcome.record["candidates"]] == [0.80, 0.95, 0.90]
     assert "test" not in json.dumps(outcome.record["candidates"])
-    test_probs, test_y = outcome.trained[2]["test"]  # scored once, by the chosen model, after the choice
+    assert set(outcome.result.scores) == {"val"}  # auto never scores test: the run's finalize phase does, once
+    scored = scoring.score(Trained(outcome.p, outcome.model, outcome.result, outcome.record), False)  # after every choice
+    test_probs, test_y = scored.scores["test"]  # scored once, by the chosen model, after the choice
     assert len(test_probs) == len(test_y) == 16
 
 
@@ -85,8 +89,8 @@ def test_a_candidate_that_cannot_fit_is_skipped_with_the_reason(image_tree, cach
     p.deadline = time.monotonic() + 3600
     monkeypatch.setattr(auto, "_step_seconds", lambda p: 1e4)  # one step: hours
 
-    def fake_train(cp, model, progress):
-        return [{"epoch": 1, "val_auc": 0.7, "val_loss": 0.5}], 1, {}
+    def fake_train(cp, model, progress, on_epoch=None):
+        return TrainResult([{"epoch": 1, "val_auc": 0.7, "val_loss": 0.5}], 1, {})
 
     outcome = auto.choose(p, fake_train, False, prepare_seconds=1.0)
     skipped = [c for c in outcome.record["candidates"] if not c["image_size"]]
@@ -112,7 +116,7 @@ def test_auto_run_end_to_end_records_every_candidate(image_tree, cache_dir, tmp_
     ckpt = Checkpoint.load(run_dir / "checkpoint.pt")
     assert ckpt.config.model.strategy == chosen  # the checkpoint holds the chosen candidate's resolved config
     assert set(metrics["splits"]) >= {"val", "test"}
-    with pytest.raises(MedtlError, match="cannot be resumed"):
+    with pytest.raises(MedtlError, match="has already finished"):  # an unfinished one resumes: test_auto_resume
         run(_cfg(image_tree, tmp_path / "runs", **{"name": run_dir.name}), progress=False, resume=True)
 
 
@@ -171,11 +175,12 @@ def test_the_other_strategy_runs_in_the_time_the_rule_left(image_tree, cache_dir
     val_auc = {"linear": 0.95, "partial": 0.96, "full": 0.99}
     seen = []
 
-    def fake_train(cp, model, progress):
+    def fake_train(cp, model, progress, on_epoch=None):
         s = cp.cfg.model.strategy
         seen.append(s)
         y = np.array([0, 1] * 4)
-        return [{"epoch": 1, "val_auc": val_auc[s], "val_loss": 1 - val_auc[s]}], 1, {"val": (y * 0.8 + 0.1, y)}
+        return TrainResult([{"epoch": 1, "val_auc": val_auc[s], "val_loss": 1 - val_auc[s]}], 1,
+                           {"val": SplitScores(y * 0.8 + 0.1, y)})
 
     outcome = auto.choose(p, fake_train, False, prepare_seconds=1.0)
     assert seen == ["linear", "partial", "full"] and outcome.record["chosen"] == "full"

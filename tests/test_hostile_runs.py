@@ -52,7 +52,7 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name == "run.lock")
 
 
-# --- D4: Ctrl-C in an auto run prints the command that starts it again --------------------------------------
+# --- D4: Ctrl-C in an auto run prints the command that continues it (--resume) ---------------------------------
 
 @pytest.mark.slow
 def test_ctrl_c_in_an_auto_run_prints_a_command_that_works(image_tree, tmp_path):
@@ -68,19 +68,17 @@ def test_ctrl_c_in_an_auto_run_prints_a_command_that_works(image_tree, tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    again = f"medtl train {image_tree} --config {folder.config}"
-    assert lines == ["error: interrupted: an auto run cannot be resumed (its candidates keep no per-epoch state): "
-                     f"start it again with `{again}`"]
-    assert "no epoch had finished" not in err and "--resume" not in err
+    again = f"medtl train --resume {folder}"  # issue 25: an auto run resumes (training/auto_state.py)
+    assert lines == [f"error: interrupted: the finished candidates and epochs are kept; continue with `{again}`"]
+    assert "no epoch had finished" not in err
     assert not folder.finished and not folder.checkpoint.exists() and _leftovers(folder.path) == []
     # a program that reads the folder says the same, not "not a run folder"
     predicted = subprocess.run([sys.executable, "-m", "medtl", "predict", str(folder), str(image_tree)],
                                capture_output=True, text=True, env=env)
     assert predicted.returncode == 2
-    assert predicted.stderr.splitlines() == [f"error: the run in {folder} did not finish (no checkpoint.pt); an "
-                                             "auto run cannot be resumed (its candidates keep no per-epoch state): "
-                                             f"start it again with `{again}`"]
-    # following the printed command works: it trains the run again, into the same folder, to the end
+    assert predicted.stderr.splitlines() == [f"error: the run in {folder} did not finish (no checkpoint.pt); "
+                                             f"continue it with `{again}`"]
+    # following the printed command works: it continues the run, in the same folder, to the end
     printed = re.search(r"`(medtl train .*)`", lines[0]).group(1)
     done = subprocess.run([sys.executable, "-m", *shlex.split(printed), "-q"], capture_output=True, text=True,
                           env=env, timeout=600)
@@ -89,16 +87,16 @@ def test_ctrl_c_in_an_auto_run_prints_a_command_that_works(image_tree, tmp_path)
     assert _leftovers(folder.path) == []
 
 
-def test_resuming_an_auto_run_names_the_command_that_starts_it_again(image_tree, tmp_path):
+def test_resuming_an_auto_run_is_not_refused(image_tree, tmp_path):
+    """Issue 25: an auto run resumes (tests/test_auto_resume.py kills one and resumes it); what auto cannot do
+    is still refused before anything is written."""
+    from medtl.training.run import _check_auto
     cfg = _cfg(image_tree, tmp_path / "runs", "a", **{"model.strategy": "auto", "model.weights": "package",
                                                        "model.backbone": "efficientnet_lite0"})
-    with pytest.raises(MedtlError) as info:
-        run(cfg, progress=False, resume=True)
-    folder = RunFolder(tmp_path / "runs" / "a")
-    assert str(info.value) == ("an auto run cannot be resumed (its candidates keep no per-epoch state); start it "
-                               f"again with `medtl train {image_tree} --config {folder.config}`, or resume a run "
-                               "with a fixed --strategy")
-    assert not folder.path.exists()  # refused before anything is written
+    _check_auto(cfg, resume=True)  # no refusal
+    with pytest.raises(MedtlError, match="strategy scratch"):
+        _check_auto(_cfg(image_tree, tmp_path / "runs", "a", **{"model.strategy": "auto"}), resume=True)
+    assert not (tmp_path / "runs" / "a").exists()
 
 
 # --- D18: a killed run read back says "did not finish" and how to continue it -------------------------------

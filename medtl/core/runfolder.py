@@ -6,12 +6,10 @@ record, so no file name is spelled twice."""
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medtl.core.config import load_config
 from medtl.core.errors import MedtlError
 
 
@@ -42,6 +40,22 @@ class RunFolder:
     cam_grid = property(lambda self: self.path / "cam_grid.png")
     lock = property(lambda self: self.path / "run.lock")  # held by the process writing the run
     auto = property(lambda self: self.path / "auto.json")  # strategy auto: every candidate, the choice and why
+    # strategy auto, while it runs (for --resume): the budget used, the finished candidates, the one in progress
+    auto_progress = property(lambda self: self.path / "auto-progress.json")
+    auto_best = property(lambda self: self.path / "auto-best.pt")  # the best candidate so far: weights, scores
+
+    def candidate_state(self, strategy: str, size: int) -> Path:
+        """Per-epoch training state of one auto candidate, for --resume."""
+        return self.path / f"state-{strategy}-{size}.pt"
+
+    def remove_run_state(self) -> None:
+        """What only an unfinished run needs (state.pt, auto's progress), once the run is complete."""
+        self.state.unlink(missing_ok=True)
+        self.remove_auto_progress()
+
+    def remove_auto_progress(self) -> None:
+        for path in [self.auto_progress, self.auto_best, *self.path.glob("state-*.pt")]:
+            path.unlink(missing_ok=True)
 
     def predictions(self, split: str) -> Path:
         return self.path / f"predictions_{split}.csv"
@@ -56,23 +70,11 @@ class RunFolder:
     @property
     def started(self) -> bool:
         """`medtl train` began a run here (it writes config.yaml first), finished or not."""
-        return self.config.is_file() or self.state.is_file()
+        return self.config.is_file() or self.state.is_file() or self.auto_progress.is_file()
 
     def how_to_continue(self) -> str:
-        """What to do with the unfinished run here: `--resume`, or, for strategy auto (whose candidates keep no
-        per-epoch state), the command that starts it again in this folder."""
-        try:
-            cfg = load_config(self.config)
-        except MedtlError:  # no readable config: --resume says what is wrong with the folder
-            cfg = None
-        if cfg is None or cfg.model.strategy != "auto" or not cfg.data.path:
-            return f"continue it with `medtl train --resume {self.path}`"
-        return ("an auto run cannot be resumed (its candidates keep no per-epoch state): start it again with "
-                f"{self.restart_command(cfg.data.path)}")
-
-    def restart_command(self, data: str) -> str:
-        """The command that starts the run again with the config it was started with, into this folder."""
-        return f"`medtl train {shlex.quote(data)} --config {shlex.quote(str(self.config))}`"
+        """What to do with the unfinished run here (any strategy, auto included): `--resume`."""
+        return f"continue it with `medtl train --resume {self.path}`"
 
     def read_metrics(self) -> dict[str, Any]:
         if not self.finished:

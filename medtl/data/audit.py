@@ -21,8 +21,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.tree import DecisionTreeClassifier
 
 from medtl.data.splits import DataSplits
-from medtl.data.dicom import is_dicom
-from medtl.data.images import NPZ_SEP, READ_ERRORS, content_digest, open_checked, open_image, to_uint8
+from medtl.data.images import NPZ_SEP, READ_ERRORS, content_digest, is_dicom_file, open_file, open_image, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +64,9 @@ def _open_raw(ref: str, load: bool = True) -> tuple[Image.Image, str]:
     """The image as stored (mode, size) and its format; with `load`, a truncated file raises here."""
     if NPZ_SEP in ref:
         return open_image(ref), "npz"
-    if is_dicom(ref):
+    if is_dicom_file(ref):
         return open_image(ref), "DICOM"
-    with open_checked(ref) as img:
+    with open_file(ref) as img:  # the bytes hashed just before: no second read
         if not load:  # the header tells mode, size and format
             return img, img.format or "unknown"
         img.load()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medtl.data.dicom import is_dicom, read_dicom
+from medtl.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 from medtl.data.pixels import finite
 from medtl.core.errors import MedtlError
 from medtl.core.io import array_digest, atomic_write, make_dir, sweep_temps
@@ -40,12 +42,49 @@ def _npz_array(path: str, key: str) -> np.ndarray:
         return data[key]
 
 
+KEPT_BYTES = 256 << 20  # image file bytes kept in memory after their first read, for decoding and the audit
+
+
+class _ReadOnce:
+    """Image files read once per process: the bytes read to hash a file (its content key) are kept, up to
+    KEPT_BYTES in all, so that decoding it (at every image size a run asks for) and the audit's look at its
+    header read memory, not the disk. Keyed by path, size and modification time, as `content_digest`: a file
+    rewritten in place is read again. Past the limit, files are read from disk each time, as before."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used, self.kept, self.lock = limit, 0, {}, threading.Lock()
+
+    def read(self, path: str) -> bytes:
+        key = _stat_key(path)
+        data = self.kept.get(key)
+        if data is None:
+            data = Path(path).read_bytes()
+            with self.lock:
+                if key not in self.kept and self.used + len(data) <= self.limit:
+                    self.kept[key] = data
+                    self.used += len(data)
+        return data
+
+    def source(self, path: str) -> str | io.BytesIO:
+        """The file's kept bytes as a file object, else its path."""
+        data = self.kept.get(_stat_key(path))
+        return path if data is None else io.BytesIO(data)
+
+
+def _stat_key(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return path, st.st_size, st.st_mtime_ns
+
+
+FILES = _ReadOnce(KEPT_BYTES)
+
+
 def read_bytes(ref: str) -> bytes:
     """The raw content that identifies an image (file bytes, or the array slice)."""
     if NPZ_SEP in ref:
         path, split, index = ref.split(NPZ_SEP)
         return _npz_array(path, f"{split}_images")[int(index)].tobytes()
-    return Path(ref).read_bytes()
+    return FILES.read(ref)
 
 
 def content_digest(ref: str) -> bytes:
@@ -99,9 +138,9 @@ def open_image(ref: str, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIX
     if NPZ_SEP in ref:
         path, split, index = ref.split(NPZ_SEP)
         return _finite_image(Image.fromarray(_npz_array(path, f"{split}_images")[int(index)]), ref)
-    if is_dicom(ref):
+    if is_dicom_file(ref):
         return read_dicom(ref, window, max_pixels)
-    with open_checked(ref, max_pixels) as img:
+    with open_file(ref, max_pixels) as img:
         reduce_on_decode(img, reduce_to)
         img.load()
         if img.mode == "P":
@@ -115,6 +154,26 @@ def _finite_image(img: Image.Image, ref: str) -> Image.Image:
         return img
     arr = np.asarray(img)
     return img if np.isfinite(arr).all() else Image.fromarray(finite(arr.astype(np.float64), ref).astype(np.float32))
+
+
+def is_dicom_file(ref: str) -> bool:
+    """`is_dicom` of a file, from its kept bytes when it has been read (no second read for the marker)."""
+    if Path(ref).suffix.lower() in DICOM_SUFFIXES:
+        return True
+    source = FILES.source(ref)
+    return is_dicom(ref) if isinstance(source, str) else is_dicom(source.getvalue())
+
+
+def open_file(ref: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """`open_checked` of an image file, from its kept bytes when it has been read (`_ReadOnce`); an unreadable
+    file's error names its path either way."""
+    source = FILES.source(ref)
+    try:
+        return open_checked(source, max_pixels)
+    except UnidentifiedImageError:
+        if isinstance(source, str):
+            raise
+        raise UnidentifiedImageError(f"cannot identify image file {ref!r}") from None
 
 
 class OverPixelLimit(ValueError):

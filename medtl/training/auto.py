@@ -4,10 +4,14 @@ Seed 001's rule orders the candidates: train a new head on the frozen backbone w
 close to ImageNet, fine-tune the top stages when they are few and far, fine-tune everything when they are
 many. `linear` runs first: its features are cached and cheap, and how well it separates validation measures
 the similarity. The fine-tuning candidates then run in the rule's order (LP-FT: each head starts from the
-linear probe), each in its share of the time left, at the largest image size that fits `MIN_EPOCHS`; one
-that cannot fit is skipped with the reason. The candidate with the best validation score is kept; test is
-scored once, for it (candidates compute validation probabilities only). Every candidate, its score, its
-time, the choice and why go to the run folder (auto.json, and metrics.json's "auto").
+linear probe), each in its share of the time left, at the largest image size that fits `MIN_EPOCHS`; the
+other strategies follow in the time the rule's candidates left. Plans come from measured seconds
+(training/auto_plan.py): after every epoch of every candidate the plans still to run are recomputed, and
+each re-plan is recorded. When no candidate fits its share, the cheapest one that can finish an epoch in
+all the time left runs, stopped by the deadline. The candidate with the best validation score is kept; test
+is never looked at here (the run's finalize phase scores it once, for the chosen model). Every candidate,
+its score, its time, the re-plans, the choice and why go to the run folder (auto.json, and metrics.json's
+"auto"); a killed run continues with `medtl train --resume` (training/auto_state.py).
 """
 
 from __future__ import annotations
@@ -19,27 +23,25 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from medtl.core.config import RunConfig, run_budget
-from medtl.models.memory import recomputed, recomputing
 from medtl.models.strategies import Classifier, build_classifier
-from medtl.training.loop import chunk_count, micro_batch, monitor_key, predict, release_memory, seed_everything
-from medtl.training.prepare import Prepared, prepare
+from medtl.training.auto_plan import FT_BATCH, MIN_EPOCHS, Costs, fit, mirror_seconds
+from medtl.training.auto_plan import step_seconds as _step_seconds
+from medtl.training.auto_state import Keeper, Progress
+from medtl.training.loop import monitor_key, release_memory, seed_everything
+from medtl.training.prepared import Prepared
+from medtl.training.results import TrainResult
 
 log = logging.getLogger(__name__)
 
 FEW = 1000  # training images below which the data count as few
 CLOSE = 0.90  # the linear probe's validation AUC from which the data count as close to ImageNet
-MIN_EPOCHS = 4  # a fine-tuning candidate runs at a size where at least this many epochs fit its share
-FIRST_SHARE = 0.65  # of the time left, for a fine-tuning candidate that another one follows
+FIRST_SHARE = 0.65  # of the time left, for a fine-tuning candidate that another one of the rule follows
 RESERVE_S = 15.0  # kept for scoring, figures and the checkpoint after the last candidate
-FT_BATCH = 32  # fine-tuning batch (memory: full at 224 px, batch 64, reached 8.4 GB on a CPU)
 AUC_TIE = 0.002  # validation AUCs this close count as equal; the lower validation loss wins
-PARTIAL_COST = 0.5  # a partial step on cached activations against a full step (top stages only)
+__all__ = ["FEW", "CLOSE", "MIN_EPOCHS", "FT_BATCH", "AUC_TIE", "Candidate", "Outcome", "plan", "choose", "beats"]
 
-Trained = tuple[list[dict], int, dict]  # history, best epoch, {split: (probs, labels)}
-TrainFn = Callable[[Prepared, Classifier, bool], Trained]
+TrainFn = Callable[..., "TrainResult | tuple"]  # (Prepared, model, progress, on_epoch) -> TrainResult
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Candidate:
 class Outcome:
     p: Prepared  # the chosen candidate's (its config, image size)
     model: Classifier
-    trained: Trained
+    result: TrainResult  # validation scores only: test is scored by the run's finalize phase
     record: dict
 
 
@@ -76,46 +78,241 @@ def plan(n_train: int, similarity: float) -> tuple[list[str], str]:
 
 
 def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: float) -> Outcome:
-    """Run the candidates within `p.deadline` and keep the best on validation."""
-    end = p.deadline - RESERVE_S
-    best = _attempt(p, "linear", p.size, p.cfg.train.epochs, train_fn, progress, end)
-    tried = [best[1]]
-    order, why = plan(len(p.splits.refs["train"]), tried[0].val_auc)
+    """Run the candidates within `p.deadline` and keep the best on validation; with `p.resume`, continue the
+    candidates a killed run left (finished ones kept, the one in progress from its last epoch, the budget
+    what was left)."""
+    run = _Session(p, train_fn, progress, prepare_seconds)
+    if run.state.current and run.state.current["strategy"] == "linear":
+        run.resume_current()
+    elif not run.tried:
+        run.attempt("linear", p.size, p.cfg.train.epochs, run.end, "")
+    order, why = plan(len(p.splits.refs["train"]), run.tried[0].val_auc)
+    run.state.rule = why
     log.info("auto: %s; next: %s", why, ", ".join(order))
-    step = _step_seconds(p)  # one full step at the run's size, the unit of every candidate's estimate
-    end -= _mirror_seconds(p, step)
+    if math.isnan(run.costs.step):
+        run.costs.step = _step_seconds(p)  # the first fine-tuning plan's unit, until an epoch is measured
+    run.end -= mirror_seconds(p, run.costs.step)
     # the rule's candidates share the time; the others run after them in what is left (one that stopped early
     # leaves time: full after partial on few images), and are not tried when nothing fits
-    extra = [s for s in ("full", "partial") if s not in order]
-    for i, strategy in enumerate(order + extra):
-        share = (end - time.monotonic()) * (FIRST_SHARE if i < len(order) - 1 else 1.0)
-        size, epochs, note = _fit(p, strategy, share, prepare_seconds, step)
-        if i >= len(order):
-            note = "; ".join(filter(None, ["after the rule's candidates, in the time they left", note]))
+    run.order = order + [s for s in ("full", "partial") if s not in order]
+    run.rule_count = len(order)
+    if run.state.current:
+        run.resume_current()
+    while (strategy := run.next()) is not None:
+        run.run_next(strategy)
+    return run.outcome()
+
+
+class _Session:
+    """One auto run's candidates, costs and progress (kept in the run folder after every epoch)."""
+
+    def __init__(self, p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: float):
+        self.p, self.train_fn, self.progress, self.prepare_seconds = p, train_fn, progress, prepare_seconds
+        self.keeper = Keeper.of(p.state_path)
+        budget = run_budget(p.cfg) or 0.0
+        saved = self.keeper.load() if p.resume else None
+        if saved is None:
+            self.keeper.clear()
+        self.state = saved or Progress(budget)
+        self.origin = p.deadline - budget - self.state.elapsed  # the budget's start on this process's clock
+        self.end = p.deadline - self.state.elapsed - RESERVE_S
+        self.costs = Costs.of(p)
+        for key, value in self.state.costs.items():
+            setattr(self.costs, key, math.nan if value is None else value)  # JSON keeps NaN as null
+        self.tried = [_candidate(c) for c in self.state.tried]
+        self.best: tuple[Outcome, Candidate] | None = None
+        self.order: list[str] = []
+        self.rule_count = 0
+        if saved is not None:
+            self.state.resumed.append({"at_seconds": round(self.state.elapsed, 1),
+                                       "kept": [c.strategy for c in self.tried if c.image_size],
+                                       "in_progress": (self.state.current or {}).get("strategy")})
+            log.info("auto: resuming after %.0f s of %.0f: kept %s", self.state.elapsed, budget,
+                     ", ".join(c.strategy for c in self.tried) or "nothing")
+            if self.state.best is not None:
+                self.best = self._restore_best()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.origin
+
+    def next(self) -> str | None:
+        done = {c.strategy for c in self.tried}
+        return next((s for s in self.order if s not in done), None)
+
+    def run_next(self, strategy: str) -> None:
+        """Plan `strategy` in its share of the time left and run it, or skip it with the reason; when it does not
+        fit its share, the cheapest candidate left that can finish one epoch runs in all the time left."""
+        index = self.order.index(strategy)
+        left = self.end - time.monotonic()
+        share = left * (FIRST_SHARE if index < self.rule_count - 1 else 1.0)
+        size, epochs, note = self.fit(strategy, share)
+        deadline = time.monotonic() + share
         if not size:
-            tried.append(Candidate(strategy, 0, note=note))
+            strategy, size, epochs, fallback = self._cheapest(left)
+            if size:
+                note, deadline = fallback, self.end
+        if index >= self.rule_count:
+            note = "; ".join(filter(None, ["after the rule's candidates, in the time they left", note]))
+        self.replan(strategy, "start", f"{strategy} starts: {left:.0f} s left")
+        if not size:
+            self.finish(Candidate(strategy, 0, note=note))
             log.info("auto: %s skipped: %s", strategy, note)
-            continue
-        attempt = _attempt(p, strategy, size, epochs, train_fn, progress, time.monotonic() + share)
-        attempt[1].note = note
-        tried.append(attempt[1])
-        if _better(attempt[1], best[1], p.cfg):
-            best = attempt  # the other candidates' models are let go
-        del attempt
+            return
+        self.attempt(strategy, size, epochs, deadline, note)
+
+    def fit(self, strategy: str, seconds: float) -> tuple[int, int, str]:
+        return fit(self.costs, strategy, seconds, self.prepare_seconds, self.p.cfg.train.epochs)
+
+    def _cheapest(self, left: float) -> tuple[str, int, int, str]:
+        """Of the candidates not yet run, the one whose epoch costs least that can finish one epoch in `left`
+        seconds: (strategy, size, epochs, note), or the first one with (0, 0, why)."""
+        done = {c.strategy for c in self.tried}
+        waiting = [s for s in self.order if s not in done]
+        fits = sorted((self.costs.epoch(s, self.costs.native)[0], s, self.fit(s, left)) for s in waiting)
+        for _, strategy, (size, epochs, note) in fits:
+            if size:
+                return strategy, size, epochs, ("no candidate fits its share; the cheapest that can finish an "
+                                                 f"epoch runs in all the time left ({left:.0f} s), stopped by the "
+                                                 "deadline" + (f"; {note}" if note else ""))
+        strategy = waiting[0]
+        return strategy, 0, 0, self.fit(strategy, left)[2]
+
+    def resume_current(self) -> None:
+        """The candidate a kill interrupted, with its plan (size, epochs, deadline), from its last epoch."""
+        cur = self.state.current
+        log.info("auto: resuming %s at %d px after epoch %d", cur["strategy"], cur["image_size"], cur.get("epoch", 0))
+        self.attempt(cur["strategy"], cur["image_size"], cur["epochs"], self.origin + cur["until"], cur["note"],
+                     resume=True)
+
+    def attempt(self, strategy: str, size: int, epochs: int, deadline: float, note: str,
+                resume: bool = False) -> None:
+        """One candidate trained (at its size: `Prepared.at_size`) and its validation score kept."""
+        start = time.monotonic()
+        self.state.current = {"strategy": strategy, "image_size": size, "epochs": epochs, "note": note,
+                              "until": round(deadline - self.origin, 3), "epoch": 0}
+        self.save()
+        cand_p = self._prepared_for(strategy, size, epochs, resume)
+        cand_p.deadline = deadline
+        seed_everything(self.p.cfg.train.seed)
+        model = build_classifier(cand_p.cfg.model, 1 if self.p.binary else len(self.p.splits.classes),
+                                 self.p.in_chans).to(self.p.device)
+        log.info("auto: trying %s at %d px, up to %d epochs, %.0f s left for it", strategy, size, epochs,
+                 deadline - start)
+        hook = _EpochClock(self, strategy, size)
+        result = self.train_fn(cand_p, model, self.progress, hook)
+        row = result.best
+        cand = Candidate(strategy, size, epochs, len(result.history), result.best_epoch, float(row["val_auc"]),
+                         float(row["val_loss"]), time.monotonic() - start, note)
+        log.info("auto: %s val AUC %.4f, val loss %.4f (best epoch %d of %d) in %.0f s", strategy, cand.val_auc,
+                 cand.val_loss, cand.best_epoch, cand.epochs_run, cand.seconds)
+        hook.measure_candidate(result.history, cand.seconds)
+        outcome = Outcome(cand_p, model, result, {})
+        if self.best is None or _better(cand, self.best[1], self.p.cfg):
+            self.best = (outcome, cand)  # the other candidates' models are let go
+            self.keeper.save_best(dataclasses.asdict(cand), model, result)
+            self.state.best = len(self.tried)
+        self.finish(cand)
+        del outcome, model
         release_memory()
-    outcome, chosen = best
-    outcome.record = _record(p, tried, chosen, why)
-    log.info("auto: chose %s (%s)", chosen.strategy, outcome.record["reason"])
-    _score_test(outcome, progress)
-    return outcome
+
+    def finish(self, cand: Candidate) -> None:
+        self.tried.append(cand)
+        self.state.tried.append(dataclasses.asdict(cand))
+        self.state.current = None
+        self.save()
+        if cand.image_size:
+            self.keeper.finished(cand.strategy, cand.image_size)
+
+    def save(self) -> None:
+        self.state.elapsed = self.elapsed()
+        self.state.costs = {"step": self.costs.step, "per_image": self.costs.per_image, "setup": self.costs.setup}
+        self.keeper.save(self.state)
+
+    def replan(self, candidate: str, epoch: int | str, reason: str) -> None:
+        """The plans of the candidates still to run, from the costs measured so far, recorded."""
+        done = {c.strategy for c in self.tried} | {candidate}
+        waiting = [s for s in self.order if s not in done]
+        left = self.end - time.monotonic()
+        if self.state.current and self.state.current["strategy"] == candidate:
+            cur = self.state.current  # the candidate in progress ends at its deadline (or sooner: it may stop early)
+            left = self.end - (self.origin + cur["until"])
+        plans = {}
+        for s in waiting:
+            share = max(left, 0.0) * (FIRST_SHARE if self.order.index(s) < self.rule_count - 1 else 1.0)
+            size, epochs, note = self.fit(s, share)
+            plans[s] = {"image_size": size, "epochs": epochs, **({"note": note} if note else {})}
+            left -= share if size else 0.0
+        measured = self.costs.per_image.get(candidate)
+        self.state.replans.append({"at_seconds": round(self.elapsed(), 1), "candidate": candidate, "epoch": epoch,
+                                   "measured_s_per_image": measured[0] if measured else None,
+                                   "measured_at_size": measured[1] if measured else None,
+                                   "plan": plans, "reason": reason})
+        self.save()
+
+    def _prepared_for(self, strategy: str, size: int, epochs: int, resume: bool) -> Prepared:
+        """The run's Prepared with the candidate's config and its own state file: fine-tuning is LP-FT at batch
+        <= FT_BATCH; another size is another decoded store over the same splits (`Prepared.at_size`)."""
+        p, tc = self.p, self.p.cfg.train
+        train = dataclasses.replace(tc, epochs=epochs) if strategy == "linear" else dataclasses.replace(
+            tc, epochs=epochs, head_init="probe", batch_size=min(tc.batch_size, FT_BATCH))
+        data = dataclasses.replace(p.cfg.data, image_size=size)
+        cfg = dataclasses.replace(p.cfg, data=data, train=train,
+                                  model=dataclasses.replace(p.cfg.model, strategy=strategy))
+        cand = dataclasses.replace(p, cfg=cfg) if size == p.size else p.at_size(size, cfg, self.progress)
+        state = self.keeper.state(strategy, size)
+        return dataclasses.replace(cand, state_path=state, resume=resume and state is not None and state.is_file())
+
+    def _restore_best(self) -> tuple[Outcome, Candidate]:
+        record, weights, result = self.keeper.load_best()
+        cand = _candidate(record)
+        cand_p = self._prepared_for(cand.strategy, cand.image_size, cand.epochs, resume=False)
+        model = build_classifier(cand_p.cfg.model, 1 if self.p.binary else len(self.p.splits.classes),
+                                 self.p.in_chans, load_weights=False).to(self.p.device)
+        model.load_state_dict(weights)
+        return Outcome(dataclasses.replace(cand_p, state_path=None), model, result, {}), cand
+
+    def outcome(self) -> Outcome:
+        outcome, chosen = self.best
+        outcome.p = dataclasses.replace(outcome.p, state_path=None, resume=False)
+        outcome.record = _record(self.p, self.tried, chosen, self.state)
+        log.info("auto: chose %s (%s)", chosen.strategy, outcome.record["reason"])
+        return outcome
 
 
-def _score_test(outcome: Outcome, progress: bool) -> None:
-    """The chosen model's test probabilities, the only ones computed: candidates return validation's alone."""
-    cp = outcome.p
-    if "test" in cp.splits.refs and cp.cfg.train.tta == "none":  # else training/mirror.py scores it, as chosen
-        outcome.trained[2]["test"] = predict(outcome.model, cp.loader("test", False, cp.cfg.train.batch_size),
-                                             cp.prepare, cp.device, "predict test", progress)
+class _EpochClock:
+    """The `on_epoch` hook auto gives each candidate: times its epochs (from the second on: the first includes
+    the candidate's setup) and re-plans the candidates still to run from them; the progress is kept."""
+
+    def __init__(self, run: _Session, strategy: str, size: int):
+        self.run, self.strategy, self.size = run, strategy, size
+        self.last: float | None = None
+        self.epochs: list[float] = []
+
+    def __call__(self, epoch: int, val: dict) -> None:
+        now = time.monotonic()
+        if self.last is not None:
+            self.epochs.append(now - self.last)
+        self.last = now
+        self.run.state.current["epoch"] = epoch
+        if self.epochs and self.strategy != "linear":
+            self.run.costs.measured(self.strategy, self.size, sum(self.epochs) / len(self.epochs))
+            self.run.replan(self.strategy, epoch, f"{self.strategy} epoch {epoch} measured")
+        else:
+            self.run.save()
+
+    def measure_candidate(self, history: list[dict], seconds: float) -> None:
+        """The finished candidate's epochs as training timed them (history `seconds`), and its setup."""
+        timed = [float(h["seconds"]) for h in history if "seconds" in h]
+        if self.strategy == "linear" or not timed:
+            return
+        self.run.costs.measured(self.strategy, self.size, sum(timed) / len(timed), seconds - sum(timed))
+        self.run.replan(self.strategy, "end", f"{self.strategy} finished after {len(history)} epochs "
+                                              f"in {seconds:.0f} s")
+
+
+def _candidate(record: dict) -> Candidate:
+    """A candidate's record read back (JSON writes an undefined score, NaN, as null)."""
+    return Candidate(**{k: math.nan if v is None else v for k, v in record.items()})
 
 
 def _better(c: Candidate, best: Candidate, cfg: RunConfig) -> bool:
@@ -132,107 +329,19 @@ def beats(a: dict, b: dict, monitor: str) -> bool:
     return monitor_key(a, monitor) > monitor_key(b, monitor)
 
 
-def _attempt(p: Prepared, strategy: str, size: int, epochs: int, train_fn: TrainFn, progress: bool,
-             deadline: float) -> tuple[Outcome, Candidate]:
-    """One candidate trained (its own Prepared when the size differs) and its validation score."""
-    start = time.monotonic()
-    cand_p = _prepared_for(p, strategy, size, epochs, progress)
-    cand_p.deadline = deadline
-    seed_everything(p.cfg.train.seed)
-    model = build_classifier(cand_p.cfg.model, 1 if p.binary else len(p.splits.classes), p.in_chans).to(p.device)
-    log.info("auto: trying %s at %d px, up to %d epochs, %.0f s left for it", strategy, size, epochs,
-             deadline - start)
-    history, best_epoch, probs = train_fn(cand_p, model, progress)
-    row = history[best_epoch - 1]
-    cand = Candidate(strategy, size, epochs, len(history), best_epoch, float(row["val_auc"]), float(row["val_loss"]),
-                     time.monotonic() - start)
-    log.info("auto: %s val AUC %.4f, val loss %.4f (best epoch %d of %d) in %.0f s", strategy, cand.val_auc,
-             cand.val_loss, best_epoch, len(history), cand.seconds)
-    return Outcome(cand_p, model, (history, best_epoch, probs), {}), cand
-
-
-def _prepared_for(p: Prepared, strategy: str, size: int, epochs: int, progress: bool) -> Prepared:
-    """The run's Prepared with the candidate's config: fine-tuning is LP-FT at batch <= FT_BATCH; another size
-    decodes the images again (its own cached store)."""
-    tc = p.cfg.train
-    train = dataclasses.replace(tc, epochs=epochs) if strategy == "linear" else dataclasses.replace(
-        tc, epochs=epochs, head_init="probe", batch_size=min(tc.batch_size, FT_BATCH))
-    data = dataclasses.replace(p.cfg.data, image_size=size)
-    cfg = dataclasses.replace(p.cfg, data=data, train=train, model=dataclasses.replace(p.cfg.model, strategy=strategy))
-    if size == p.size:
-        return dataclasses.replace(p, cfg=cfg, state_path=None, resume=False, scored=("val",))
-    other = prepare(cfg, progress, p.device)
-    other.audit_notes, other.scored = p.audit_notes, ("val",)
-    return other
-
-
 def _fit(p: Prepared, strategy: str, seconds: float, prepare_seconds: float, step: float) -> tuple[int, int, str]:
-    """(image size, epochs, "") for a fine-tuning candidate in `seconds`, given `step`, the seconds of one full
-    FT_BATCH step at the run's size: the largest size up to the run's at which MIN_EPOCHS fit (as many epochs
-    as fit, up to train.epochs); (0, 0, why) when none does."""
-    n_train = len(p.splits.refs["train"])
-    n_eval = sum(len(r) for s, r in p.splits.refs.items() if s != "train")
-    views = 1 + (p.cfg.train.feature_views if p.cfg.data.augment else 0)
-    epochs = 0
-    for size in _sizes(p.size):
-        scale = (size / p.size) ** 2
-        forward = step * scale / FT_BATCH / 3  # per image, gradient-free
-        epoch = n_train / FT_BATCH * step * scale * (PARTIAL_COST if strategy == "partial" else 1) + n_eval * forward
-        probe = 0.0 if size == p.size else prepare_seconds + (n_train + n_eval) * forward  # LP-FT's features
-        setup = probe + ((n_train * views + n_eval) * forward if strategy == "partial" else 0.0)  # its activations
-        epochs = int((seconds - setup) // epoch) if seconds > setup else 0
-        if epochs >= MIN_EPOCHS:
-            return size, min(epochs, p.cfg.train.epochs), ""
-    timing = f"one {FT_BATCH}-image step at {p.size} px takes {step:.2f} s here"
-    if epochs >= 1:  # a busy machine, a short budget: a short fine-tuning still beats none (validation decides)
-        return size, min(epochs, p.cfg.train.epochs), (f"only {epochs} of the {MIN_EPOCHS} epochs sought fit in "
-                                                       f"{seconds:.0f} s, at {size} px ({timing})")
-    return 0, 0, (f"epochs do not fit: not one in {max(seconds, 0):.0f} s even at {_sizes(p.size)[-1]} px "
-                  f"({timing})")
+    """`auto_plan.fit` for `p` from one timed full step (`step` seconds at the run's size)."""
+    return fit(Costs.of(p, step), strategy, seconds, prepare_seconds, p.cfg.train.epochs)
 
 
-def _mirror_seconds(p: Prepared, step: float) -> float:
-    """What test-time augmentation (training/mirror.py) will cost after the choice: validation and test
-    mirrored, two forward passes per image."""
-    if p.cfg.train.tta == "none" or not p.cfg.data.hflip:
-        return 0.0
-    images = sum(len(p.splits.refs.get(s, [])) for s in ("val", "test"))
-    return 2 * images * step / FT_BATCH / 3
-
-
-def _sizes(native: int) -> list[int]:
-    return [native] + [s for s in (192, 160, 128, 112, 96) if s < native]
-
-
-def _step_seconds(p: Prepared) -> float:
-    """One full fine-tuning step (forward, backward, update) of FT_BATCH images at the run's size, measured
-    on random pixels (the cost does not depend on them), on a throwaway model."""
-    model_cfg = dataclasses.replace(p.cfg.model, strategy="full")
-    net = build_classifier(model_cfg, 2, p.in_chans, load_weights=False).to(p.device).train()
-    net.to(memory_format=torch.channels_last)
-    x = torch.randn(FT_BATCH, p.in_chans, p.size, p.size, device=p.device).contiguous(
-        memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.0)
-    seconds = math.inf
-    micro = micro_batch(p.cfg.train, p.size, p.device)  # as training will run it
-    with recomputing(net.backbone, recomputed(model_cfg.backbone, p.cfg.train.recompute, p.device)):
-        for _ in range(2):  # the first one warms up
-            start = time.perf_counter()
-            opt.zero_grad()
-            for chunk in x.tensor_split(chunk_count(FT_BATCH, micro)):
-                net(chunk).float().mean().backward()
-            opt.step()
-            seconds = time.perf_counter() - start
-    return seconds
-
-
-def _record(p: Prepared, tried: list[Candidate], chosen: Candidate, why: str) -> dict:
+def _record(p: Prepared, tried: list[Candidate], chosen: Candidate, state: Progress) -> dict:
     ran = [c for c in tried if c.image_size]
     return {"budget_seconds": run_budget(p.cfg),
             "train_images": len(p.splits.refs["train"]),
             "similarity": {"linear_probe_val_auc": tried[0].val_auc, "close_from": CLOSE}, "few_below": FEW,
-            "rule": why, "candidates": [dataclasses.asdict(c) for c in tried], "chosen": chosen.strategy,
+            "rule": state.rule, "candidates": [dataclasses.asdict(c) for c in tried], "chosen": chosen.strategy,
             "reason": f"best validation {p.cfg.train.monitor} of {len(ran)} candidates tried (AUCs within {AUC_TIE} "
                       f"tie, the lower loss wins): " + ", ".join(f"{c.strategy} AUC {c.val_auc:.4f} loss "
                                                                  f"{c.val_loss:.4f}" for c in ran)
-                      + "; test was not looked at"}
+                      + "; test was not looked at",
+            "replans": state.replans, "resumed": state.resumed, "elapsed_seconds": round(state.elapsed, 1)}

@@ -74,8 +74,9 @@ def _claim(cfg: RunConfig, resume: bool, held: ExitStack) -> RunFolder:
     """The run folder, made (or found, for --resume) and locked for this process until `held` closes."""
     folder = _resume_dir(cfg) if resume else _make_run_dir(cfg)
     held.enter_context(_locked(folder))
-    if not resume and folder.state.exists():
-        raise MedtlError(f"run folder {folder} holds an unfinished run ({folder.state.name}); continue it with "
+    left = next((f for f in (folder.state, folder.auto_progress) if f.exists()), None)  # auto: auto-progress
+    if not resume and left is not None:
+        raise MedtlError(f"run folder {folder} holds an unfinished run ({left.name}); continue it with "
                          f"`medtl train --resume {folder}`, or pass another --name")
     return folder
 

@@ -48,18 +48,3 @@ class TrainResult:
     def best(self) -> dict:
         """The history row of the kept epoch."""
         return self.history[self.best_epoch - 1]
-
-    @classmethod
-    def of(cls, trained) -> "TrainResult":
-        """A TrainResult from itself, or from the `(history, best epoch, {split: (probs, labels)})` tuple that
-        training returned before this record (a caller not yet moved to it)."""
-        if isinstance(trained, cls):
-            return trained
-        history, best_epoch, probs = trained
-        return cls(history, best_epoch, {s: SplitScores(*pair) for s, pair in probs.items()})
-
-    def __iter__(self):  # `history, best_epoch, scores = result`, as the tuple it replaces was read
-        return iter((self.history, self.best_epoch, self.scores))
-
-    def __getitem__(self, i: int):  # `result[2]["val"]`, as the tuple it replaces was indexed
-        return (self.history, self.best_epoch, self.scores)[i]

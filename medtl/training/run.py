@@ -68,7 +68,7 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
             began = time.perf_counter()
             trained = run_strategy(p, started.model, progress, on_epoch, started.prepare_seconds)
             finalize(trained, folder, progress, began)
-            folder.state.unlink(missing_ok=True)  # the run is complete: the checkpoint holds its result
+            folder.remove_run_state()  # the run is complete: the checkpoint holds its result
     return folder.path
 
 
@@ -79,10 +79,11 @@ def _guarded(folder: RunFolder, cfg: RunConfig) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        if cfg.model.strategy == "auto":  # its candidates keep no per-epoch state: the command that starts it again
-            raise Interrupted("interrupted: an auto run cannot be resumed (its candidates keep no per-epoch state): "
-                              f"start it again with {folder.restart_command(cfg.data.path)}") from None
-        kept = "the last finished epoch is kept" if folder.state.exists() else "no epoch had finished"
+        if cfg.model.strategy == "auto":  # training/auto_state.py: finished candidates, the current one's epochs
+            kept = "the finished candidates and epochs are kept" if folder.auto_progress.exists() else \
+                "no epoch had finished"
+        else:
+            kept = "the last finished epoch is kept" if folder.state.exists() else "no epoch had finished"
         raise Interrupted(f"interrupted: {kept}; continue with `medtl train --resume {folder}`") from None
     except MedtlError:
         raise
@@ -97,16 +98,12 @@ def _guarded(folder: RunFolder, cfg: RunConfig) -> Iterator[None]:
 
 
 def _check_auto(cfg: RunConfig, resume: bool) -> None:
-    """Before the data are read: what an auto run cannot do."""
+    """Before the data are read: what an auto run cannot do. (It can be resumed: training/auto_state.py.)"""
     if cfg.model.strategy != "auto":
         return
     if effective_weights(cfg.model) == "none":
         raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "
                          "none; pass --weights default (or a file), or --strategy scratch")
-    if resume:
-        again = RunFolder(Path(cfg.out) / (cfg.name or "RUN")).restart_command(cfg.data.path or "DATA")
-        raise MedtlError("an auto run cannot be resumed (its candidates keep no per-epoch state); start it again "
-                         f"with {again}, or resume a run with a fixed --strategy")
 
 
 def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool = True) -> dict:

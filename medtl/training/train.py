@@ -40,11 +40,7 @@ def run_strategy(p: Prepared, model: Classifier | None, progress: bool, on_epoch
     if model is not None:
         return Trained(p, model, train(p, model, progress, on_epoch))
     outcome = choose(p, train, progress, prepare_seconds)
-    result = TrainResult.of(outcome.trained)
-    if "test" in result.scores:  # test is finalize's to score, once, after every choice
-        log.debug("auto handed back test scores: finalize scores test itself")
-        result = TrainResult(result.history, result.best_epoch, {"val": result.scores["val"]})
-    return Trained(outcome.p, outcome.model, result, outcome.record)
+    return Trained(outcome.p, outcome.model, outcome.result, outcome.record)
 
 
 def train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook | None = None) -> TrainResult:

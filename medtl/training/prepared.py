@@ -1,0 +1,93 @@
+"""The record of a prepared run: config, backbone, weights, data splits, the decoded image store and the
+preprocessing that travels with the weights; loaders over it, and the same data at another image size."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medtl.core.config import RunConfig
+from medtl.data.datasets import StoreDataset
+from medtl.data.images import ImageStore, build_store, check_failures
+from medtl.data.preprocess import Preprocess
+from medtl.data.splits import DataSplits
+from medtl.models.backbones import BackboneSpec
+from medtl.training import distributed
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, validated, before anything is written."""
+
+    cfg: RunConfig
+    spec: BackboneSpec
+    weights: str
+    splits: DataSplits
+    store: ImageStore
+    preprocess: Preprocess
+    device: torch.device
+    cache_dir: Path
+    audit_notes: list[str] = field(default_factory=list)
+    state_path: Path | None = None  # per-epoch training state, for --resume
+    resume: bool = False  # continue from state_path (only when asked: --resume)
+    deadline: float | None = None  # time.monotonic() by which training stops (train.budget)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.splits.classes) == 2
+
+    @property
+    def size(self) -> int:
+        return self.preprocess.size
+
+    @property
+    def in_chans(self) -> int:
+        return self.preprocess.in_chans
+
+    def loader(self, split: str, train: bool, batch_size: int, transform=None, shard: bool = True) -> DataLoader:
+        """Images of `split`; this process's share of each batch under torchrun unless `shard` is off."""
+        rows = np.array([self.store.row(r) for r in self.splits.refs[split]], dtype=np.int64)
+        ds = StoreDataset(self.store.array, rows, self.splits.labels[split], self.in_chans, transform)
+        workers = self.workers
+        return distributed.loader(ds, batch_size, train, self.cfg.train.seed,
+                                  None if shard else distributed.SINGLE, pin_memory=self.device.type == "cuda",
+                                  num_workers=workers, persistent_workers=workers > 0 and train)
+
+    def batches(self, dataset, batch_size: int, train: bool) -> DataLoader:
+        """This process's share of an in-memory data set (features, activations)."""
+        return distributed.loader(dataset, batch_size, train, self.cfg.train.seed)
+
+    @property
+    def workers(self) -> int:
+        """Augmentation runs in the loader: on CUDA it needs worker processes to keep the GPU busy."""
+        if self.cfg.train.workers is not None:
+            return self.cfg.train.workers
+        return min(8, os.cpu_count() or 1) if self.device.type == "cuda" else 0
+
+    def at_size(self, size: int, cfg: RunConfig, progress: bool = True) -> "Prepared":
+        """This run's data at another image size, with `cfg`: the same splits, content keys, audit and weights
+        (discovery, carving and the audit are not done again), only another decoded-image store, decoded from
+        the bytes already read (`images._ReadOnce`) or found in the cache."""
+        pre = dataclasses.replace(self.preprocess, size=size)
+        with distributed.main_first():
+            store = build_store(self.splits.all_refs(), size, self.cache_dir, progress, pre.decoding)
+        splits = self.splits
+        if store.failed:  # unreadable at this size alone: dropped from this size's splits only
+            check_failures(store.failed, cfg.data.strict)
+            splits = copy.deepcopy(splits)
+            splits.drop(set(store.failed))
+        return dataclasses.replace(self, cfg=cfg, splits=splits, store=store, preprocess=pre, state_path=None,
+                                   resume=False)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return self.preprocess.normalize(self.to_device(x))
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True)

@@ -1,0 +1,152 @@
+"""strategy=auto resumes: killed during its second candidate, `medtl train --resume RUN` keeps the finished
+candidates (scores and weights), continues the one in progress from its last epoch within the budget that was
+left, and chooses among all candidates. And the adaptive plan: re-plans from measured epochs, the cheapest
+candidate when nothing fits its share, data prepared once per run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from medtl.training.results import SplitScores, TrainResult
+from medtl.core.config import RunConfig, apply_overrides
+from medtl.core.runfolder import RunFolder
+from medtl.training import auto
+from medtl.training.prepare import prepare
+
+AUTO = ["--backbone", "efficientnet_lite0", "--weights", "package", "--image-size", "32", "--epochs", "200",
+        "--set", "train.patience=200", "--set", "train.batch_size=8", "--set", "train.engine=torch",
+        "--set", "train.bootstrap=50", "--set", "train.threads=1"]
+
+
+def _progress(folder: RunFolder) -> dict | None:
+    try:
+        return json.loads(folder.auto_progress.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.slow
+def test_an_auto_run_killed_in_its_second_candidate_resumes_and_chooses_among_all(image_tree, tmp_path):
+    env = {**os.environ, "MEDTL_CACHE": str(tmp_path / "cache")}
+    folder = RunFolder(tmp_path / "runs" / "a")
+    cmd = [sys.executable, "-m", "medtl", "train", str(image_tree), *AUTO, "--budget", "75s",
+           "--output-dir", str(folder.path.parent), "--name", "a", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline, before = time.monotonic() + 600, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        state = _progress(folder)
+        current = (state or {}).get("current") or {}
+        if len(state["tried"] if state else []) == 1 and current.get("epoch", 0) >= 2:
+            before = state  # the second candidate has finished two epochs: kill it in its third
+            break
+        time.sleep(0.02)
+    assert before is not None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    second = before["current"]["strategy"]
+    assert before["tried"][0]["strategy"] == "linear" and second != "linear"
+    assert folder.candidate_state(second, before["current"]["image_size"]).is_file()  # its epochs are kept
+    assert folder.auto_best.is_file() and not folder.finished
+
+    done = subprocess.run([sys.executable, "-m", "medtl", "train", "--resume", str(folder), "-q"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(folder.auto.read_text())
+    names = [c["strategy"] for c in record["candidates"]]
+    assert names[0] == "linear" and sorted(names) == ["full", "linear", "partial"]  # every candidate, once
+    assert record["candidates"][0] == before["tried"][0]  # the linear probe's record from before the kill
+    assert record["chosen"] in [c["strategy"] for c in record["candidates"] if c["image_size"]]
+    assert record["resumed"] == [{"at_seconds": pytest.approx(before["elapsed"], abs=30), "kept": ["linear"],
+                                  "in_progress": second}]
+    resumed = next(c for c in record["candidates"] if c["strategy"] == second)
+    log = folder.log.read_text()
+    assert f"resuming from {folder.candidate_state(second, resumed['image_size'])} after epoch" in log
+    assert resumed["epochs_run"] > before["current"]["epoch"] - 1  # it went on from its epochs, not from epoch 1
+    assert record["elapsed_seconds"] <= 75 + 60  # the budget left, not a new one (plus an epoch and the scoring)
+    assert record["replans"] and all({"at_seconds", "candidate", "measured_s_per_image", "plan", "reason"}
+                                     <= set(r) for r in record["replans"])
+    assert json.loads(folder.metrics.read_text())["auto"] == record
+    left = sorted(p.name for p in folder.path.iterdir() if p.name.startswith(("state", "auto-")) or
+                  p.name.endswith((".tmp", ".lock")))
+    assert left == []  # the candidates' states and auto's progress go once the run is complete
+
+
+def _cfg(root, out, **kw):
+    base = {"data.path": str(root), "data.image_size": 32, "model.backbone": "efficientnet_lite0",
+            "model.weights": "package", "model.strategy": "auto", "train.epochs": 8, "train.batch_size": 8,
+            "out": str(out), "train.threads": 2, "train.engine": "torch", "train.tta": "none"}
+    return apply_overrides(RunConfig(), {**base, **kw})
+
+
+def _fake(seconds: dict, seen: list):
+    """A training function whose epochs take `seconds[strategy]` each (as the history and the hook say)."""
+    def train(cp, model, progress, on_epoch=None):
+        s = cp.cfg.model.strategy
+        seen.append((s, cp.size, cp.cfg.train.epochs))
+        history = []
+        for e in range(1, cp.cfg.train.epochs + 1):
+            history.append({"epoch": e, "val_auc": 0.8, "val_loss": 0.5, "seconds": seconds[s]})
+            if on_epoch is not None:
+                on_epoch(e, {"auc": 0.8, "loss": 0.5})
+        y = np.array([0, 1] * 4)
+        return TrainResult(history, len(history), {"val": SplitScores(y * 0.8 + 0.1, y)})
+    return train
+
+
+def test_plans_follow_the_measured_epochs_not_the_timed_step(image_tree, cache_dir, tmp_path, monkeypatch):
+    """The timed step says fine-tuning is slow (40 s a step), the measured epochs say it is fast: the second
+    fine-tuning candidate is planned from the first one's measured epochs, and every re-plan is recorded."""
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 160}), progress=False)
+    p.deadline = time.monotonic() + 200
+    monkeypatch.setattr(auto, "_step_seconds", lambda p: 40.0)  # one 32-image step: 40 s at 160 px
+    seen = []
+    outcome = auto.choose(p, _fake({"linear": 0.0, "partial": 0.01, "full": 0.01}, seen), False, 1.0)
+    fine = [s for s in seen if s[0] != "linear"]
+    assert fine[0][1] < 160  # the timed step: the first candidate had to shrink
+    assert fine[1][1] == 160 and fine[1][2] == 8  # measured: the second fits every epoch at the full size
+    replans = outcome.record["replans"]
+    measured = [r for r in replans if r["candidate"] == fine[0][0] and r["measured_s_per_image"]]
+    assert measured and measured[-1]["plan"][fine[1][0]]["image_size"] == 160
+    assert all(r["reason"] for r in replans)
+
+
+def test_when_nothing_fits_its_share_the_cheapest_candidate_runs_in_all_the_time_left(image_tree, cache_dir,
+                                                                                      tmp_path, monkeypatch):
+    """A busy machine: not one epoch of any candidate fits its share, but one of full (partial's cached
+    activations cost more than the epoch they save here) fits in all the time left: it runs, stopped by the
+    deadline, instead of every fine-tuning candidate being skipped; its measured epoch then re-plans partial,
+    which fits after all."""
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 96}), progress=False)
+    p.deadline = time.monotonic() + auto.RESERVE_S + 60
+    # ~41 training images, ~23 evaluated: a full epoch ~43 s, over full's share (0.65 x ~59 s), within ~59 s
+    monkeypatch.setattr(auto, "_step_seconds", lambda p: 28.0)
+    monkeypatch.setattr(auto, "plan", lambda n, sim: (["full", "partial"], "many (test)"))
+    seen = []
+    outcome = auto.choose(p, _fake({"linear": 0.0, "partial": 0.01, "full": 0.01}, seen), False, 1.0)
+    ran = [c for c in outcome.record["candidates"] if c["image_size"] and c["strategy"] != "linear"]
+    assert ran[0]["strategy"] == "full" and ran[0]["epochs"] == 1, outcome.record["candidates"]
+    assert "the cheapest that can finish an epoch runs in all the time left" in ran[0]["note"]
+    assert [c["strategy"] for c in ran[1:]] == ["partial"] and ran[1]["epochs"] == 8
+
+
+def test_another_size_reads_no_image_again_and_keeps_the_splits(image_tree, cache_dir, tmp_path, monkeypatch):
+    """`Prepared.at_size`: the same splits, keys and audit; only a new store, decoded from the bytes read once."""
+    from medtl.data import images
+    p = prepare(_cfg(image_tree, tmp_path / "runs"), progress=False)
+    reads, opened = [], []
+    real_read, real_open = images.Path.read_bytes, images.open_checked
+    monkeypatch.setattr(images.Path, "read_bytes", lambda self: reads.append(self) or real_read(self))
+    monkeypatch.setattr(images, "open_checked", lambda src, *a: opened.append(src) or real_open(src, *a))
+    other = p.at_size(24, p.cfg)
+    assert reads == [] and len(opened) == 64  # every image decoded again, from the bytes kept from its first read
+    assert not [src for src in opened if isinstance(src, str)]
+    assert other.size == 24 and other.store.array.shape[-1] == 24 and other.splits is p.splits
+    assert other.store.key != p.store.key and other.audit_notes is p.audit_notes and other.weights == p.weights
