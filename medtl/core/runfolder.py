@@ -42,6 +42,7 @@ class RunFolder:
     cam_grid = property(lambda self: self.path / "cam_grid.png")
     lock = property(lambda self: self.path / "run.lock")  # held by the process writing the run
     auto = property(lambda self: self.path / "auto.json")  # strategy auto: every candidate, the choice and why
+    image_keys = property(lambda self: self.path / "image_keys.json")  # train/val content digests, perceptual hashes
 
     def predictions(self, split: str) -> Path:
         return self.path / f"predictions_{split}.csv"

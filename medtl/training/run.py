@@ -1,4 +1,4 @@
-"""One training run from config to run folder, and re-scoring a saved run on any data.
+"""One training run from config to run folder (re-scoring a saved run: medtl/deploy/evaluate.py).
 
 Everything that can fail on bad input (config, data, backbone, weights) is checked before the run folder
 is created, so a failed start leaves nothing half-written behind.
@@ -17,25 +17,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from medtl.core import logs
-from medtl.core.config import RunConfig, dump_yaml, from_dict, run_budget, to_dict
+from medtl.core.config import RunConfig, dump_yaml, run_budget
 from medtl.core.device import pick_device
 from medtl.core.errors import Interrupted, MedtlError
 from medtl.core.faults import memory_advice, out_of_memory
 from medtl.core.io import atomic_write, cannot_write, make_dir, write_json
 from medtl.core.runfolder import RunFolder
 from medtl.data.datasets import class_weights, train_transform
-from medtl.evaluation.metrics import choose_threshold, score
+from medtl.evaluation.metrics import choose_threshold
 from medtl.evaluation.figures import plot_confusions, plot_curves, plot_reliability
 from medtl.evaluation.report import format_metrics, write_history, write_predictions
 from medtl.evaluation.splits_report import split_report, without_train_copies
 from medtl.evaluation.uncertainty import apply_temperature, calibration, fit_temperature
 from medtl.models.checkpoint import Checkpoint
 from medtl.models.memory import recomputed, recomputing
-from medtl.models.strategies import Classifier, build_classifier, effective_weights, for_prediction, param_groups
+from medtl.models.strategies import Classifier, build_classifier, effective_weights, param_groups
 from medtl.training import distributed
 from medtl.training.auto import choose
 from medtl.training.cached import probe_head, train_head_on_features, train_top_on_activations
@@ -303,30 +302,6 @@ def _split_reports(p: Prepared, probs: dict, threshold: float) -> dict:
             out["test_deduplicated"] = {**split_report(y[kept], pr[kept], classes, threshold, n, seed),
                                         "removed": len(p.splits.refs["test"]) - len(kept)}
     return out
-
-
-def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool = True) -> dict:
-    """Re-score a saved run on a split of any data set with the run's classes, preprocessing and threshold."""
-    ckpt = Checkpoint.load(RunFolder(run_dir).checkpoint)
-    cfg = ckpt.config
-    data_cfg = from_dict(type(cfg.data), {**to_dict(cfg.data), "path": data, "image_size": ckpt.preprocess.size,
-                                          "fast_jpeg": ckpt.preprocess.decoding.fast_jpeg, "subset_per_class": None})
-    p = prepare(RunConfig(data=data_cfg, model=cfg.model, train=cfg.train), progress, whole_tree_as=split)
-    unknown = sorted(set(p.splits.classes) - set(ckpt.classes))
-    if unknown:
-        raise MedtlError(f"{data} has classes {unknown} that the model was not trained on ({ckpt.classes}); "
-                         "pass data whose class folders are among the run's classes")
-    index = np.array([ckpt.classes.index(c) for c in p.splits.classes])  # a subset of the classes is fine
-    p.splits.labels = {s: index[y] for s, y in p.splits.labels.items()}
-    if split not in p.splits.refs:
-        raise MedtlError(f"{data} has no '{split}' split; available: {', '.join(p.splits.refs)}")
-    model = ckpt.build().to(p.device)
-    loader = p.loader(split, False, cfg.train.batch_size)
-    pr, y = predict(for_prediction(model, cfg.train.tta), loader, p.prepare, p.device, f"predict {split}",
-                    progress)
-    if ckpt.temperature != 1.0:  # the threshold was chosen on the calibrated probabilities
-        pr = apply_temperature(pr, ckpt.temperature)
-    return score(y, pr, ckpt.classes, ckpt.threshold)
 
 
 def _resume_dir(cfg: RunConfig) -> RunFolder:
