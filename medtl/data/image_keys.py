@@ -39,15 +39,21 @@ def facts_of(refs: list[str]) -> list[Facts]:
         return list(pool.map(lambda r: image_facts(r, "", 0, perceptual=True), refs))
 
 
-def write_image_keys(folder: str | Path | RunFolder, splits: DataSplits) -> Path:
-    """image_keys.json in the run folder: digests and perceptual hashes of the train and val images. Called
-    once at the end of training; `medtl evaluate` reads it to count and leave out copies of these images."""
+def write_image_keys(folder: str | Path | RunFolder, splits: DataSplits) -> ImageKeys:
+    """image_keys.json in the run folder: digests and perceptual hashes of the train and val images; returns
+    them. Called once at the end of training; `medtl evaluate` reads it to count and leave out copies of these
+    images, and the run's own deduplicated test metrics can use the keys returned (`without_copies`)."""
     out = {"version": VERSION, "near_bits": NEAR_BITS, "splits": {}}
     for split in KEPT_SPLITS:
         facts = [f for f in facts_of(splits.refs.get(split, [])) if not f.error]
         out["splits"][split] = {"sha1": [f.sha1 for f in facts], "phash": [f"{f.phash:016x}" for f in facts]}
-    target = RunFolder(folder if not isinstance(folder, RunFolder) else folder.path).image_keys
-    return write_json(target, out)
+    write_json(RunFolder(folder if not isinstance(folder, RunFolder) else folder.path).image_keys, out)
+    return _keys(out)
+
+
+def _keys(data: dict) -> ImageKeys:
+    return ImageKeys({s: list(d["sha1"]) for s, d in data["splits"].items()},
+                     {s: np.array([int(h, 16) for h in d["phash"]], dtype=np.uint64) for s, d in data["splits"].items()})
 
 
 def read_image_keys(folder: str | Path | RunFolder) -> ImageKeys | None:
@@ -55,9 +61,7 @@ def read_image_keys(folder: str | Path | RunFolder) -> ImageKeys | None:
     path = RunFolder(folder if not isinstance(folder, RunFolder) else folder.path).image_keys
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    return ImageKeys({s: list(d["sha1"]) for s, d in data["splits"].items()},
-                     {s: np.array([int(h, 16) for h in d["phash"]], dtype=np.uint64) for s, d in data["splits"].items()})
+    return _keys(json.loads(path.read_text()))
 
 
 def find_copies(facts: list[Facts], keys: ImageKeys, max_bits: int = NEAR_BITS) -> list[dict]:
@@ -81,3 +85,13 @@ def find_copies(facts: list[Facts], keys: ImageKeys, max_bits: int = NEAR_BITS) 
                 if bits <= max_bits and (row["bits"] is None or bits < row["bits"]):
                     row.update(kind="near", split=split, bits=int(bits))
     return found
+
+
+def without_copies(refs: list[str], keys: ImageKeys) -> tuple[np.ndarray, list[dict], dict]:
+    """(indices of `refs` with no exact or near copy among the kept images, the per-image copy rows, counts
+    {"copies", "exact_train", "near_val", ...}): what the deduplicated test metrics leave out."""
+    rows = find_copies(facts_of(refs), keys)
+    counts = {f"{kind}_{split}": sum(r["kind"] == kind and r["split"] == split for r in rows)
+              for kind in ("exact", "near") for split in keys.splits}
+    kept = np.array([i for i, r in enumerate(rows) if not r["kind"]], dtype=np.int64)
+    return kept, rows, {"copies": int(len(rows) - len(kept)), **counts}

@@ -18,7 +18,7 @@ import numpy as np
 
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
-from medtl.data.image_keys import facts_of, find_copies, read_image_keys
+from medtl.data.image_keys import read_image_keys, without_copies
 from medtl.deploy.evaluation_folder import Evaluation, as_plain, write_folder
 from medtl.deploy.recalibrate import recalibrate_part
 from medtl.deploy.scoring import Scored, score_data
@@ -107,11 +107,8 @@ def _copies(folder: RunFolder, scored: Scored, cut: float, resamples: int, seed:
     blank = [{"kind": "", "split": "", "bits": None}] * len(scored.refs)
     if keys is None:
         return blank, {"checked": False, "note": NO_KEYS}, None
-    rows = find_copies(facts_of(scored.refs), keys)
-    counts = {f"{kind}_{split}": sum(r["kind"] == kind and r["split"] == split for r in rows)
-              for kind in ("exact", "near") for split in keys.splits}
-    keep = np.array([i for i, r in enumerate(rows) if not r["kind"]], dtype=np.int64)
-    record = {"checked": True, "against": keys.splits, "copies": int(len(rows) - len(keep)), **counts}
+    keep, rows, counts = without_copies(scored.refs, keys)
+    record = {"checked": True, "against": keys.splits, **counts}
     without = None
     if 0 < len(keep) < len(rows):
         without = {**split_report(scored.labels[keep], scored.probs[keep], scored.classes, cut, resamples, seed),
@@ -119,5 +116,5 @@ def _copies(folder: RunFolder, scored: Scored, cut: float, resamples: int, seed:
     if record["copies"]:
         log.warning("%d evaluated image(s) are copies of the run's training or validation images (%s); the metrics "
                     "without them are reported too", record["copies"],
-                    ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+                    ", ".join(f"{k} {v}" for k, v in counts.items() if v and k != "copies"))
     return rows, record, without
