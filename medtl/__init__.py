@@ -13,8 +13,8 @@ from typing import Any
 from medtl.core.errors import MedtlError
 
 __version__ = "0.1.0"
-_API = ("BackboneInfo", "Predictions", "Run", "RunConfig", "audit", "card", "card_template", "evaluate", "list_backbones", "make_config",
-        "report", "study", "train", "tune")
+_API = ("BackboneInfo", "Predictions", "Run", "RunConfig", "audit", "calibrate", "card", "card_template", "evaluate",
+        "list_backbones", "load_evaluation", "make_config", "report", "study", "train", "tune")
 __all__ = ["MedtlError", "__version__", *_API]
 
 

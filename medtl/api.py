@@ -17,11 +17,14 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from medtl.core.config import RunConfig, apply_overrides, load_config, overrides_of
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder, StudyFolder
+
+if TYPE_CHECKING:
+    from medtl.deploy.evaluation_folder import Evaluation
 
 log = logging.getLogger(__name__)
 PathLike = str | Path
@@ -240,11 +243,47 @@ class Run:
         files = [str(p) for p in expand_inputs(_as_list(images))] if images else None
         return export(self.path, format, output, files, tolerance)
 
-    def evaluate(self, data: PathLike, split: str = "test", progress: bool = False) -> dict[str, Any]:
-        """Re-score on a split of any data with the same classes (the run's threshold and preprocessing)."""
-        from medtl.training.run import evaluate
+    def evaluate(self, data: PathLike, split: str = "test", progress: bool = False, *,
+                 output_dir: PathLike | None = None, classes: str | dict[str, str] | None = None,
+                 threshold: str | None = None, calibrate_fraction: float | None = None, temperature: bool = False,
+                 seed: int = 0) -> "Evaluation":
+        """Score the run on labelled data from anywhere, as training scored its test split.
 
-        return evaluate(self.path, str(data), split, progress)
+        Args:
+            data: Data in any layout `train` takes (a plain class-folder tree is scored whole).
+            split: The split of `data` to score.
+            progress: Show progress.
+            output_dir: Write the evaluation folder here (metrics.json, predictions.csv, figures).
+            classes: The data's class names mapped onto the run's: "0=NORMAL,1=PNEUMONIA" or a dict.
+            threshold: An operating point chosen on the run's validation predictions (youden, f1, a number,
+                "sensitivity>=0.95", "specificity>=0.90"); default the run's own threshold.
+            calibrate_fraction: Refit the threshold (and with `temperature` a temperature) on this stratified,
+                seeded part of the data (patients and copies kept together); the rest is scored before and after.
+            temperature: Refit a temperature on the calibration part too.
+            seed: Seed of the calibration split.
+
+        Returns:
+            An `Evaluation`: `metrics` (with 95 % intervals, calibration, per class), `operating_point`,
+            `copies` of the run's training/validation images and `without_copies`, `recalibration`;
+            `evaluation["auc"]` reads `metrics`.
+        """
+        from medtl.deploy.evaluate import evaluate
+
+        return evaluate(self.path, data, split, output_dir, classes, threshold, calibrate_fraction, temperature, seed,
+                        progress)
+
+    def calibrate(self, data: PathLike, split: str = "test", *, output_dir: PathLike | None = None,
+                  name: str | None = None, classes: str | dict[str, str] | None = None, threshold: str | None = None,
+                  temperature: bool = False, progress: bool = False) -> "Run":
+        """Refit the threshold (and with `temperature` the temperature) on labelled local images.
+
+        Returns:
+            A new run (same weights; new threshold and temperature; `metrics["calibrated_from"]` says from what),
+            in `output_dir` (default: beside this one) named `name` (default: `<run>-calibrated`).
+        """
+        from medtl.deploy.recalibrate import calibrate
+
+        return Run(calibrate(self.path, data, output_dir, name, split, classes, threshold, temperature, progress))
 
     def card(self, **options: Any) -> dict[str, Path]:
         """model_card.md/.html and the checklists in the run folder; `options` as `medtl.card` takes them."""
@@ -312,14 +351,14 @@ def tune(data: PathLike, trials: int = 20, out: PathLike = "tune", storage: str 
 
 
 def evaluate(run_dir: PathLike, data: PathLike, split: str = "test", output: PathLike | None = None,
-             progress: bool = False) -> dict[str, Any]:
-    """Re-score a run on a split of any data with the same classes; optionally write the metrics JSON."""
+             progress: bool = False, **options: Any) -> "Evaluation":
+    """`Run.load(run_dir).evaluate(data, split, **options)`; `output`: also write its metrics JSON there."""
     from medtl.core.io import write_json
 
-    metrics = Run.load(run_dir).evaluate(data, split, progress)
+    evaluation = Run.load(run_dir).evaluate(data, split, progress, **options)
     if output is not None:
-        write_json(output, metrics)
-    return metrics
+        write_json(output, evaluation.metrics)
+    return evaluation
 
 
 def card(run_or_study: PathLike, intended_use: PathLike | None = None, evaluations: Sequence[PathLike] = (),
@@ -350,4 +389,17 @@ def card_template(run_or_study: PathLike, output: PathLike | None = None) -> Pat
     return write_template(run_or_study, output)
 
 
-__all__ = ["Predictions", "Run", "audit", "card", "card_template", "evaluate", "make_config", "report", "study", "train", "tune"]
+def calibrate(run_dir: PathLike, data: PathLike, **options: Any) -> Run:
+    """`Run.load(run_dir).calibrate(data, **options)`: a new run with the threshold refitted on local images."""
+    return Run.load(run_dir).calibrate(data, **options)
+
+
+def load_evaluation(folder: PathLike) -> "Evaluation":
+    """The `Evaluation` record `medtl evaluate` wrote into `folder`."""
+    from medtl.deploy.evaluation_folder import Evaluation
+
+    return Evaluation.load(folder)
+
+
+__all__ = ["Predictions", "Run", "audit", "calibrate", "card", "card_template", "evaluate", "load_evaluation",
+           "make_config", "report", "study", "train", "tune"]

@@ -16,7 +16,7 @@ import typer
 from medtl import __version__
 from medtl.core.errors import MedtlError
 from medtl.core.faults import as_error
-from medtl import cli_output, cli_study
+from medtl import cli_evaluate, cli_output, cli_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning for medical images: train, evaluate, compare backbones.",
@@ -119,21 +119,7 @@ def train(
         cli_output.print_metrics(result.metrics)
 
 
-@app.command(epilog="Example: medtl evaluate runs/first other_hospital/ --split test --output metrics.json")
-def evaluate(
-    run_dir: RunDir,
-    data: str = typer.Argument(..., help="Data in any layout `train` takes, with the same classes"),
-    split: str = typer.Option("test", help="train | val | test"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics JSON here"),
-    quiet: Quiet = False,
-) -> None:
-    """Re-score a trained run on a split of any data set (its own threshold and classes)."""
-    from medtl import api
-    from medtl.evaluation.report import format_metrics
-
-    _setup_logging(quiet)
-    metrics = api.evaluate(run_dir, data, split, output, progress=not quiet)
-    print(format_metrics(split, metrics))
+cli_evaluate.register(app)  # evaluate, calibrate
 
 
 @app.command(epilog="Example: medtl predict runs/first new_xrays/ scan.dcm --output predictions.csv")

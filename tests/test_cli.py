@@ -154,7 +154,7 @@ def test_every_command_help_has_an_example_line():
 
 @pytest.mark.parametrize("command, new", [("train", "--output-dir"), ("explain", "--output-dir"),
                                           ("tune", "--output-dir"), ("predict", "--output"), ("export", "--output"),
-                                          ("evaluate", "--output"), ("audit", "--output")])
+                                          ("evaluate", "--output-dir"), ("audit", "--output")])
 def test_output_options_are_named_one_way(command, new):
     """A file a command writes is --output, a folder --output-dir; both with the short form -o."""
     import typer.main

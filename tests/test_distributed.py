@@ -109,7 +109,7 @@ def test_ranks_hold_the_same_weights_and_batch_norm_statistics(kermany_small, tm
                     "train.batch_size=16", "--out", run.parent, "--name", run.name, "--quiet", env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "Grad strides do not match" not in ddp.stderr  # model and inputs share the channels_last layout
-    from medtl.training.run import evaluate
+    from medtl.deploy.evaluate import evaluate
 
     again = evaluate(run, str(kermany_small), "val", progress=False)
     saved = _metrics(run)["splits"]["val"]

@@ -14,7 +14,8 @@ from PIL import Image
 from medtl.core.config import RunConfig, apply_overrides
 from medtl.core.errors import MedtlError
 from medtl.models.checkpoint import Checkpoint
-from medtl.training.run import evaluate, run
+from medtl.deploy.evaluate import evaluate
+from medtl.training.run import run
 
 
 def _cfg(root, out, **kw):

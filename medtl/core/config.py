@@ -19,14 +19,13 @@ import yaml
 
 # parse_set, from_dict and to_dict live in config_io/config_values and are imported from here as before
 from medtl.core.config_io import parse_set, read_yaml, show  # noqa: F401 (re-exported)
-from medtl.core.config_values import from_dict, to_dict
+from medtl.core.config_values import THRESHOLD_HELP, from_dict, threshold_spec, to_dict
 from medtl.core.errors import MedtlError
 from medtl.core.windows import parse_window
 
 
 Strategy = Literal["auto", "scratch", "linear", "partial", "full"]
 STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
-THRESHOLD_METHODS = ("youden", "f1")
 
 
 def _at_least(lo: float) -> dict:
@@ -154,7 +153,7 @@ class TrainConfig(_Checked):
     # test-time augmentation (val, test, every later prediction): hflip = logits of image and mirror averaged
     # (needs data.hflip); auto = hflip where it helps on validation (training/mirror.py)
     tta: Literal["auto", "none", "hflip"] = "auto"
-    threshold: str = "youden"  # youden | f1 | a number such as 0.5; chosen on validation, never test
+    threshold: str = "youden"  # youden | f1 | a number such as 0.5 | sensitivity>=0.95 | specificity>=0.90; on validation
     bootstrap: int = field(default=1000, metadata={"min": 0, "max": 100_000})  # resamples for the 95 % intervals
     # temperature: probabilities rescaled by one temperature fitted on validation (ranking, AUC unchanged)
     calibrate: Literal["none", "temperature"] = "none"
@@ -185,15 +184,10 @@ class TrainConfig(_Checked):
     def check(self) -> None:
         if self.budget is not None:
             budget_seconds(self.budget)
-        if self.threshold in THRESHOLD_METHODS:
-            return
         try:
-            value = float(self.threshold)
+            threshold_spec(self.threshold)
         except ValueError:
-            value = math.nan
-        if not 0 < value < 1:
-            raise MedtlError(f"train.threshold={self.threshold!r}; valid: {', '.join(THRESHOLD_METHODS)} "
-                             "or a number between 0 and 1, e.g. 0.5")
+            raise MedtlError(f"train.threshold={self.threshold!r}; valid: {THRESHOLD_HELP}") from None
 
 
 @dataclass(frozen=True)

@@ -140,3 +140,33 @@ def _to_bool(value: Any) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(value)
+
+
+THRESHOLD_NAMED = ("youden", "f1")  # chosen on validation by a criterion
+THRESHOLD_TARGETS = ("sensitivity", "specificity")  # `sensitivity>=0.95`: the best other rate reaching it
+THRESHOLD_HELP = "youden, f1, a number between 0 and 1 (e.g. 0.5), sensitivity>=0.95 or specificity>=0.90"
+
+
+def threshold_spec(text: str) -> tuple[str, float | None]:
+    """(kind, value) of an operating-point spec: ("youden", None), ("f1", None), ("fixed", 0.5),
+    ("sensitivity", 0.95) or ("specificity", 0.9); ValueError (naming the valid forms) for anything else."""
+    spec = str(text).strip().lower().replace(" ", "")
+    if spec in THRESHOLD_NAMED:
+        return spec, None
+    name, sep, value = spec.partition(">=")
+    if sep and name in THRESHOLD_TARGETS:
+        target = _number_or_nan(value)
+        if 0 < target <= 1:
+            return name, target
+        raise ValueError(f"{name} target {value!r} is not in (0, 1]")
+    fixed = _number_or_nan(spec)
+    if 0 < fixed < 1:
+        return "fixed", fixed
+    raise ValueError(f"not one of {THRESHOLD_HELP}")
+
+
+def _number_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")

@@ -56,6 +56,7 @@ class RunFolder:
     def remove_auto_progress(self) -> None:
         for path in [self.auto_progress, self.auto_best, *self.path.glob("state-*.pt")]:
             path.unlink(missing_ok=True)
+    image_keys = property(lambda self: self.path / "image_keys.json")  # train/val content digests, perceptual hashes
 
     def predictions(self, split: str) -> Path:
         return self.path / f"predictions_{split}.csv"

@@ -99,3 +99,50 @@ def _suptitle(fig, title: str) -> None:
     """A figure title (it holds the run name) drawn as `plot_confusions` draws class names."""
     (text,), families = drawable([title], "figure title")
     fig.suptitle(text, fontfamily=families, parse_math=False)
+
+
+def plot_roc(path: Path, y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None,
+             title: str) -> None:
+    """ROC curve (binary: of the positive class, with the operating point at `threshold` marked; multiclass:
+    one-vs-rest per class, the prediction being the argmax)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y = np.asarray(y).astype(int)
+    table = np.stack([1 - probs, probs], 1) if np.ndim(probs) == 1 else np.asarray(probs)
+    shown = [1] if table.shape[1] == 2 else range(table.shape[1])
+    labels, families = drawable([classes[k] for k in shown], path.name)
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="chance")
+    for k, label in zip(shown, labels):
+        if len(set((y == k).tolist())) < 2:
+            continue  # a class absent (or alone) here has no curve
+        fpr, tpr, _ = roc_curve(y == k, table[:, k])
+        ax.plot(fpr, tpr, lw=1.5, label=f"{label} (AUC {roc_auc_score(y == k, table[:, k]):.3f})")
+    if table.shape[1] == 2 and threshold is not None and len(set(y.tolist())) == 2:
+        positive = table[:, 1] >= threshold
+        sens, fpr_at = positive[y == 1].mean(), positive[y == 0].mean()
+        ax.scatter([fpr_at], [sens], s=60, color="C3", zorder=3,
+                   label=f"operating point {threshold:.3f}: sens {sens:.3f}, spec {1 - fpr_at:.3f}")
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="1 - specificity", ylabel="sensitivity")
+    leg = ax.legend(loc="lower right", fontsize=8)
+    for text in leg.get_texts():
+        text.set_fontfamily(families)
+    _suptitle(fig, f"{title}: ROC (n={len(y)})")
+    save_figure(fig, path)
+
+
+def plot_decision_curve(path: Path, curves: dict[str, np.ndarray], threshold: float | None, title: str) -> None:
+    """Net benefit against threshold probability for the model, treat-all and treat-none
+    (`operating.net_benefit`), the model's threshold marked."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    pt = curves["threshold"]
+    ax.plot(pt, curves["model"], color="C0", lw=1.8, label="model")
+    ax.plot(pt, curves["treat_all"], color="0.4", lw=1, label="treat all")
+    ax.plot(pt, curves["treat_none"], color="0.2", lw=1, ls=":", label="treat none")
+    if threshold is not None:
+        ax.axvline(threshold, color="C3", lw=1, ls="--", label=f"operating point {threshold:.3f}")
+    top = max(float(np.max(curves["model"])), float(np.max(curves["treat_all"])), 0.01)
+    ax.set(xlim=(0, 1), ylim=(-0.05 * top - 0.02, top * 1.1), xlabel="threshold probability", ylabel="net benefit")
+    ax.legend(fontsize=8)
+    _suptitle(fig, f"{title}: decision curve")
+    save_figure(fig, path)

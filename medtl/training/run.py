@@ -15,24 +15,19 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 
 import medtl.core.logs as logs
 import medtl.training.distributed as distributed
-from medtl.core.config import RunConfig, from_dict, to_dict
+from medtl.core.config import RunConfig
 from medtl.core.device import pick_device
 from medtl.core.errors import Interrupted, MedtlError
 from medtl.core.faults import memory_advice, out_of_memory
 from medtl.core.runfolder import RunFolder
-from medtl.evaluation.metrics import score
-from medtl.evaluation.uncertainty import apply_temperature
-from medtl.models.checkpoint import Checkpoint
-from medtl.models.strategies import effective_weights, for_prediction
+from medtl.models.strategies import effective_weights
 from medtl.training.finalize import finalize
 from medtl.training.initialize import claim, start, write_inputs
-from medtl.training.loop import EpochHook, deterministic, predict, seed_everything
-from medtl.training.prepare import prepare
+from medtl.training.loop import EpochHook, deterministic, seed_everything
 from medtl.training.train import run_strategy
 
 log = logging.getLogger(__name__)
@@ -104,27 +99,3 @@ def _check_auto(cfg: RunConfig, resume: bool) -> None:
     if effective_weights(cfg.model) == "none":
         raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "
                          "none; pass --weights default (or a file), or --strategy scratch")
-
-
-def evaluate(run_dir: str | Path, data: str, split: str = "test", progress: bool = True) -> dict:
-    """Re-score a saved run on a split of any data set with the run's classes, preprocessing and threshold."""
-    ckpt = Checkpoint.load(RunFolder(run_dir).checkpoint)
-    cfg = ckpt.config
-    data_cfg = from_dict(type(cfg.data), {**to_dict(cfg.data), "path": data, "image_size": ckpt.preprocess.size,
-                                          "fast_jpeg": ckpt.preprocess.decoding.fast_jpeg, "subset_per_class": None})
-    p = prepare(RunConfig(data=data_cfg, model=cfg.model, train=cfg.train), progress, whole_tree_as=split)
-    unknown = sorted(set(p.splits.classes) - set(ckpt.classes))
-    if unknown:
-        raise MedtlError(f"{data} has classes {unknown} that the model was not trained on ({ckpt.classes}); "
-                         "pass data whose class folders are among the run's classes")
-    index = np.array([ckpt.classes.index(c) for c in p.splits.classes])  # a subset of the classes is fine
-    p.splits.labels = {s: index[y] for s, y in p.splits.labels.items()}
-    if split not in p.splits.refs:
-        raise MedtlError(f"{data} has no '{split}' split; available: {', '.join(p.splits.refs)}")
-    model = ckpt.build().to(p.device)
-    loader = p.loader(split, False, cfg.train.batch_size)
-    pr, y = predict(for_prediction(model, cfg.train.tta), loader, p.prepare, p.device, f"predict {split}",
-                    progress)
-    if ckpt.temperature != 1.0:  # the threshold was chosen on the calibrated probabilities
-        pr = apply_temperature(pr, ckpt.temperature)
-    return score(y, pr, ckpt.classes, ckpt.threshold)

@@ -1,0 +1,171 @@
+"""The evaluation folder `medtl evaluate` writes, and the `Evaluation` record it holds (readable back from
+Python with `Evaluation.load(folder)`): every file named in one place, as the run folder's are."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtl.core.errors import MedtlError
+from medtl.core.io import atomic_write, make_dir, write_json
+from medtl.evaluation.figures import plot_confusions, plot_decision_curve, plot_reliability, plot_roc
+from medtl.evaluation.metrics import class_table, decide
+from medtl.evaluation.operating import DECISION_THRESHOLDS, net_benefit
+
+SCHEMA = "medtl-evaluation/1"
+
+
+@dataclass(frozen=True)
+class EvaluationFolder:
+    """`medtl evaluate`'s output folder."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    metrics = property(lambda self: self.path / "metrics.json")  # the whole Evaluation record
+    predictions = property(lambda self: self.path / "predictions.csv")  # per image: label, prediction, copy
+    copies = property(lambda self: self.path / "copies.csv")  # evaluated images with a copy in train or val
+    skipped = property(lambda self: self.path / "skipped.csv")  # unreadable images: path, reason
+    reliability = property(lambda self: self.path / "reliability.png")
+    confusion = property(lambda self: self.path / "confusion.png")
+    roc = property(lambda self: self.path / "roc.png")  # the operating point marked
+    decision_curve = property(lambda self: self.path / "decision_curve.png")  # binary runs: net benefit
+
+
+@dataclass
+class Evaluation:
+    """What `medtl evaluate` found: `metrics` (every metric with its 95 % interval, calibration, per class),
+    the operating point, copies of the run's training/validation images (and the metrics without them),
+    local recalibration when asked. `evaluation["auc"]` reads `metrics`. `shift` and `referral` are filled by
+    the data-set shift test and conformal referral when they run; `scored` (not saved) holds the per-image
+    probabilities and pooled backbone features of this pass."""
+
+    run: str
+    data: str
+    split: str
+    classes: list[str]
+    class_map: dict[str, str]
+    threshold: float | None  # None: multiclass (argmax)
+    temperature: float
+    metrics: dict[str, Any]
+    operating_point: dict[str, Any] | None = None
+    copies: dict[str, Any] = field(default_factory=dict)
+    without_copies: dict[str, Any] | None = None
+    recalibration: dict[str, Any] | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    shift: dict | None = None  # data-set shift against the training images (filled by the shift test)
+    referral: dict | None = None  # conformal referral: coverage reached, referral rate
+    folder: Path | None = None
+    scored: Any = field(default=None, repr=False, compare=False)  # deploy.scoring.Scored of this pass
+
+    def __getitem__(self, key: str) -> Any:
+        return self.metrics[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("scored", "folder")}
+        return {"schema": SCHEMA, **out}
+
+    @classmethod
+    def load(cls, folder: str | Path | EvaluationFolder) -> "Evaluation":
+        """The evaluation `medtl evaluate` wrote into `folder`."""
+        where = folder if isinstance(folder, EvaluationFolder) else EvaluationFolder(folder)
+        try:
+            data = json.loads(where.metrics.read_text())
+        except (OSError, ValueError) as exc:
+            raise MedtlError(f"{where.metrics} is not readable ({type(exc).__name__}); pass a folder written by "
+                             "`medtl evaluate`") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise MedtlError(f"{where.metrics} is not an evaluation record ({SCHEMA}); pass a folder written by "
+                             "`medtl evaluate`")
+        known = {f.name for f in fields(cls)} - {"scored", "folder"}
+        return cls(**{k: v for k, v in data.items() if k in known}, folder=where.path)
+
+
+def write_folder(ev: Evaluation, out: str | Path, title: str, copy_rows: list[dict], parts: list[str] | None) -> Path:
+    """Write every file of the evaluation into a fresh sibling folder, then put it in place of `out` (an older
+    evaluation there is replaced; anything else there is refused)."""
+    target = EvaluationFolder(out)
+    if target.path.exists() and any(target.path.iterdir()) and not target.metrics.is_file():
+        raise MedtlError(f"--output-dir {target.path} holds other files; pass a new folder (or an earlier "
+                         "`medtl evaluate` folder to replace it)")
+    make_dir(target.path.parent)
+    temp = EvaluationFolder(target.path.parent / f".{target.path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temp.path, ignore_errors=True)
+    make_dir(temp.path)
+    try:
+        _write_files(ev, temp, title, copy_rows, parts)
+        if target.path.exists():
+            shutil.rmtree(target.path)
+        temp.path.rename(target.path)
+    finally:
+        shutil.rmtree(temp.path, ignore_errors=True)
+    ev.folder = target.path
+    return target.path
+
+
+def _write_files(ev: Evaluation, f: EvaluationFolder, title: str, copy_rows: list[dict],
+                 parts: list[str] | None) -> None:
+    s = ev.scored
+    shown = {ev.split: ev.metrics, **({f"{ev.split} without copies": ev.without_copies} if ev.without_copies else {})}
+    _write_predictions(f.predictions, ev, copy_rows, parts)
+    if any(r["kind"] for r in copy_rows):
+        _write_csv(f.copies, ["path", "copy", "of_split", "hash_bits"],
+                   [[ref, r["kind"], r["split"], r["bits"]] for ref, r in zip(s.refs, copy_rows) if r["kind"]])
+    if ev.skipped:
+        _write_csv(f.skipped, ["path", "reason"], list(ev.skipped.items()))
+    plot_reliability(f.reliability, shown, title)
+    plot_confusions(f.confusion, shown, ev.classes)
+    plot_roc(f.roc, s.labels, s.probs, ev.classes, ev.threshold, title)
+    if s.binary:
+        curves = net_benefit(s.labels, s.probs, DECISION_THRESHOLDS)
+        plot_decision_curve(f.decision_curve, curves, ev.threshold, title)
+    write_json(f.metrics, ev.to_dict())  # last: its presence marks a complete folder
+
+
+def _write_predictions(path: Path, ev: Evaluation, copy_rows: list[dict], parts: list[str] | None) -> None:
+    s = ev.scored
+    table = class_table(s.probs)
+    predicted = decide(table, ev.threshold if ev.threshold is not None else 0.5)
+    rows = []
+    for i, (ref, y, k) in enumerate(zip(s.refs, s.labels, predicted)):
+        rows.append([ref, ev.classes[int(y)], ev.classes[int(k)], *[f"{v:.6f}" for v in table[i]],
+                     copy_rows[i]["kind"], copy_rows[i]["split"], *([parts[i]] if parts else [])])
+    head = ["path", "label", "predicted", *[f"prob_{c}" for c in ev.classes], "copy", "copy_of"]
+    _write_csv(path, head + (["part"] if parts else []), rows)
+
+
+def _write_csv(path: Path, header: list[str], rows: list) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue())
+
+
+def as_plain(value: Any) -> Any:
+    """numpy scalars and arrays as JSON-able Python values."""
+    if isinstance(value, dict):
+        return {k: as_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+__all__ = ["Evaluation", "EvaluationFolder", "write_folder", "as_plain"]
