@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from medtl.core.config import RunConfig, apply_overrides, load_config, overrides_of
+from medtl.api_studies import audit, card, card_template, report, study, tune
+from medtl.core.config import RunConfig, apply_overrides, load_config, make_config, overrides_of
 from medtl.core.errors import MedtlError
-from medtl.core.runfolder import RunFolder, StudyFolder
+from medtl.core.runfolder import RunFolder
 
 if TYPE_CHECKING:
     from medtl.deploy.evaluation_folder import Evaluation
@@ -63,12 +64,6 @@ def list_backbones() -> list[BackboneInfo]:
 
     return [BackboneInfo(s.name, s.family, s.input_size, s.feature_dim, s.default_weights,
                          tuple(offline_sources(s))) for s in BACKBONES.values()]
-
-
-def make_config(data: PathLike | None = None, *, config: PathLike | None = None, **settings: Any) -> RunConfig:
-    """The resolved run config: defaults, then the YAML file `config`, then `data` and `settings`."""
-    return apply_overrides(load_config(config), overrides_of({"data.path": str(data) if data else None,
-                                                             **settings}))
 
 
 def train(data: PathLike | None = None, backbone: str | None = None, strategy: str | None = None, *,
@@ -297,57 +292,8 @@ def _as_list(items: Sequence[PathLike] | PathLike) -> list[PathLike]:
     return [items] if isinstance(items, (str, Path)) else list(items)
 
 
-def study(spec: PathLike, progress: bool = False, storage: str | None = None, lease_seconds: float = 180) -> Path:
-    """Run a study's grid (finished runs are kept) and write its report; returns report.html. With `storage`
-    (postgresql://...), this process is one of any number of workers sharing the grid through the database;
-    the worker that finishes the last run writes the report. `lease_seconds`: how long a silent worker's run
-    waits before another worker takes it over."""
-    from medtl.experiments.study import load_study, run_and_report
-
-    loaded = load_study(spec)
-    return run_and_report(loaded, f"medtl study {spec}", progress, storage, lease_seconds)
 
 
-def report(study_dir: PathLike) -> Path:
-    """(Re)write a study's report from its finished runs; returns report.html."""
-    from medtl.evaluation.study_report import write_report
-    from medtl.experiments.study import load_written
-
-    folder = StudyFolder(study_dir)
-    if not folder.spec.is_file():
-        raise MedtlError(f"{study_dir} has no {folder.spec.name}; pass the folder `medtl study` wrote (<out>/<name>)")
-    load_written(folder.path)  # checked as `medtl study` checks its file: a damaged study.yaml is one line
-    return write_report(folder.path)
-
-
-def audit(data: PathLike, perceptual: bool = True, output: PathLike | None = None,
-          target_width: float | None = None, **settings: Any) -> dict:
-    """Class balance, unreadable files, exact and near duplicates within and across splits, class-correlated
-    properties (shortcuts), and whether the test split is large enough (`sample_size`: expected 95 % interval
-    widths, and with `target_width` the test images that width needs); `settings` are data options such as
-    `val_fraction`."""
-    from medtl.core.io import write_json
-    from medtl.data.audit import audit as run_audit
-    from medtl.data.sources import discover
-    from medtl.evaluation.sample_size import for_labels
-
-    cfg = make_config(data, **settings)
-    splits = discover(cfg.data, cfg.data.split_seed)
-    result = run_audit(splits, perceptual)
-    if "test" in splits.labels:
-        result["sample_size"] = for_labels(splits.labels["test"], splits.classes, target_width)
-    if output is not None:
-        write_json(output, result)
-    return result
-
-
-def tune(data: PathLike, trials: int = 20, out: PathLike = "tune", storage: str | None = None,
-         study_name: str = "medtl", config: PathLike | None = None, **settings: Any):
-    """Optuna search on validation AUC; returns the optuna Study."""
-    from medtl.experiments.tune import tune as run_tune
-
-    base = make_config(data, config=config, **settings)
-    return run_tune(base, trials, Path(out), storage, study_name)
 
 
 def evaluate(run_dir: PathLike, data: PathLike, split: str = "test", output: PathLike | None = None,
@@ -361,32 +307,6 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str = "test", output: Pat
     return evaluation
 
 
-def card(run_or_study: PathLike, intended_use: PathLike | None = None, evaluations: Sequence[PathLike] = (),
-         output_dir: PathLike | None = None, rescan: bool = True, target_width: float = 0.1) -> dict[str, Path]:
-    """A model card and the CLAIM 2024 and TRIPOD+AI checklists, from a run's (or a study's) records.
-
-    Args:
-        run_or_study: A run folder, or a study folder (its run with the best validation AUC, and its report).
-        intended_use: YAML with the intended use, users, population, reference standard, ethics, funding
-            (`card_template` writes one); what is missing shows as "for the authors: ...".
-        evaluations: Folders (or files) holding the metrics.json of external evaluations.
-        output_dir: Where to write (default: the run or study folder).
-        rescan: Read the data again for counts per split and class, patients and near copies.
-        target_width: The 95 % interval width the card holds the test split to.
-
-    Returns:
-        {"card_md", "card_html", "checklist_claim_md", ...: path}.
-    """
-    from medtl.experiments.card import write_card
-
-    return write_card(run_or_study, intended_use, list(evaluations), output_dir, rescan, target_width)
-
-
-def card_template(run_or_study: PathLike, output: PathLike | None = None) -> Path:
-    """card.yaml to fill in (in the run or study folder unless `output`); an existing file is kept."""
-    from medtl.experiments.card import write_template
-
-    return write_template(run_or_study, output)
 
 
 def calibrate(run_dir: PathLike, data: PathLike, **options: Any) -> Run:

@@ -26,6 +26,8 @@ def layer_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "api"
+    if parts[1].startswith("api_"):  # the API in more than one module (medtl/api_studies.py)
+        return "api"
     if parts[1].startswith("cli_"):  # commands of one area (medtl/cli_card.py, ...) registered by cli.py
         return "cli"
     return TOP_LEVEL.get(parts[1], parts[1])

@@ -20,7 +20,7 @@ TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs":
 # every key of a finished run's metrics.json and its type (optional keys: when set)
 SCHEMA = {"schema_version": int, "best_epoch": int, "epochs_run": int, "train_seconds": float, "threshold": float,
           "threshold_method": str, "classes": list, "image_size": int, "split_sizes": dict, "splits": dict,
-          "temperature": float, "tta": dict, "weights_sha256": str}
+          "temperature": float, "tta": dict, "environment": dict, "weights_sha256": str}
 SPLIT = {"n": int, "threshold": float, "loss": float, "accuracy": float, "auc": float, "sensitivity": float,
          "specificity": float, "f1": float, "confusion_matrix": list, "ci95": dict, "calibration": dict}
 

@@ -307,3 +307,9 @@ def run_config_from(data: Any, where: str) -> RunConfig:
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def make_config(data: str | Path | None = None, *, config: str | Path | None = None, **settings: Any) -> RunConfig:
+    """The resolved run config: defaults, then the YAML file `config`, then `data` and `settings`."""
+    return apply_overrides(load_config(config), overrides_of({"data.path": str(data) if data else None,
+                                                             **settings}))

@@ -162,9 +162,9 @@ def _size_shortcut(ok: list[Facts], classes: list[str]) -> list[dict]:
     return [{"property": "size", "size_alone_balanced_accuracy": score, "by_class": sides}]
 
 
-def audit(splits: DataSplits, perceptual: bool = True) -> dict:
-    """The whole audit as a JSON-able dict."""
-    facts = collect(splits, perceptual)
+def audit(splits: DataSplits, perceptual: bool = True, facts: list[Facts] | None = None) -> dict:
+    """The whole audit as a JSON-able dict (of `facts` when already collected)."""
+    facts = collect(splits, perceptual) if facts is None else facts
     classes = splits.classes
     balance = {s: {c: int((splits.labels[s] == k).sum()) for k, c in enumerate(classes)} for s in splits.refs}
     return {"classes": classes, "images": len(facts), "balance": balance,

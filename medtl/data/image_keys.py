@@ -33,19 +33,22 @@ class ImageKeys:
         return list(self.digests)
 
 
-def facts_of(refs: list[str]) -> list[Facts]:
-    """Digest and perceptual hash of each ref (unreadable ones carry `error`), read in threads."""
+def facts_of(refs: list[str], known: dict[str, Facts] | None = None) -> list[Facts]:
+    """Digest and perceptual hash of each ref (unreadable ones carry `error`): from `known` (the audit's, collected
+    before training) where it holds them, the others read in threads."""
+    known = known or {}
     with ThreadPoolExecutor() as pool:
-        return list(pool.map(lambda r: image_facts(r, "", 0, perceptual=True), refs))
+        return list(pool.map(lambda r: known.get(r) or image_facts(r, "", 0, perceptual=True), refs))
 
 
-def write_image_keys(folder: str | Path | RunFolder, splits: DataSplits) -> ImageKeys:
+def write_image_keys(folder: str | Path | RunFolder, splits: DataSplits,
+                     known: dict[str, Facts] | None = None) -> ImageKeys:
     """image_keys.json in the run folder: digests and perceptual hashes of the train and val images; returns
     them. Called once at the end of training; `medtl evaluate` reads it to count and leave out copies of these
     images, and the run's own deduplicated test metrics can use the keys returned (`without_copies`)."""
     out = {"version": VERSION, "near_bits": NEAR_BITS, "splits": {}}
     for split in KEPT_SPLITS:
-        facts = [f for f in facts_of(splits.refs.get(split, [])) if not f.error]
+        facts = [f for f in facts_of(splits.refs.get(split, []), known) if not f.error]
         out["splits"][split] = {"sha1": [f.sha1 for f in facts], "phash": [f"{f.phash:016x}" for f in facts]}
     write_json(RunFolder(folder if not isinstance(folder, RunFolder) else folder.path).image_keys, out)
     return _keys(out)
@@ -87,10 +90,11 @@ def find_copies(facts: list[Facts], keys: ImageKeys, max_bits: int = NEAR_BITS) 
     return found
 
 
-def without_copies(refs: list[str], keys: ImageKeys) -> tuple[np.ndarray, list[dict], dict]:
+def without_copies(refs: list[str], keys: ImageKeys,
+                   known: dict[str, Facts] | None = None) -> tuple[np.ndarray, list[dict], dict]:
     """(indices of `refs` with no exact or near copy among the kept images, the per-image copy rows, counts
     {"copies", "exact_train", "near_val", ...}): what the deduplicated test metrics leave out."""
-    rows = find_copies(facts_of(refs), keys)
+    rows = find_copies(facts_of(refs, known), keys)
     counts = {f"{kind}_{split}": sum(r["kind"] == kind and r["split"] == split for r in rows)
               for kind in ("exact", "near") for split in keys.splits}
     kept = np.array([i for i, r in enumerate(rows) if not r["kind"]], dtype=np.int64)

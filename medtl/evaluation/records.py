@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 # metrics.json's keys in the order they are written; `REQUIRED` must be there, the others are written when set
 REQUIRED = ("best_epoch", "epochs_run", "train_seconds", "threshold", "threshold_method", "classes", "image_size",
             "split_sizes", "splits", "temperature")
-OPTIONAL = ("uncalibrated", "auto", "tta")
+OPTIONAL = ("uncalibrated", "auto", "tta", "environment")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class RunMetrics:
         uncalibrated: Calibration of each split before the temperature, when one was fitted.
         auto: Strategy auto's candidates, choice and reason.
         tta: Test-time augmentation applied, and why.
+        environment: Package versions and medtl's commit when the run was trained.
         extra: Keys this version of medtl does not know, kept as read.
         schema_version: The file's schema version.
     """
@@ -61,6 +62,7 @@ class RunMetrics:
     uncalibrated: dict[str, Any] = field(default_factory=dict)
     auto: dict[str, Any] = field(default_factory=dict)
     tta: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)  # package versions, medtl's commit
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 

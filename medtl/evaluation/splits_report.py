@@ -24,8 +24,3 @@ def split_report(y: np.ndarray, probs: np.ndarray, classes: list[str], threshold
     if subgroups:
         m.update(subgroup_report(y, probs, classes, threshold, subgroups, resamples, seed))
     return m
-
-
-def without_train_copies(test_keys: list[str], train_keys: set[str]) -> np.ndarray:
-    """Indices of the test images whose content (or near-duplicate cluster) key does not occur in train."""
-    return np.array([i for i, k in enumerate(test_keys) if k not in train_keys], dtype=np.int64)

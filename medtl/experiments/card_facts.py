@@ -9,20 +9,15 @@ import csv
 import hashlib
 import json
 import logging
-import subprocess
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
+from medtl.core.environment import environment
 from medtl.core.config import RunConfig, load_config
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
-PACKAGES = ("medtl", "torch", "torchvision", "numpy")
-
-
 @dataclass
 class RunFacts:
     """One run's records, read once. `data` is None when the data were not read again."""
@@ -55,7 +50,7 @@ def run_facts(run_dir: str | Path, evaluations: list[str | Path] = (), rescan: b
     metrics = read_metrics(folder)
     cfg = load_config(folder.config)
     facts = RunFacts(folder, cfg, metrics, _json(folder.auto), _audit_lines(folder), _skipped(folder),
-                     _preprocess(folder, cfg), pretrained(cfg), metrics.get("environment") or environment())
+                     _preprocess(folder, cfg), pretrained(cfg), metrics.get("environment") or environment("when the card was written"))
     facts.evaluations = [(Path(d), evaluation_metrics(d)) for d in [*evaluations, *recorded_evaluations(folder)]]
     if rescan:
         facts.data, facts.data_note = data_facts(cfg, metrics)
@@ -117,26 +112,6 @@ def pretrained(cfg: RunConfig) -> dict:
     found = path is not None and path.is_file()
     return {"source": source, "path": str(path) if path else None, "sha256": sha256_file(path) if found else None}
 
-
-def environment() -> dict:
-    """Package versions and medtl's source commit here and now (a run that recorded its own is read instead)."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return {"versions": versions, "commit": _commit(), "when": "when the card was written"}
-
-
-def _commit() -> str | None:
-    source = Path(__file__).resolve().parents[2]
-    try:
-        done = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def recorded_evaluations(folder: RunFolder) -> list[Path]:

@@ -14,7 +14,7 @@ import torch
 from medtl.core.config import RunConfig
 from medtl.core.errors import MedtlError
 from medtl.core.io import cache_root
-from medtl.data.audit import audit, warnings_for
+from medtl.data.audit import audit, collect, warnings_for
 from medtl.data.images import Decoding, build_store, check_failures
 from medtl.data.preprocess import Preprocess
 from medtl.data.sources import discover
@@ -50,10 +50,13 @@ def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None =
     _log_counts(splits)
     if "train" in splits.labels and len(np.unique(splits.labels["train"])) < 2:
         raise MedtlError(f"train split of {cfg.data.path} has one class after skipping unreadable images")
-    notes = warnings_for(audit(splits, perceptual=False)) if cfg.data.audit else []
+    # with perceptual hashes: near copies across splits reported before training; the run keeps the hashes
+    # (training/finalize.py: image_keys.json, and its deduplicated test metrics leave copies in train or val out)
+    facts = collect(splits, perceptual=True) if cfg.data.audit else []
+    notes = warnings_for(audit(splits, perceptual=True, facts=facts)) if cfg.data.audit else []
     for note in notes:
         log.warning("audit: %s", note)
-    return Prepared(cfg, spec, weights, splits, store, pre, device, cache_dir, notes)
+    return Prepared(cfg, spec, weights, splits, store, pre, device, cache_dir, notes, {f.ref: f for f in facts})
 
 
 def _log_counts(splits) -> None:

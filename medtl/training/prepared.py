@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medtl.core.config import RunConfig
+from medtl.data.audit import Facts
 from medtl.data.datasets import StoreDataset
 from medtl.data.images import ImageStore, build_store, check_failures
 from medtl.data.preprocess import Preprocess
@@ -35,6 +36,7 @@ class Prepared:
     device: torch.device
     cache_dir: Path
     audit_notes: list[str] = field(default_factory=list)
+    facts: dict[str, Facts] = field(default_factory=dict)  # the audit's digest and perceptual hash, by ref
     state_path: Path | None = None  # per-epoch training state, for --resume
     resume: bool = False  # continue from state_path (only when asked: --resume)
     deadline: float | None = None  # time.monotonic() by which training stops (train.budget)

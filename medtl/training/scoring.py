@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from medtl.evaluation.metrics import choose_threshold
+from medtl.evaluation import operating
 from medtl.evaluation.uncertainty import apply_temperature, calibration, fit_temperature
 from medtl.training.mirror import mirrored, score_split
 from medtl.training.prepare import Prepared
@@ -45,7 +45,7 @@ def score(trained: Trained, progress: bool) -> Scored:
         scores["test"] = score_split(p, trained.model, "test", progress)
     scores, temperature, before = _calibrate(p, scores)
     val_p, val_y = scores["val"]
-    threshold = choose_threshold(val_y, val_p, p.cfg.train.threshold) if p.binary else 0.5
+    threshold = operating.choose(val_y, val_p, p.cfg.train.threshold, "train.threshold") if p.binary else 0.5
     chosen = Trained(p, trained.model, trained.result, trained.auto)
     return Scored(chosen, scores, temperature, before, threshold, tta)
 
