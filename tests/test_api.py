@@ -38,7 +38,8 @@ def test_predict_gives_rows_and_lists_unreadable_files(tiny_run, image_tree, tmp
     files = sorted((image_tree / "test" / "pos").iterdir())[:3]
     rows = tiny_run.predict([*files, bad])
     assert [Path(r["path"]).name for r in rows] == [f.name for f in files]
-    assert set(rows[0]) == {"path", "predicted", "prob_neg", "prob_pos"}
+    assert set(rows[0]) == {"path", "predicted", "prob_neg", "prob_pos", "unlike_percentile", "unlike_training",
+                            "prediction_set", "refer"}  # the run keeps its reference: shift and referral
     assert all(abs(r["prob_neg"] + r["prob_pos"] - 1) < 1e-5 for r in rows)
     assert list(rows.failed) == [str(bad)]
     written = list(csv.DictReader(open(rows.to_csv(tmp_path / "p.csv"))))

@@ -85,7 +85,7 @@ def test_card_lists_an_external_evaluation_and_its_shift(image_tree, cache_dir, 
     run = medtl.train(image_tree, out=tmp_path / "runs", name="tiny", **TINY)
     evaluation = tmp_path / "other_hospital"
     evaluation.mkdir()
-    metrics = run.evaluate(image_tree / "test")
+    metrics = dict(run.evaluate(image_tree / "test").metrics)
     metrics["shift"] = ["image size differs from training (median 40 px vs 512 px)"]
     (evaluation / "metrics.json").write_text(json.dumps(metrics))
     code, _, err = cli_in_process(monkeypatch, capsys, "card", run.path, "--evaluation", evaluation, "--no-data",

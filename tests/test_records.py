@@ -123,17 +123,3 @@ def test_training_returns_validation_and_test_is_scored_once(image_tree, cache_d
     with open(run.path / "predictions_test.csv", newline="") as f:
         saved = np.array([float(r["prob_pos"]) for r in csv.DictReader(f)])
     assert len(saved) == 16 and np.abs(saved - tested[0][1]).max() < 1e-6  # written as scored (no temperature)
-
-
-def test_auto_handing_back_test_scores_leaves_test_to_finalize(monkeypatch):
-    """auto (training/auto.py) may still return test's scores with its choice: the run phase drops them, so test
-    is scored in one place."""
-    from medtl.training import train as train_module
-    from medtl.training.auto import Outcome
-
-    y = np.array([0, 1, 0, 1])
-    legacy = ([{"epoch": 1, "val_auc": 1.0, "val_loss": 0.1}], 1, {"val": (y * 0.9, y), "test": (y * 0.8, y)})
-    monkeypatch.setattr(train_module, "choose", lambda p, fn, progress, seconds: Outcome("P", "M", legacy, {"a": 1}))
-    trained = train_module.run_strategy("P", None, False, None, 0.0)
-    assert set(trained.result.scores) == {"val"} and trained.auto == {"a": 1}
-    assert np.array_equal(trained.result.scores["val"].probs, y * 0.9) and trained.result.best_epoch == 1
