@@ -79,6 +79,12 @@ def summary(ev) -> list[str]:
         lines.append(ev.copies.get("note", ""))
     if ev.without_copies:
         lines.append(format_metrics(f"{ev.split} without copies", ev.without_copies))
+    if ev.shift and ev.shift.get("verdict"):
+        lines.append(f"shift: {ev.shift['verdict']}")
+    if ev.referral and ev.referral.get("available"):
+        r = ev.referral
+        reached = f", coverage reached {r['coverage_reached']:.3f}" if "coverage_reached" in r else ""
+        lines.append(f"referral at coverage {r['coverage']:.2f}: {r['referral_rate']:.1%} of images referred{reached}")
     if ev.recalibration:
         r = ev.recalibration
         lines.append(f"local recalibration on {r['split']['calibration_n']} images, held out "
