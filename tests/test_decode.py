@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import shared_path
 from medtl.data.images import Decoding, decode, open_image
 from medtl.data.preprocess import Preprocess
-from medtl.deploy.predictor import open_upload
+from medtl.deploy.uploads import open_upload
 
 # the stated tolerance of data.fast_jpeg against a full decode, in 8-bit gray levels per pixel
 MEAN_TOLERANCE, P99_TOLERANCE = 0.5, 3

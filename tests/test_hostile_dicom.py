@@ -184,7 +184,7 @@ def test_a_glyph_the_default_font_lacks_is_drawn_with_an_installed_font(caplog):
 
 # --- what docs/howto/data.md states: EXIF orientation ignored, first frame only, the same in serve ----------
 def test_exif_orientation_is_ignored_and_the_first_frame_is_used_in_training_and_serving(tmp_path):
-    from medtl.deploy.predictor import open_upload
+    from medtl.deploy.uploads import open_upload
 
     picture = Image.fromarray(np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (20, 1)))  # 40 wide, 20 high
     exif = Image.Exif()

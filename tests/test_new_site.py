@@ -17,8 +17,9 @@ from medtl.core.errors import MedtlError
 from medtl.data.image_keys import write_image_keys
 from medtl.data.sources import discover
 from medtl.deploy.evaluation_folder import Evaluation, EvaluationFolder
-from medtl.deploy.scoring import Scored
+from medtl.deploy.options import EvaluateOptions
 from medtl.deploy.recalibrate import recalibrate_part
+from medtl.deploy.scoring import Scored
 from medtl.evaluation import operating
 from medtl.evaluation.metrics import binary_metrics
 from conftest import cli_in_process, make_image, shared_path
@@ -184,7 +185,8 @@ def test_local_recalibration_fits_on_the_calibration_part_only(trained, tmp_path
     held = np.array([part[Path(ref).name] == "heldout" for ref in s.refs])
     swapped = Scored(s.refs, np.where(held, 1 - s.labels, s.labels), s.probs, s.features, s.classes, s.class_map)
     same_parts = (np.flatnonzero(~held), np.flatnonzero(held), "as before")
-    again, _ = recalibrate_part(swapped, ev.threshold, "youden", 0.5, True, 3, 200, 0, same_parts)
+    fit = EvaluateOptions(calibrate_fraction=0.5, temperature=True, seed=3)
+    again, _ = recalibrate_part(swapped, ev.threshold, "youden", fit, 200, 0, same_parts)
     assert again["threshold_after"] == r["threshold_after"] and again["temperature_factor"] == r["temperature_factor"]
     assert again["after"]["accuracy"] == pytest.approx(1 - r["after"]["accuracy"])  # held-out labels only scored
     assert s.features.shape == (20, 512) and s.features.dtype == np.float32  # pooled backbone features

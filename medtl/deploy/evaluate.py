@@ -20,6 +20,7 @@ from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
 from medtl.data.image_keys import read_image_keys, without_copies
 from medtl.deploy.evaluation_folder import Evaluation, as_plain, write_folder
+from medtl.deploy.options import EvaluateOptions
 from medtl.deploy.recalibrate import recalibrate_part
 from medtl.deploy.scoring import Scored, score_data
 from medtl.evaluation import operating
@@ -32,18 +33,19 @@ log = logging.getLogger(__name__)
 NO_KEYS = "copies not checked (run made before runs kept image_keys.json: the digests of their train/val images)"
 
 
-def evaluate(run_dir: str | Path, data: str | Path, split: str = "test", output_dir: str | Path | None = None,
-             classes: str | dict | None = None, threshold: str | None = None, calibrate_fraction: float | None = None,
-             temperature: bool = False, seed: int = 0, progress: bool = True, device: str | None = None) -> Evaluation:
-    """Score `split` of `data` with the run in `run_dir`; write the evaluation folder when `output_dir` is given.
+def evaluate(run_dir: str | Path, data: str | Path, split: str = "test", options: EvaluateOptions = EvaluateOptions(),
+             progress: bool = True, device: str | None = None) -> Evaluation:
+    """Score `split` of `data` with the run in `run_dir`; write the evaluation folder when `options.output_dir`
+    is given.
 
-    `classes` maps the data's class names onto the run's ("0=NORMAL,1=PNEUMONIA"); `threshold` is an
+    `options.classes` maps the data's class names onto the run's ("0=NORMAL,1=PNEUMONIA"); `threshold` is an
     operating-point spec chosen on the run's validation predictions (default: the run's own threshold);
     `calibrate_fraction` splits the data (stratified, seeded, patients and copies kept together) into a
     calibration part, on which the threshold (and with `temperature` a temperature) is refitted, and a held-out
     part, scored before and after."""
+    threshold = options.threshold
     folder = RunFolder(run_dir)
-    scored = score_data(folder.path, data, split, classes, progress, device)
+    scored = score_data(folder.path, data, split, options.classes, progress, device)
     ckpt = Checkpoint.load(folder.checkpoint)
     resamples, boot_seed = ckpt.config.train.bootstrap, ckpt.config.train.seed
     if threshold is not None and not scored.binary:
@@ -53,19 +55,19 @@ def evaluate(run_dir: str | Path, data: str | Path, split: str = "test", output_
     report = split_report(scored.labels, scored.probs, scored.classes, cut, resamples, boot_seed)
     copy_rows, copies, without = _copies(folder, scored, cut, resamples, boot_seed)
     recal, parts = None, None
-    if calibrate_fraction:
+    if options.calibrate_fraction:
         recal, parts = recalibrate_part(scored, cut, ckpt.config.train.threshold if threshold is None else threshold,
-                                        calibrate_fraction, temperature, seed, resamples, boot_seed)
-    elif temperature:
+                                        options, resamples, boot_seed)
+    elif options.temperature:
         raise MedtlError("--temperature refits a temperature on a calibration part: give --calibrate-fraction too "
                          "(e.g. 0.2), or use `medtl calibrate RUN LOCAL_DATA --temperature`")
     ev = Evaluation(str(folder.path.resolve()), os.path.abspath(str(data)), split, scored.classes, scored.class_map,
                     cut if scored.binary else None, ckpt.temperature, as_plain(report), as_plain(point), copies,
                     as_plain(without), as_plain(recal), scored.skipped, scored=scored)
     _shift_and_referral(ev, folder, cut, boot_seed)
-    if output_dir is not None:
+    if options.output_dir is not None:
         title = f"{folder.path.name} on {Path(str(data)).name} ({split})"
-        write_folder(ev, output_dir, title, copy_rows, parts)
+        write_folder(ev, options.output_dir, title, copy_rows, parts)
     return ev
 
 

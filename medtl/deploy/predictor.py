@@ -2,12 +2,12 @@
 
 `medtl predict`, `explain`, `export` and `serve` all go through `Predictor`, so a served or exported
 model sees exactly the pixels that evaluation saw (8-bit, squashed to the run's size, same channels).
+Uploaded bytes are decoded in deploy/uploads.py; files scored in batches, as rows and CSV, in
+deploy/predictions.py.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +19,12 @@ from PIL import Image
 from torch import nn
 
 from medtl.core.device import pick_device
-from medtl.core.io import atomic_write, cache_root, make_dir
-from medtl.core.logs import progress as progress_of
+from medtl.core.io import cache_root
 from medtl.core.runfolder import RunFolder
-from medtl.data.dicom import is_dicom, read_dicom
-from medtl.data.images import DEFAULT_MAX_PIXELS, READ_ERRORS, OverPixelLimit, open_checked, reduce_on_decode
 from medtl.data.preprocess import Preprocess
 from medtl.evaluation.conformal import DEFAULT_COVERAGE, referral
 from medtl.evaluation.metrics import class_table, decide
-from medtl.evaluation.shift import FLAG_QUANTILE, NOT_AVAILABLE, FeatureReference, load_reference, unlike_scores
+from medtl.evaluation.shift import NOT_AVAILABLE, FeatureReference, load_reference, unlike_scores
 from medtl.models.checkpoint import Checkpoint
 from medtl.models.engine import OnPixels, frozen_runner
 from medtl.models.reference import WithFeatures, outputs_of, split
@@ -124,87 +121,3 @@ class Predictor:
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Class index per row: the run's threshold (chosen on validation) for binary runs, argmax otherwise."""
         return decide(probs, self.threshold)
-
-
-def open_upload(data: bytes, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS,
-                reduce_to: int = 0) -> Image.Image:
-    """An uploaded file's bytes as an image (DICOM or anything PIL reads; a JPEG decoded down to twice
-    `reduce_to` at least, as training decoded it); ValueError when it is neither, or when it is larger than
-    `max_pixels` (the message then says so)."""
-    if is_dicom(data):
-        return read_dicom(data, window, max_pixels)
-    try:
-        with open_checked(io.BytesIO(data), max_pixels) as img:
-            reduce_on_decode(img, reduce_to)
-            img.load()
-            return img.copy()
-    except OverPixelLimit:
-        raise  # its own message says what to do
-    except READ_ERRORS as exc:
-        raise ValueError(f"not an image PIL or pydicom can read ({exc.__class__.__name__})") from exc
-
-
-def predict_files(pred: Predictor, paths: list[Path], batch_size: int = 32, progress: bool = True):
-    """Rows (path, class, probabilities) for readable files, and {path: reason} for the others. The next
-    batch is decoded in a background thread while this one runs through the network."""
-    rows, failed = [], {}
-    pred.planned = len(paths)
-    batches = (_decoded(pred, paths, batch_size, failed))
-    for chunk, tensors in progress_of(batches, "predict", progress, total=-(-len(paths) // batch_size), unit="batch"):
-        probs, feats = pred.outputs(torch.stack(tensors))
-        decided = pred.decide(probs)
-        for path, k, p, extra in zip(chunk, decided, probs, pred.assess(probs, feats, decided)):
-            rows.append({"path": str(path), "predicted": pred.classes[k], "probabilities": p, **extra})
-    return rows, failed
-
-
-def _decoded(pred: Predictor, paths: list[Path], batch_size: int, failed: dict[str, str]):
-    """(paths, uint8 tensors) of each batch's readable files; the reasons for the others go into `failed`."""
-    for start in range(0, len(paths), batch_size):
-        chunk, tensors = [], []
-        for path in paths[start:start + batch_size]:
-            try:
-                tensors.append(pred.load(path))
-                chunk.append(path)
-            except READ_ERRORS as exc:
-                failed[str(path)] = f"{exc.__class__.__name__}: {exc}"
-        if tensors:
-            yield chunk, tensors
-
-
-def write_predictions(path: Path, pred: Predictor, rows: list[dict], failed: dict[str, str]) -> None:
-    """CSV: path, predicted, one probability column per class, threshold, the "unlike the training images"
-    percentile and flag, the prediction set (classes joined by `|`) and refer at `coverage`, error (unreadable
-    files too). The shift and referral cells are empty for a run made before medtl kept its feature reference."""
-    make_dir(path.parent)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "predicted", *[f"prob_{c}" for c in pred.classes], "threshold", *EXTRA, "coverage", "error"])
-    threshold = f"{pred.threshold:.6f}" if pred.binary else "argmax"
-    coverage = f"{pred.coverage:g}" if pred.reference is not None else ""
-    for r in rows:
-        w.writerow([r["path"], r["predicted"], *[f"{p:.6f}" for p in r["probabilities"]], threshold,
-                    *_extra_cells(r), coverage, ""])
-    for p, reason in failed.items():
-        w.writerow([p, "", *[""] * len(pred.classes), threshold, *[""] * len(EXTRA), coverage, reason])
-    atomic_write(path, buf.getvalue())
-
-
-EXTRA = ("unlike_percentile", "unlike_training", "prediction_set", "refer")  # CSV columns after threshold
-
-
-def _extra_cells(row: dict) -> list[str]:
-    if row.get("refer") is None:
-        return [""] * len(EXTRA)
-    return [f"{row['unlike_percentile']:.1f}", "yes" if row["unlike_training"] else "no",
-            "|".join(row["prediction_set"]), "yes" if row["refer"] else "no"]
-
-
-def trust_summary(rows: list[dict], coverage: float) -> str:
-    """One line on a batch of prediction rows: how many to refer, how many unlike the training images."""
-    if not rows or rows[0]["refer"] is None:
-        return "referral and shift scores: " + NOT_AVAILABLE if rows else "no image scored"
-    refer = sum(r["refer"] for r in rows)
-    unlike = sum(r["unlike_training"] for r in rows)
-    return (f"{refer} of {len(rows)} to refer (prediction set at {coverage:g} coverage not the predicted class "
-            f"alone); {unlike} unlike the training images (above the {FLAG_QUANTILE:.0%} cut-off)")

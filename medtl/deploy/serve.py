@@ -31,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medtl.core.errors import MedtlError
 from medtl.deploy.explain import cams, overlay
-from medtl.deploy.predictor import Predictor, open_upload
+from medtl.deploy.predictor import Predictor
+from medtl.deploy.uploads import open_upload
 from medtl.evaluation.shift import FLAG_QUANTILE
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,35 @@
+"""What a finished run reports of its splits: each evaluated split's report (with its subgroups, and
+`test_deduplicated` when the given test split holds copies of training or validation images), and the figures
+drawn from them (training curves, reliability, confusion matrices)."""
+
+from __future__ import annotations
+
+from medtl.core.runfolder import RunFolder
+from medtl.data.image_keys import ImageKeys, without_copies
+from medtl.evaluation.figures import plot_confusions, plot_curves, plot_reliability
+from medtl.evaluation.splits_report import split_report
+from medtl.training.prepared import Prepared
+from medtl.training.scoring import Scored
+
+
+def split_reports(p: Prepared, scored: Scored, threshold: float, keys: ImageKeys) -> dict:
+    """Every evaluated split (with its subgroups, data.subgroups), and `test_deduplicated` when the given test
+    split holds exact or near copies (perceptual hash) of train or validation images: those left out."""
+    n, seed, classes = p.cfg.train.bootstrap, p.cfg.train.seed, p.splits.classes
+    out = {s: split_report(y, pr, classes, threshold, n, seed, p.splits.attributes_of(s))
+           for s, (pr, y) in scored.scores.items()}
+    if "test" in scored.scores and p.splits.carved.get("test") is None:
+        kept, _, counts = without_copies(p.splits.refs["test"], keys, p.facts)
+        if 0 < len(kept) < len(p.splits.refs["test"]):
+            pr, y = scored.scores["test"].subset(kept)
+            groups = {c: [v[i] for i in kept] for c, v in p.splits.attributes_of("test").items()}
+            out["test_deduplicated"] = {**split_report(y, pr, classes, threshold, n, seed, groups),
+                                        "removed": len(p.splits.refs["test"]) - len(kept), "copies": counts}
+    return out
+
+
+def plot_run(folder: RunFolder, history: list, splits: dict, title: str, classes: list[str]) -> None:
+    """curves.png (the training curves), reliability.png and confusion.png in the run folder."""
+    plot_curves(folder.curves, history, title)
+    plot_reliability(folder.reliability, splits, title)
+    plot_confusions(folder.confusion, splits, classes)
