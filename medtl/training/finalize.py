@@ -54,20 +54,20 @@ def _write(scored: Scored, folder: RunFolder, seconds: float) -> RunMetrics:
     plot_curves(folder.curves, result.history, title)
     plot_reliability(folder.reliability, splits, title)
     plot_confusions(folder.confusion, splits, classes)
-    metrics = RunMetrics(result.best_epoch, len(result.history), seconds, threshold, p.cfg.train.threshold, classes,
+    metrics = RunMetrics(result.best_epoch, len(result.history), seconds, threshold, p.cfg.eval.threshold, classes,
                          p.size, {s: len(r) for s, r in p.splits.refs.items()}, splits, scored.temperature, digest,
                          scored.uncalibrated, scored.trained.auto, scored.tta,
                          environment("when the run was trained"))
     metrics.write(folder.metrics)  # last: its presence marks a finished run (studies resume on it)
     log.info("training took %.1f s; best epoch %d; threshold %.4f (chosen on validation by %s)",
-             seconds, result.best_epoch, threshold, p.cfg.train.threshold)
+             seconds, result.best_epoch, threshold, p.cfg.eval.threshold)
     return metrics
 
 
 def _split_reports(p: Prepared, scored: Scored, threshold: float, keys: ImageKeys) -> dict:
     """Every evaluated split (with its subgroups, data.subgroups), and `test_deduplicated` when the given test
     split holds exact or near copies (perceptual hash) of train or validation images: those left out."""
-    n, seed, classes = p.cfg.train.bootstrap, p.cfg.train.seed, p.splits.classes
+    n, seed, classes = p.cfg.eval.bootstrap, p.cfg.train.seed, p.splits.classes
     out = {s: split_report(y, pr, classes, threshold, n, seed, p.splits.attributes_of(s))
            for s, (pr, y) in scored.scores.items()}
     if "test" in scored.scores and p.splits.carved.get("test") is None:
