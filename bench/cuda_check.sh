@@ -34,7 +34,7 @@ ls $R/*
 # ---- second call
 # (this call began with the same setup lines as the first)
 echo "=== 1 full, recompute on, label smoothing 0.1, 3 epochs ($(date +%T))"
-timeout 120 python3 -m medtl train $D --strategy full --epochs 3 --set train.recompute=on --set train.label_smoothing=0.1 -o $R --name rc 2>&1 | grep -i "recomput\|epoch\|val:\|test:\|error" | tail -12
+timeout 120 python3 -m medtl train $D --strategy full --epochs 3 --set runtime.recompute=on --set train.label_smoothing=0.1 -o $R --name rc 2>&1 | grep -i "recomput\|epoch\|val:\|test:\|error" | tail -12
 cp $R/rc/metrics.json $OUT/rc_metrics.json
 echo "=== 2 step speed and GPU memory, recompute off/on ($(date +%T))"
 timeout 150 python3 - <<'PY'
@@ -66,8 +66,8 @@ PY
 
 # ---- third call
 # (this call began with the same setup lines as the first)
-echo "=== 1 medtl train D --budget 60s --set train.tta=hflip ($(date +%T))"
-timeout 150 python3 -m medtl train $D --budget 60s --set train.tta=hflip -o $R --name tta 2>&1 | grep -i "auto: chose\|tta\|test:\|error\|Traceback" | cut -c1-300 | tail -8
+echo "=== 1 medtl train D --budget 60s --set eval.tta=hflip ($(date +%T))"
+timeout 150 python3 -m medtl train $D --budget 60s --set eval.tta=hflip -o $R --name tta 2>&1 | grep -i "auto: chose\|tta\|test:\|error\|Traceback" | cut -c1-300 | tail -8
 cp $R/tta/metrics.json $OUT/tta_metrics.json
 echo "=== 2 predict the test images again and compare with the run's own ($(date +%T))"
 timeout 60 python3 -m medtl predict $R/tta $D/test --output /tmp/pred.csv -q 2>&1 | tail -2

@@ -4,7 +4,7 @@ features-<engine>   Lite0 at 224 px, batch 16, on 320 real training images: img/
                     on PyTorch eager, ONNX Runtime and OpenVINO (medtl's runners, parity checked), from uint8
                     pixels (normalisation inside the network, as in medtl's passes).
 linear-<engine>     `medtl train DATA --strategy linear` from an empty cache (decoding, export and compile
-                    included), with train.engine=torch and =auto.
+                    included), with runtime.engine=torch and =auto.
 predict-plain       the plain PyTorch loop a user writes: a DataLoader over the test files (PIL, Resize,
                     ToTensor, Normalize), batch 32, the run's model in eager mode.
 predict-<engine>    `medtl predict` (Run.predict) on the same files, same batch, engine torch, then auto with
@@ -59,7 +59,7 @@ def linear(args, engine: str) -> dict:
     from medtl.training.run import run
     os.environ["MEDTL_CACHE"] = args.cache + f"-{engine}"  # its own empty cache
     cfg = apply_overrides(RunConfig(), {"data.path": args.data, "model.backbone": BACKBONE, "model.strategy": "linear",
-                                        "train.engine": engine, "out": args.runs, "name": f"linear-{engine}"})
+                                        "runtime.engine": engine, "out": args.runs, "name": f"linear-{engine}"})
     start = time.perf_counter()
     run_dir = run(cfg, progress=False)
     seconds = time.perf_counter() - start

@@ -7,8 +7,8 @@ repeated; the table gives the median images/s and the largest peak. Step: medtl'
 (`loop._train_epoch` on one batch): EfficientNet-Lite0 (random weights: memory and speed do not depend on
 them), batch 32, channels_last, AdamW, class-weighted BCE, medtl's allocator tuning, the threads torch picks.
 Settings: full fine-tuning in one pass of 32 (before medtl's micro-batches), in two passes of 16 with one
-step (`train.micro_batch`, medtl's default on a CPU at 224 px), with the spec's wide stages recomputed in
-backward (`train.recompute=on`), and partial fine-tuning end to end (the top two stages train). The target
+step (`runtime.micro_batch`, medtl's default on a CPU at 224 px), with the spec's wide stages recomputed in
+backward (`runtime.recompute=on`), and partial fine-tuning end to end (the top two stages train). The target
 (issue 13): full fine-tuning at <= 3 GiB peak RSS with at most 10 % fewer images/s than the one pass.
 """
 

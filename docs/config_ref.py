@@ -1,5 +1,6 @@
-"""The settings reference, generated from `medtl/core/config.py`: every key, its type, default, range and the
-comment beside it in the code, so the page lists exactly the keys the code accepts."""
+"""The settings reference, generated from the config's sections (`medtl/core/config_sections.py`): every key, its
+type, default, range and the comment beside it in the code, so the page lists exactly the keys the code accepts;
+then the renamed keys of older configs (`medtl/core/config_renames.py`)."""
 
 from __future__ import annotations
 
@@ -50,11 +51,11 @@ def _default(f: dataclasses.Field) -> str:
 
 
 def render() -> str:
-    """One table per section (data, model, train) plus the top-level keys."""
-    from medtl.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    """One table per section (data, model, train, eval, runtime, cache), the top-level keys, the renamed keys."""
+    from medtl.core.config import RENAMES, SECTIONS, RunConfig
 
     parts = []
-    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("", RunConfig)):
+    for section, cls in (*SECTIONS.items(), ("", RunConfig)):
         hints, notes = typing.get_type_hints(cls), _comments(cls)
         fields = [f for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(hints[f.name])]
         parts += [f"## {section or 'Top level'}\n", "| key | type | default | range | what |", "|---|---|---|---|---|"]
@@ -64,4 +65,7 @@ def render() -> str:
             note = (notes.get(f.name) or FALLBACK.get(key, "")).replace("|", "\\|")
             parts.append(f"| `{key}` | {_type(hints[f.name])} | {_default(f)} | {limits} | {note} |")
         parts.append("")
+    parts += ["## Renamed keys\n", "Older configs (a run folder's config.yaml, a checkpoint, a YAML file, `--set`, "
+              "keyword arguments) may still use these keys; each is read as its new key, with one deprecation line.\n",
+              "| old key | new key |", "|---|---|", *[f"| `{old}` | `{new}` |" for old, new in RENAMES.items()], ""]
     return "\n".join(parts)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from medtl import __version__
+from medtl.core.config import STRATEGIES
 from medtl.core.errors import MedtlError
 from medtl.core.faults import as_error
 from medtl import cli_data, cli_deploy, cli_evaluate, cli_output, cli_study
@@ -26,9 +27,23 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   epilog="Example: medtl train data/ --strategy linear --output-dir runs")
 log = logging.getLogger(__name__)
 
+# the CLI's vocabulary: each flag of train and tune -> the dotted config key it sets (--set takes dotted keys)
+FLAGS = {"backbone": "model.backbone", "strategy": "model.strategy", "weights": "model.weights",
+         "epochs": "train.epochs", "image_size": "data.image_size", "channels": "data.channels",
+         "seed": "train.seed", "budget": "train.budget", "output_dir": "out", "name": "name", "strict": "data.strict"}
+
+
+def _settings(flags: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
+    """The flags given (not None) as dotted keys, then the `--set key=value` items."""
+    from medtl.core.config import parse_set
+
+    given = {FLAGS[k]: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None}
+    return {**given, **parse_set(sets or [])}
+
+
 # options that several commands share, defined once
 Backbone = Annotated[Optional[str], typer.Option(help="Backbone name; see `medtl backbones`")]
-Strategy = Annotated[Optional[str], typer.Option(help="auto | scratch | linear | partial | full")]
+Strategy = Annotated[Optional[str], typer.Option(help=" | ".join(STRATEGIES))]
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping may end sooner)")]
 ImageSize = Annotated[Optional[int], typer.Option(help="Input size in px (default: the backbone's)")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config; flags override it")]
@@ -75,7 +90,6 @@ def train(
 ) -> None:
     """Train and evaluate a classifier; writes a run folder (or continues one with --resume RUN_DIR)."""
     from medtl import api
-    from medtl.core.config import parse_set
     from medtl.core.logs import redirect_bars
     from medtl.training.distributed import from_env
 
@@ -83,11 +97,9 @@ def train(
     quiet = quiet or not main_process
     _setup_logging(quiet)
     output_dir = _renamed(output_dir, out, "--out", "--output-dir", notify=main_process)
-    flags = {"backbone": backbone, "strategy": strategy, "weights": weights, "epochs": epochs,
-             "image_size": image_size, "channels": channels, "seed": seed, "budget": budget,
-             "out": str(output_dir) if output_dir is not None else None, "name": name,
-             "strict": True if strict else None, **parse_set(set_ or [])}
-    flags = {k: v for k, v in flags.items() if v is not None}
+    flags = _settings({"backbone": backbone, "strategy": strategy, "weights": weights, "epochs": epochs,
+                       "image_size": image_size, "channels": channels, "seed": seed, "budget": budget,
+                       "output_dir": output_dir, "name": name, "strict": True if strict else None}, set_)
     with redirect_bars():
         result = api.train(data, config=config, resume=resume, progress=not quiet, **flags)
     if main_process:
@@ -130,14 +142,11 @@ def tune(
     """Search learning rate, head, dropout, weight decay, batch size (and unfrozen depth for partial) with
     Optuna, pruning on validation AUC."""
     from medtl import api
-    from medtl.core.config import parse_set
 
     _setup_logging(quiet)
     output_dir = _renamed(output_dir, out, "--out", "--output-dir") or Path("tune")
-    flags = {"backbone": backbone, "strategy": strategy, "epochs": epochs, "image_size": image_size,
-             **parse_set(set_ or [])}
-    study_ = api.tune(data, trials, output_dir, storage, study_name, config,
-                      **{k: v for k, v in flags.items() if v is not None})
+    flags = _settings({"backbone": backbone, "strategy": strategy, "epochs": epochs, "image_size": image_size}, set_)
+    study_ = api.tune(data, trials, output_dir, storage, study_name, config, **flags)
     finished = [t for t in study_.trials if t.value is not None]
     if finished:
         best = study_.best_trial

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from medtl.core.config import ENGINES
 from medtl.core.errors import MedtlError
 
 log = logging.getLogger("medtl.cli")  # the deprecation notices keep the logger they were logged on
@@ -17,7 +18,7 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any config val
                                                    "(repeatable)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars")]
 RunDir = Annotated[Path, typer.Argument(help="Run folder written by `medtl train`")]
-Engine = Annotated[str, typer.Option(help="auto | torch | openvino | onnxruntime: what runs the network (auto: the "
+Engine = Annotated[str, typer.Option(help=f"{' | '.join(ENGINES)}: what runs the network (auto: the "
                                           "fastest measured here; an engine is checked against PyTorch first)")]
 Coverage = Annotated[float, typer.Option(help="Referral: images whose conformal prediction set at this coverage "
                                          "(calibrated on validation) is not the predicted class alone are 'refer'")]

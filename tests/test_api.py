@@ -65,7 +65,7 @@ def test_bad_settings_fail_before_anything_is_written(image_tree, cache_dir, tmp
                               ({"lr": -1}, "train.lr=-1"),
                               ({"epoch": 3}, "unknown setting 'epoch' (did you mean epochs"),
                               ({"name": "../x"}, "plain folder name"),
-                              ({"threshold": "2"}, "train.threshold='2'")):
+                              ({"threshold": "2"}, "eval.threshold='2'")):
         with pytest.raises(MedtlError, match=message.replace("(", r"\(")):
             medtl.train(image_tree, out=out, **{**TINY, **settings})
     assert not out.exists()

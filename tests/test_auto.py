@@ -22,7 +22,7 @@ from medtl.training.run import run
 def _cfg(root, out, **kw):
     base = {"data.path": str(root), "data.image_size": 32, "model.backbone": "efficientnet_lite0",
             "model.weights": "package", "model.strategy": "auto", "train.epochs": 2, "train.batch_size": 8,
-            "out": str(out), "train.threads": 2, "train.engine": "torch"}
+            "out": str(out), "runtime.threads": 2, "runtime.engine": "torch"}
     base.update(kw)
     return apply_overrides(RunConfig(), base)
 
@@ -60,7 +60,7 @@ def test_auto_without_pretrained_weights_is_refused_before_anything_is_written(i
 def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
     """Candidates are compared on validation alone (partial best there); test is scored after, once, for it
     (here, without test-time augmentation; with it, training/mirror.py scores test the way it chooses)."""
-    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"train.tta": "none"}), progress=False)
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"eval.tta": "none"}), progress=False)
     p.deadline = time.monotonic() + 3600
     val_auc = {"linear": 0.80, "partial": 0.95, "full": 0.90}  # few (48) and far (0.80): partial, then full
     seen = []
@@ -170,7 +170,7 @@ def test_a_busy_machine_still_fine_tunes_for_the_epochs_that_fit(image_tree, cac
 
 def test_the_other_strategy_runs_in_the_time_the_rule_left(image_tree, cache_dir, tmp_path):
     """Few images close to ImageNet: the rule tries partial alone; full then runs in the time partial left."""
-    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"train.tta": "none"}), progress=False)
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"eval.tta": "none"}), progress=False)
     p.deadline = time.monotonic() + 3600
     val_auc = {"linear": 0.95, "partial": 0.96, "full": 0.99}
     seen = []

@@ -22,8 +22,8 @@ from medtl.training import auto
 from medtl.training.prepare import prepare
 
 AUTO = ["--backbone", "efficientnet_lite0", "--weights", "package", "--image-size", "32", "--epochs", "200",
-        "--set", "train.patience=200", "--set", "train.batch_size=8", "--set", "train.engine=torch",
-        "--set", "train.bootstrap=50", "--set", "train.threads=1"]
+        "--set", "train.patience=200", "--set", "train.batch_size=8", "--set", "runtime.engine=torch",
+        "--set", "eval.bootstrap=50", "--set", "runtime.threads=1"]
 
 
 def _progress(folder: RunFolder) -> dict | None:
@@ -82,7 +82,7 @@ def test_an_auto_run_killed_in_its_second_candidate_resumes_and_chooses_among_al
 def _cfg(root, out, **kw):
     base = {"data.path": str(root), "data.image_size": 32, "model.backbone": "efficientnet_lite0",
             "model.weights": "package", "model.strategy": "auto", "train.epochs": 8, "train.batch_size": 8,
-            "out": str(out), "train.threads": 2, "train.engine": "torch", "train.tta": "none"}
+            "out": str(out), "runtime.threads": 2, "runtime.engine": "torch", "eval.tta": "none"}
     return apply_overrides(RunConfig(), {**base, **kw})
 
 

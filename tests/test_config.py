@@ -43,8 +43,8 @@ def test_unknown_key_and_bad_value():
     ("model.strategy", "fine", "valid: auto, scratch, linear, partial, full"),
     ("data.channels", "gray", "valid: replicate, adapt"),
     ("data.convert_mode", "rgb", "did you mean RGB"),
-    ("train.device", "gpu", "valid: auto, cpu, cuda"),
-    ("train.threshold", "high", "train.threshold='high'"),
+    ("runtime.device", "gpu", "valid: auto, cpu, cuda"),
+    ("eval.threshold", "high", "eval.threshold='high'"),
     ("name", "a/b", "plain folder name"),
 ])
 def test_every_value_is_checked_when_the_config_is_made(key, value, message):

@@ -128,7 +128,7 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(kermany_sm
     env = {**os.environ, "MEDTL_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "runs"
     args = [kermany_small, "--strategy", "full", "--image-size", "64", "--epochs", "4", "--set",
-            "train.batch_size=16", "--set", "train.deterministic=true", "--out", out, "--quiet"]
+            "train.batch_size=16", "--set", "runtime.deterministic=true", "--out", out, "--quiet"]
     whole = _torchrun(2, *args, "--name", "whole", env=env)
     assert whole.returncode == 0, whole.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "medtl",

@@ -84,8 +84,8 @@ def test_medtl_cache_on_a_file_is_one_line_in_train_and_predict(image_tree, tiny
         f"error: MEDTL_CACHE={below}: {blocker} is not a folder; point MEDTL_CACHE at a folder (made if missing), "
         "or unset it"]
     assert not (tmp_path / "p.csv").exists()
-    with pytest.raises(MedtlError, match=r"^data.cache_dir .*cache-file: .*cache-file is not a folder; set "
-                                         r"data.cache_dir to a folder \(made if missing\)$"):
+    with pytest.raises(MedtlError, match=r"^cache.dir .*cache-file: .*cache-file is not a folder; set "
+                                         r"cache.dir to a folder \(made if missing\)$"):
         cache_root(str(blocker))
 
 

@@ -62,7 +62,7 @@ def test_a_small_harmless_looking_alias_is_refused_too(tmp_path):
     ("data: {path: {a: 1}}\n", "data.path: expected text, got a mapping {'a': 1}"),
     ("data: {path: }\n", "data.path: expected text, got a null (an empty value)"),
     ("train: {optimizer: [adam]}\n", "train.optimizer: expected text, got a list ['adam']"),
-    ("train: {threshold: {youden: 1}}\n", "train.threshold: expected text, got a mapping"),
+    ("train: {threshold: {youden: 1}}\n", "eval.threshold: expected text, got a mapping"),
     ("name: [a, b]\n", "name: expected text, got a list"),
     ("data: {class_names: [[a], b]}\n", "data.class_names: item ['a'] is not a name"),
     ("data: {class_names: [yes, no]}\n", "data.class_names: item True is not a name; give names (quoted"),
@@ -87,7 +87,7 @@ def test_a_value_of_the_wrong_type_is_refused_with_its_key(tmp_path, text, messa
 def test_bare_on_and_off_read_as_the_choice_they_name(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train: {recompute: on}\n")  # YAML 1.1 reads a bare on as true
-    assert load_config(path).train.recompute == "on"
+    assert load_config(path).runtime.recompute == "on"
 
 
 def test_a_folder_bad_yaml_and_non_utf8_are_one_line_each(tmp_path, monkeypatch, capsys):

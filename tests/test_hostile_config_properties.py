@@ -12,10 +12,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medtl.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, load_config, parse_set
+from medtl.core.config import SECTIONS, RunConfig, apply_overrides, load_config, parse_set
 from medtl.core.errors import MedtlError
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 FIELDS = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
 
 # pieces of YAML a hostile or careless file is made of
@@ -100,7 +99,7 @@ def test_any_config_file_is_read_or_refused_in_one_line(content):
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.one_of(st.sampled_from([f"data.{f}" for f in ("class_names", "path", "dicom_window")]
-                                                    + ["train.threshold", "model.backbone", "name"]),
+                                                    + ["eval.threshold", "model.backbone", "name"]),
                                     st.text(max_size=10)),
                           st.one_of(st.lists(st.sampled_from(FRAGMENTS[:60]), max_size=8).map("".join),
                                     st.text(max_size=20))).map(lambda kv: f"{kv[0]}={kv[1]}"), max_size=3))

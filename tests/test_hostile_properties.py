@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medtl.core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides
+from medtl.core.config import RENAMES, SECTIONS, RunConfig, apply_overrides
 from medtl.core.errors import MedtlError
 from medtl.data.images import Decoding, build_store
 
@@ -67,8 +67,7 @@ def test_any_file_content_is_decoded_or_listed_as_unreadable(items):
             assert "\n" not in store.failed.get(ref, "")
 
 
-KEYS = [f"{section}.{f.name}" for section, cls in (("data", DataConfig), ("model", ModelConfig),
-                                                    ("train", TrainConfig)) for f in dataclasses.fields(cls)]
+KEYS = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)] + list(RENAMES)
 values = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
                    st.text(max_size=20), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3),
                                                                                              st.integers(), max_size=2))

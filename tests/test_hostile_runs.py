@@ -31,7 +31,7 @@ from medtl.training.run import run
 from conftest import cli_in_process, make_image
 
 AUTO = ["--backbone", "efficientnet_lite0", "--weights", "package", "--image-size", "32", "--epochs", "2",
-        "--set", "train.batch_size=8", "--set", "train.engine=torch", "--set", "train.bootstrap=50"]
+        "--set", "train.batch_size=8", "--set", "runtime.engine=torch", "--set", "eval.bootstrap=50"]
 
 
 def _cli(monkeypatch, capsys, *args) -> tuple[int, list[str], str]:

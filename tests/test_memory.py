@@ -91,8 +91,8 @@ def test_micro_batches_give_the_whole_batchs_update():
 
 
 def test_micro_batch_rule():
-    from medtl.core.config import TrainConfig
+    from medtl.core.config import RuntimeConfig
     from medtl.training.loop import micro_batch
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert micro_batch(TrainConfig(), 224, cpu) == 16 and micro_batch(TrainConfig(), 112, cpu) == 64
-    assert micro_batch(TrainConfig(), 224, gpu) is None and micro_batch(TrainConfig(micro_batch=5), 224, gpu) == 5
+    assert micro_batch(RuntimeConfig(), 224, cpu) == 16 and micro_batch(RuntimeConfig(), 112, cpu) == 64
+    assert micro_batch(RuntimeConfig(), 224, gpu) is None and micro_batch(RuntimeConfig(micro_batch=5), 224, gpu) == 5

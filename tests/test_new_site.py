@@ -160,12 +160,12 @@ def test_target_rates_pick_the_best_threshold_reaching_them(seed):
 
 
 def test_threshold_specs_in_the_config():
-    assert medtl.make_config("data", threshold="sensitivity>=0.95").train.threshold == "sensitivity>=0.95"
-    assert medtl.make_config("data", threshold="specificity>=0.9").train.threshold == "specificity>=0.9"
+    assert medtl.make_config("data", threshold="sensitivity>=0.95").eval.threshold == "sensitivity>=0.95"
+    assert medtl.make_config("data", threshold="specificity>=0.9").eval.threshold == "specificity>=0.9"
     for bad in ("sensitivity>=0", "sensitivity>=1.2", "recall>=0.9", "1.5"):
         with pytest.raises(MedtlError) as exc:
             medtl.make_config("data", threshold=bad)
-        assert str(exc.value) == (f"train.threshold={bad!r}; valid: youden, f1, a number between 0 and 1 (e.g. 0.5), "
+        assert str(exc.value) == (f"eval.threshold={bad!r}; valid: youden, f1, a number between 0 and 1 (e.g. 0.5), "
                                   "sensitivity>=0.95 or specificity>=0.90")
 
 
@@ -204,7 +204,7 @@ def test_calibrate_writes_a_new_run_that_records_its_origin(trained, tmp_path, m
     origin = new.metrics["calibrated_from"]
     assert origin["run"] == str(run.path) and origin["n"] == 20 and origin["per_class"] == {"neg": 10, "pos": 10}
     assert new.predictor.threshold == new.metrics["threshold"] != run.metrics["threshold"]
-    assert new.config.train.threshold == "specificity>=0.9" and new.metrics["splits"]["val"]["specificity"] >= 0.9
+    assert new.config.eval.threshold == "specificity>=0.9" and new.metrics["splits"]["val"]["specificity"] >= 0.9
     assert (tmp_path / "site-b" / "image_keys.json").is_file() and run.folder.metrics.read_text() == before
     assert f"run folder: {tmp_path / 'site-b'}" in stdout
     code, _, err = cli_in_process(monkeypatch, capsys, *args)

@@ -20,7 +20,7 @@ from medtl.training.run import run
 
 def _cfg(root, out, **kw):
     base = {"data.path": str(root), "data.image_size": 32, "model.backbone": "resnet18", "model.weights": "none",
-            "train.epochs": 2, "train.batch_size": 8, "out": str(out), "train.threads": 2}
+            "train.epochs": 2, "train.batch_size": 8, "out": str(out), "runtime.threads": 2}
     base.update(kw)
     return apply_overrides(RunConfig(), base)
 
@@ -46,7 +46,7 @@ def test_each_strategy_writes_a_complete_run_folder(image_tree, cache_dir, tmp_p
 def test_linear_learns_with_pretrained_features_and_reuses_the_cache(image_tree, cache_dir, tmp_path, caplog):
     cfg = _cfg(image_tree, tmp_path / "runs", **{"model.backbone": "efficientnet_lite0", "model.weights": "package",
                                                   "model.strategy": "linear", "train.epochs": 15,
-                                                  "data.image_size": 48, "train.feature_views": 1})
+                                                  "data.image_size": 48, "cache.feature_views": 1})
     first = run(cfg, progress=False)
     metrics = json.loads((first / "metrics.json").read_text())
     assert metrics["splits"]["test"]["auc"] > 0.9

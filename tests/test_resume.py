@@ -15,7 +15,7 @@ from medtl.models.checkpoint import state_digest
 from medtl.training.resume import load_state
 
 ARGS = ["--strategy", "scratch", "--image-size", "32", "--epochs", "6", "--set", "train.patience=10",
-        "--set", "train.batch_size=8", "--set", "train.deterministic=true", "--quiet"]
+        "--set", "train.batch_size=8", "--set", "runtime.deterministic=true", "--quiet"]
 
 
 def _cmd(*args):
@@ -68,7 +68,7 @@ def test_deterministic_mode_holds_during_the_run_only(image_tree, tmp_path, cach
 
     seen = []
     cfg = apply_overrides(RunConfig(), {"data.path": str(image_tree), "data.image_size": "32", "train.epochs": "2",
-                                        "model.strategy": "scratch", "train.deterministic": "true",
+                                        "model.strategy": "scratch", "runtime.deterministic": "true",
                                         "out": str(tmp_path / "runs")})
     run(cfg, progress=False, on_epoch=lambda epoch, val: seen.append(torch.are_deterministic_algorithms_enabled()))
     assert seen == [True, True]

@@ -1,4 +1,4 @@
-"""Test-time augmentation (train.tta=hflip): the run's validation and test scores, `medtl predict`, evaluate
+"""Test-time augmentation (eval.tta=hflip): the run's validation and test scores, `medtl predict`, evaluate
 and the exported model all average the logits of each image and of its mirror."""
 
 import csv
@@ -26,7 +26,7 @@ def test_mirrored_runs_score_predict_and_export_the_same_way(image_tree, cache_d
                           name="tta", tta="hflip").path
     pred = Predictor.from_run(run_dir, device="cpu", engine="torch")
     assert pred.tta and isinstance(pred.net, Mirrored)
-    assert json.loads((run_dir / "metrics.json").read_text())["tta"] == {"applied": "hflip", "reason": "train.tta=hflip"}
+    assert json.loads((run_dir / "metrics.json").read_text())["tta"] == {"applied": "hflip", "reason": "eval.tta=hflip"}
     paths, saved = _saved(run_dir, "test")
     x = torch.stack([pred.load(p) for p in paths])
     mirrored = pred.probabilities(x)[:, 1]
@@ -50,9 +50,9 @@ def _auc(paths: list[str], probs: np.ndarray) -> float:
 
 
 def test_tta_needs_mirrorable_data(tmp_path):
-    with pytest.raises(MedtlError, match="train.tta=hflip with data.hflip=false"):
+    with pytest.raises(MedtlError, match="eval.tta=hflip with data.hflip=false"):
         make_config(tmp_path, tta="hflip", hflip=False)
-    assert make_config(tmp_path, tta="hflip").train.tta == "hflip"
+    assert make_config(tmp_path, tta="hflip").eval.tta == "hflip"
 
 
 def test_auto_keeps_the_mirror_only_when_validation_gains(image_tree, cache_dir, tmp_path):
@@ -69,7 +69,7 @@ def test_auto_keeps_the_mirror_only_when_validation_gains(image_tree, cache_dir,
     assert kept == _helps(record["mirrored_val"], record["plain_val"], "auc") and "test was not looked at" in record["reason"]
     chosen = record["mirrored_val" if kept else "plain_val"]
     assert metrics["splits"]["val"]["auc"] == pytest.approx(chosen["auc"], abs=1e-9)
-    assert Checkpoint.load(run_dir / "checkpoint.pt").config.train.tta == record["applied"]
+    assert Checkpoint.load(run_dir / "checkpoint.pt").config.eval.tta == record["applied"]
     pred = Predictor.from_run(run_dir, device="cpu", engine="torch")
     paths, saved = _saved(run_dir, "test")
     assert np.abs(pred.probabilities(torch.stack([pred.load(p) for p in paths]))[:, 1] - saved).max() < 1e-5

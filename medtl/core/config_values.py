@@ -39,6 +39,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     `where.key` (`key` alone when `where` is empty)."""
     if not isinstance(data, dict):
         raise MedtlError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    upgrade = getattr(cls, "upgrade", None)  # RunConfig: older keys renamed (config_renames.py)
+    if upgrade is not None:
+        data = upgrade(data, where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

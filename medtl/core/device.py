@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from medtl.core.config_sections import DEVICES
 from medtl.core.errors import MedtlError
 
 
@@ -11,7 +12,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise MedtlError("train.device=cuda but no CUDA device is visible; use --set train.device=auto")
-    if name not in ("cpu", "cuda"):
-        raise MedtlError(f"train.device={name!r}; valid: auto, cpu, cuda")
+        raise MedtlError("runtime.device=cuda but no CUDA device is visible; use --set runtime.device=auto")
+    if name not in DEVICES:
+        raise MedtlError(f"runtime.device={name!r}; valid: {', '.join(DEVICES)}")
     return torch.device(name)

@@ -109,7 +109,7 @@ class cannot_write:
 
 
 def cache_root(configured: str | None = None) -> Path:
-    """The cache folder: `configured` (data.cache_dir), else $MEDTL_CACHE, else ~/.cache/medtl; refused in one line
+    """The cache folder: `configured` (cache.dir), else $MEDTL_CACHE, else ~/.cache/medtl; refused in one line
     when a file stands where it or one of its parents should be a folder."""
     env = os.environ.get("MEDTL_CACHE")
     path = Path(configured or env or Path.home() / ".cache" / "medtl")
@@ -117,7 +117,7 @@ def cache_root(configured: str | None = None) -> Path:
     if blocker is None or blocker.is_dir():
         return path
     if configured:
-        raise MedtlError(f"data.cache_dir {path}: {blocker} is not a folder; set data.cache_dir to a folder "
+        raise MedtlError(f"cache.dir {path}: {blocker} is not a folder; set cache.dir to a folder "
                          "(made if missing)")
     if env:
         raise MedtlError(f"MEDTL_CACHE={path}: {blocker} is not a folder; point MEDTL_CACHE at a folder "

@@ -50,7 +50,7 @@ def calibrate(run_dir: str | Path, data: str | Path, split: str = "test",
     scored = score_data(source.path, data, split, options.classes, progress, device)
     need_something_to_fit(scored, options.temperature)
     ckpt = Checkpoint.load(source.checkpoint)
-    spec = options.threshold or ckpt.config.train.threshold
+    spec = options.threshold or ckpt.config.eval.threshold
     name = options.name or f"{source.path.name}-calibrated"
     target = RunFolder(Path(options.output_dir or source.path.parent) / name)
     if target.path.exists():
@@ -75,16 +75,16 @@ def _write_run(source: RunFolder, out: RunFolder, ckpt: Checkpoint, scored: Scor
     for item in source.path.iterdir():
         if item.is_file() and item.name not in NOT_COPIED and not item.name.startswith("predictions_"):
             shutil.copy2(item, out.path / item.name)
-    train = dataclasses.replace(ckpt.config.train, threshold=spec,
-                                calibrate="temperature" if factor != 1.0 else ckpt.config.train.calibrate)
-    cfg = dataclasses.replace(ckpt.config, train=train)
+    eval_ = dataclasses.replace(ckpt.config.eval, threshold=spec,
+                                calibrate="temperature" if factor != 1.0 else ckpt.config.eval.calibrate)
+    cfg = dataclasses.replace(ckpt.config, eval=eval_)
     new = dataclasses.replace(ckpt, config=cfg, threshold=cut if scored.binary else ckpt.threshold,
                               temperature=ckpt.temperature * factor)
     atomic_write(out.config, dump_yaml(cfg))
     digest = new.save(out.checkpoint)
     probs = apply_temperature(scored.probs, factor) if factor != 1.0 else scored.probs
     write_predictions(out.predictions("val"), scored.refs, scored.labels, probs, scored.classes, new.threshold)
-    report = split_report(scored.labels, probs, scored.classes, new.threshold, cfg.train.bootstrap, cfg.train.seed)
+    report = split_report(scored.labels, probs, scored.classes, new.threshold, cfg.eval.bootstrap, cfg.train.seed)
     metrics = {**source.read_metrics(), "threshold": new.threshold, "threshold_method": spec,
                "temperature": new.temperature, "splits": {"val": report}, "weights_sha256": digest}
     metrics.pop("uncalibrated", None)

@@ -47,7 +47,7 @@ def evaluate(run_dir: str | Path, data: str | Path, split: str = "test", options
     folder = RunFolder(run_dir)
     scored = score_data(folder.path, data, split, options.classes, progress, device)
     ckpt = Checkpoint.load(folder.checkpoint)
-    resamples, boot_seed = ckpt.config.train.bootstrap, ckpt.config.train.seed
+    resamples, boot_seed = ckpt.config.eval.bootstrap, ckpt.config.train.seed
     if threshold is not None and not scored.binary:
         raise MedtlError(f"--threshold {threshold}: the run has {len(scored.classes)} classes and predicts the most "
                          "probable one; an operating point applies to two-class runs only")
@@ -56,7 +56,7 @@ def evaluate(run_dir: str | Path, data: str | Path, split: str = "test", options
     copy_rows, copies, without = _copies(folder, scored, cut, resamples, boot_seed)
     recal, parts = None, None
     if options.calibrate_fraction:
-        recal, parts = recalibrate_part(scored, cut, ckpt.config.train.threshold if threshold is None else threshold,
+        recal, parts = recalibrate_part(scored, cut, ckpt.config.eval.threshold if threshold is None else threshold,
                                         options, resamples, boot_seed)
     elif options.temperature:
         raise MedtlError("--temperature refits a temperature on a calibration part: give --calibrate-fraction too "
@@ -103,7 +103,7 @@ def _operating_point(folder: RunFolder, ckpt: Checkpoint, scored: Scored, spec: 
         return 0.5, None
     val = validation_predictions(folder, scored.classes)
     if spec is None:  # the run's own threshold, chosen when it trained
-        cut, spec, where = ckpt.threshold, ckpt.config.train.threshold, "validation, when the run trained"
+        cut, spec, where = ckpt.threshold, ckpt.config.eval.threshold, "validation, when the run trained"
     else:
         kind, value = operating.parse(spec)
         if kind == "fixed":

@@ -45,7 +45,7 @@ class Predictor:
     temperature: float = 1.0  # fitted on validation when the run was calibrated
     engine: str = "torch"  # auto | torch | openvino | onnxruntime (models/engine.py), chosen at the first batch
     planned: int = 0  # images the caller will score (auto exports only for a long enough pass)
-    tta: bool = False  # the run's train.tta=hflip: logits of each image and of its mirror averaged
+    tta: bool = False  # the run's eval.tta=hflip: logits of each image and of its mirror averaged
     runner: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False, compare=False)
     reference: FeatureReference | None = field(default=None, repr=False)  # None: a run made before it was kept
     coverage: float = DEFAULT_COVERAGE  # of the conformal prediction sets that decide "refer"
@@ -58,7 +58,7 @@ class Predictor:
         if reference is None:
             log.info("%s: shift scores and referral %s", run_dir, NOT_AVAILABLE)
         return cls(ckpt.build().to(dev), ckpt.classes, ckpt.threshold, ckpt.preprocess, ckpt.backbone, dev,
-                   ckpt.temperature, engine, tta=ckpt.config.train.tta == "hflip", reference=reference)
+                   ckpt.temperature, engine, tta=ckpt.config.eval.tta == "hflip", reference=reference)
 
     @property
     def net(self) -> nn.Module:

@@ -59,14 +59,14 @@ def score_data(run_dir: str | Path, data: str | Path, split: str = "test", class
     index = np.array([ckpt.classes.index(mapping[c]) for c in splits.classes])
     refs, labels = splits.refs[split], index[splits.labels[split]]
     pre = ckpt.preprocess
-    store = build_store(refs, pre.size, cache_root(ckpt.config.data.cache_dir), progress, pre.decoding)
+    store = build_store(refs, pre.size, cache_root(ckpt.config.cache.dir), progress, pre.decoding)
     skipped = {**splits.rejected, **store.failed}
     check_failures(skipped, ckpt.config.data.strict)
     keep = [i for i, r in enumerate(refs) if r not in store.failed]
     if not keep:
         raise MedtlError(f"no readable image in the '{split}' split of {data}; `medtl audit {data}` lists why")
     refs, labels = [refs[i] for i in keep], labels[keep]
-    dev = pick_device(device or ckpt.config.train.device)
+    dev = pick_device(device or ckpt.config.runtime.device)
     probs, features = _forward(ckpt, store, refs, labels, dev, progress)
     if ckpt.temperature != 1.0:  # the threshold was chosen on the calibrated probabilities
         probs = apply_temperature(probs, ckpt.temperature)
@@ -80,7 +80,7 @@ def _forward(ckpt: Checkpoint, store, refs: list[str], labels: np.ndarray, devic
     """Probabilities and pooled features; with the run's test-time mirroring, the logits of image and mirror
     averaged (the features are the unmirrored image's)."""
     model = ckpt.build().to(device)
-    mirror = ckpt.config.train.tta == "hflip"
+    mirror = ckpt.config.eval.tta == "hflip"
     rows = np.array([store.row(r) for r in refs], dtype=np.int64)
     loader = DataLoader(StoreDataset(store.array, rows, labels, ckpt.preprocess.in_chans),
                         batch_size=ckpt.config.train.batch_size, shuffle=False)

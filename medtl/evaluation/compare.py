@@ -17,7 +17,9 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
+from medtl.core.config import RunConfig
 from medtl.core.config_io import parse_yaml
+from medtl.core.config_renames import renamed_key
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder, StudyFolder
 from medtl.evaluation.records import RunMetrics
@@ -48,13 +50,14 @@ class Run:
 def load_runs(study_root: Path) -> tuple[dict, list[Run]]:
     study = StudyFolder(study_root)
     meta = parse_yaml(study.spec.read_text(encoding="utf-8"), str(study.spec))
-    keys = [k for k in meta["grid"] if k != "train.seed"]
+    keys = [renamed_key(k) for k in meta["grid"] if k != "train.seed"]  # a study of older keys: as runs hold them
     runs = []
     folders = [RunFolder(f) for f in sorted(study.runs.iterdir())] if study.runs.is_dir() else []
     for folder in folders:
         if not folder.finished:
             continue
-        cfg = parse_yaml(folder.config.read_text(encoding="utf-8"), str(folder.config))
+        cfg = RunConfig.upgrade(parse_yaml(folder.config.read_text(encoding="utf-8"), str(folder.config)),
+                                str(folder.config))
         group = tuple((k, str(dotted_value(cfg, k))) for k in keys)
         runs.append(_load_run(folder, group, int(cfg["train"]["seed"])))
     return meta, runs

@@ -33,7 +33,7 @@ class RunMetrics:
         epochs_run: Epochs trained.
         train_seconds: Seconds from the start of training to the end of scoring.
         threshold: Decision threshold on the positive class's probability (0.5 for a multiclass task).
-        threshold_method: How the threshold was chosen on validation (`train.threshold`).
+        threshold_method: How the threshold was chosen on validation (`eval.threshold`).
         classes: Class names, in label order.
         image_size: Side of the images the model saw, in pixels.
         split_sizes: Images per split.

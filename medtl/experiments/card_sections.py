@@ -121,7 +121,7 @@ def _training(f: RunFacts) -> Section:
         ["optimizer", f"{t.optimizer}, lr {t.lr}, weight decay {t.weight_decay}, schedule {t.schedule}"],
         ["batch size", t.batch_size], ["class imbalance", "class-weighted loss" if t.class_weights else "none"],
         ["label smoothing", t.label_smoothing], ["seed", t.seed],
-        ["test-time augmentation", (m.get("tta") or {}).get("applied", t.tta)],
+        ["test-time augmentation", (m.get("tta") or {}).get("applied", f.cfg.eval.tta)],
         ["ensembling", "none: one model"], ["training time", f"{num(m.get('train_seconds'), 1)} s"]])
     if f.auto:
         s.p(f"Strategy auto: {f.auto.get('reason', '')}")
@@ -147,7 +147,7 @@ def results_sections(f: RunFacts) -> list[Section]:
     m = f.metrics
     splits = m.get("splits", {})
     s = Section("results", "Results").p("Each metric with its 95 % bootstrap interval "
-                                        f"({f.cfg.train.bootstrap} resamples); undefined values are not zero.")
+                                        f"({f.cfg.eval.bootstrap} resamples); undefined values are not zero.")
     for split in [x for x in SPLIT_ORDER if x in splits]:
         r = splits[split]
         s.p(f"{split} ({r.get('n')} images" + (f", {r['removed']} copies of training images removed" if
@@ -180,7 +180,7 @@ def _calibration(f: RunFacts) -> Section:
     s.table(["split", "ECE", "Brier"], rows)
     t = m.get("temperature", 1.0)
     s.p(f"Temperature scaling fitted on validation: T = {t:.3f}." if t not in (None, 1.0) else
-        "No recalibration (train.calibrate=none): probabilities are the model's own. See reliability.png.")
+        "No recalibration (eval.calibrate=none): probabilities are the model's own. See reliability.png.")
     return s
 
 

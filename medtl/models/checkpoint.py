@@ -34,7 +34,7 @@ class Checkpoint:
     threshold: float  # binary runs: chosen on validation; multiclass runs predict the argmax
     preprocess: Preprocess
     backbone: str
-    temperature: float = 1.0  # logits are divided by it (train.calibrate=temperature; 1: as trained)
+    temperature: float = 1.0  # logits are divided by it (eval.calibrate=temperature; 1: as trained)
     source: str = ""  # the file it was loaded from (for messages)
 
     @property

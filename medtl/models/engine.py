@@ -39,12 +39,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtl.core.config import ENGINES
 from medtl.core.io import atomic_write, make_dir, sweep_temps, temp_name
 from medtl.models.checkpoint import state_digest
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "openvino", "onnxruntime")
 MODULES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 PARITY = 1e-4  # largest |engine - torch| on the check batch, relative to max(1, largest |torch output|)
 EXPORT_WORTH_S = 20.0  # auto exports only a pass that PyTorch would take at least this long on

@@ -22,7 +22,7 @@ from medtl.models.backbones import get_spec
 
 
 def recomputed(backbone: str, setting: str, device: torch.device) -> tuple[str, ...]:
-    """The modules to recompute for `train.recompute` = setting: the spec's on "on", and on "auto" on a CPU."""
+    """The modules to recompute for `runtime.recompute` = setting: the spec's on "on", and on "auto" on a CPU."""
     on = setting == "on" or (setting == "auto" and device.type == "cpu")
     return get_spec(backbone).recompute if on else ()
 

@@ -59,7 +59,7 @@ class Mirrored(nn.Module):
 
 
 def for_prediction(model: nn.Module, tta: str) -> nn.Module:
-    """What predicts for a run whose resolved train.tta is `tta`: the model, or its mirrored average."""
+    """What predicts for a run whose resolved eval.tta is `tta`: the model, or its mirrored average."""
     return Mirrored(model) if tta == "hflip" else model
 
 

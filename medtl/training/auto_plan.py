@@ -44,7 +44,7 @@ class Costs:
     @classmethod
     def of(cls, p: Prepared, step: float = math.nan) -> "Costs":
         n_eval = sum(len(r) for s, r in p.splits.refs.items() if s != "train")
-        views = p.cfg.train.feature_views if p.cfg.data.augment else 0
+        views = p.cfg.cache.feature_views if p.cfg.data.augment else 0
         return cls(p.size, len(p.splits.refs["train"]), n_eval, views, step)
 
     def epoch(self, strategy: str, size: int) -> tuple[float, str]:
@@ -113,7 +113,7 @@ def sizes(native: int) -> list[int]:
 def mirror_seconds(p: Prepared, step: float) -> float:
     """What test-time augmentation (training/mirror.py) will cost after the choice: validation and test
     mirrored, two forward passes per image."""
-    if p.cfg.train.tta == "none" or not p.cfg.data.hflip:
+    if p.cfg.eval.tta == "none" or not p.cfg.data.hflip:
         return 0.0
     images = sum(len(p.splits.refs.get(s, [])) for s in ("val", "test"))
     return 2 * images * step / FT_BATCH / 3
@@ -129,8 +129,8 @@ def step_seconds(p: Prepared) -> float:
         memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     seconds = math.inf
-    micro = micro_batch(p.cfg.train, p.size, p.device)  # as training will run it
-    with recomputing(net.backbone, recomputed(model_cfg.backbone, p.cfg.train.recompute, p.device)):
+    micro = micro_batch(p.cfg.runtime, p.size, p.device)  # as training will run it
+    with recomputing(net.backbone, recomputed(model_cfg.backbone, p.cfg.runtime.recompute, p.device)):
         for _ in range(2):  # the first one warms up
             start = time.perf_counter()
             opt.zero_grad()

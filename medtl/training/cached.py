@@ -64,9 +64,10 @@ def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:
     """LP-FT's first step (Kumar et al., ICLR 2022), in place: `model.head` trained as a linear probe on the
     frozen backbone's cached features (the linear strategy's own cache), so fine-tuning starts from a head
     that fits the pretrained features instead of a random one whose gradients distort them first."""
-    tc = dataclasses.replace(p.cfg.train, epochs=p.cfg.train.probe_epochs, lr=p.cfg.train.probe_lr,
-                             feature_views=0)  # the clean images' features: no augmented pass just to start a head
-    probe = dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, train=tc), state_path=None, resume=False)
+    tc = dataclasses.replace(p.cfg.train, epochs=p.cfg.train.probe_epochs, lr=p.cfg.train.probe_lr)
+    views = dataclasses.replace(p.cfg.cache, feature_views=0)  # the clean images' features: no augmented pass
+    probe = dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, train=tc, cache=views), state_path=None,
+                                resume=False)
     result = train_head_on_features(probe, model, loss_fn, progress)
     log.info("LP-FT: head trained as a linear probe for %d epochs (best epoch %d, val AUC %.4f, val loss %.4f); "
              "fine-tuning starts from it", len(result.history), result.best_epoch, result.best["val_auc"],
@@ -89,7 +90,7 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
     train = RotatingViews([p.batches(RowsDataset(a, y["train"], shape), tc.batch_size, train=True)
                            for a in train_views])
     net = Classifier(top, model.head).to(p.device, memory_format=torch.channels_last)
-    if tc.sync_bn:
+    if p.cfg.runtime.sync_bn:
         net = distributed.sync_batch_norm(net, p.device)
     def to_dev(x):
         return x.to(p.device).contiguous(memory_format=torch.channels_last)
@@ -112,7 +113,7 @@ def scores_from_cache(p: Prepared, model: Classifier, split: str, progress: bool
     images = mirrored if mirror else len(p.splits.refs[split])  # what this pass sees, should it miss the cache
     if p.cfg.model.strategy == "linear":
         frozen, trained, shape = FrozenPass(p, model.backbone, images=images), model.head, None
-    elif p.cfg.model.strategy == "partial" and p.cfg.train.cache_frozen:
+    elif p.cfg.model.strategy == "partial" and p.cfg.cache.cache_frozen:
         try:
             boundary, top, shape = _prefix_split(p, model)
         except ValueError:
@@ -164,7 +165,7 @@ def _mirror(image: torch.Tensor) -> torch.Tensor:
 
 
 def _views(p: Prepared) -> int:
-    return p.cfg.train.feature_views if p.cfg.data.augment else 0
+    return p.cfg.cache.feature_views if p.cfg.data.augment else 0
 
 
 def _augmented_views(p: Prepared, frozen: "FrozenPass", progress: bool) -> list[np.ndarray]:
@@ -173,7 +174,7 @@ def _augmented_views(p: Prepared, frozen: "FrozenPass", progress: bool) -> list[
 
 
 class FrozenPass:
-    """A cached path's frozen network (the backbone, or partial's prefix) on the engine `train.engine` picks:
+    """A cached path's frozen network (the backbone, or partial's prefix) on the engine `runtime.engine` picks:
     chosen at the first cache miss, on that batch of real images, and kept for the other splits and views."""
 
     def __init__(self, p: Prepared, net: nn.Module, boundary: str = "", images: int | None = None):
@@ -189,7 +190,7 @@ class FrozenPass:
             images = self.images or sum(len(r) for r in refs.values()) + _views(p) * len(refs["train"])
             stats = p.preprocess.stats()
             exportable = Prefix(self.net.backbone, self.boundary, early_exit=False) if self.boundary else self.net
-            runner = frozen_runner(OnPixels(exportable, *stats), pixels, p.cfg.train.engine, p.cache_dir, images,
+            runner = frozen_runner(OnPixels(exportable, *stats), pixels, p.cfg.runtime.engine, p.cache_dir, images,
                                    self.boundary)
             # eager keeps the prefix's early exit
             self.runner = OnPixels(self.net, *stats).to(pixels.device).eval() if runner.name == "torch" else runner

@@ -231,6 +231,6 @@ def sync_batch_norm(model: nn.Module, device: torch.device, world: World | None 
     if not world.active:
         return model
     if device.type != "cuda":
-        raise MedtlError("train.sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); on CPU each "
-                         "process normalizes over its own slice of the batch: --set train.sync_bn=false")
+        raise MedtlError("runtime.sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); on CPU each "
+                         "process normalizes over its own slice of the batch: --set runtime.sync_bn=false")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)

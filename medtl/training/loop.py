@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import medtl.training.distributed as distributed
-from medtl.core.config import TrainConfig
+from medtl.core.config import RuntimeConfig, TrainConfig
 from medtl.core.errors import MedtlError
 from medtl.core.logs import length, progress as progress_of
 from medtl.data.datasets import in_background
@@ -86,7 +86,7 @@ def seed_everything(seed: int) -> None:
 
 @contextmanager
 def deterministic(on: bool):
-    """`train.deterministic`: deterministic kernels only (an error names any op that has none) and no cuDNN
+    """`runtime.deterministic`: deterministic kernels only (an error names any op that has none) and no cuDNN
     autotuning, so a GPU run repeats bit for bit; restored afterwards. CPU runs repeat without it."""
     if not on:
         yield
@@ -256,8 +256,8 @@ def _resume(path: Path, model: nn.Module, opt, sched, world: distributed.World) 
     return FitState.from_dict(saved["fit"])
 
 
-def micro_batch(cfg: TrainConfig, size: int, device: torch.device) -> int | None:
-    """Images per forward/backward pass when training on images: train.micro_batch; else, on a CPU, 16 at 224 px,
+def micro_batch(cfg: RuntimeConfig, size: int, device: torch.device) -> int | None:
+    """Images per forward/backward pass when training on images: runtime.micro_batch; else, on a CPU, 16 at 224 px,
     more for smaller images (activation memory grows with the image area); else the whole batch (None)."""
     if cfg.micro_batch:
         return cfg.micro_batch

@@ -1,4 +1,4 @@
-"""Test-time augmentation after training (train.tta): the mean of the logits of each image and of its mirror.
+"""Test-time augmentation after training (eval.tta): the mean of the logits of each image and of its mirror.
 
 `hflip` scores validation and test that way; `auto` scores validation both ways and keeps the mirror only
 when validation says it helps (by train.monitor, validation AUCs within `AUC_TIE` tied and won by the lower
@@ -25,19 +25,19 @@ log = logging.getLogger(__name__)
 
 
 def mirrored(p: Prepared, model: Classifier, val: SplitScores, progress: bool) -> tuple[Prepared, SplitScores, dict]:
-    """(Prepared with train.tta resolved to hflip or none, validation's scores the chosen way, what was applied
+    """(Prepared with eval.tta resolved to hflip or none, validation's scores the chosen way, what was applied
     and why), from validation's plain scores `val`."""
-    tta = p.cfg.train.tta
+    tta = p.cfg.eval.tta
     if tta == "none" or not p.cfg.data.hflip:
-        why = "train.tta=none" if tta == "none" else "train.tta=auto, but data.hflip=false: no mirrored images"
+        why = "eval.tta=none" if tta == "none" else "eval.tta=auto, but data.hflip=false: no mirrored images"
         return _resolved(p, "none"), val, {"applied": "none", "reason": why}
     mirror = _mirrored(p, model, "val", progress)
-    record = {"applied": "hflip", "reason": "train.tta=hflip"}
+    record = {"applied": "hflip", "reason": "eval.tta=hflip"}
     if tta == "auto":
         plain, mirrored_val = _val_scores(p, val), _val_scores(p, mirror)
         keep = beats(mirrored_val, plain, p.cfg.train.monitor)
         record = {"applied": "hflip" if keep else "none",
-                  "reason": f"train.tta=auto: mirrored validation {'better' if keep else 'not better'} by "
+                  "reason": f"eval.tta=auto: mirrored validation {'better' if keep else 'not better'} by "
                             f"{p.cfg.train.monitor} (AUCs within {AUC_TIE} tie, the lower loss wins); test was "
                             "not looked at", "plain_val": plain, "mirrored_val": mirrored_val}
         log.info("tta: mirrored val AUC %.4f loss %.4f, plain %.4f %.4f: %s", mirrored_val["auc"],
@@ -48,9 +48,9 @@ def mirrored(p: Prepared, model: Classifier, val: SplitScores, progress: bool) -
 
 
 def score_split(p: Prepared, model: Classifier, split: str, progress: bool) -> SplitScores:
-    """`split` scored the way `p.cfg.train.tta` (resolved: hflip or none) says: from the frozen part's cache
+    """`split` scored the way `p.cfg.eval.tta` (resolved: hflip or none) says: from the frozen part's cache
     where the strategy has one (linear, partial), else the whole network on the images."""
-    if p.cfg.train.tta == "hflip":
+    if p.cfg.eval.tta == "hflip":
         return _mirrored(p, model, split, progress)
     cached = scores_from_cache(p, model, split, progress)
     return cached if cached is not None else _predict(p, model, split, progress)
@@ -75,4 +75,4 @@ def _val_scores(p: Prepared, scores: SplitScores) -> dict:
 
 
 def _resolved(p: Prepared, tta: str) -> Prepared:
-    return dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, train=dataclasses.replace(p.cfg.train, tta=tta)))
+    return dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, eval=dataclasses.replace(p.cfg.eval, tta=tta)))

@@ -35,14 +35,14 @@ def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None =
     each node while the others wait); raises MedtlError on bad input."""
     spec = get_spec(cfg.model.backbone)
     weights = effective_weights(cfg.model)
-    device = set_up(cfg.train, device)
+    device = set_up(cfg.runtime, device)
     splits = discover(cfg.data, cfg.data.split_seed, whole_tree_as)
     for note in splits.notes:
         log.info("split: %s", note)
     decoding = Decoding.of(cfg.data)
     pre = Preprocess(cfg.data.image_size or spec.input_size, 1 if cfg.data.channels == "adapt" else 3,
                      spec.mean, spec.std, decoding)
-    cache_dir = cache_root(cfg.data.cache_dir)
+    cache_dir = cache_root(cfg.cache.dir)
     with distributed.main_first():
         store = build_store(splits.all_refs(), pre.size, cache_dir, progress, decoding)
     check_failures({**splits.rejected, **store.failed}, cfg.data.strict)

@@ -69,8 +69,8 @@ class Prepared:
     @property
     def workers(self) -> int:
         """Augmentation runs in the loader: on CUDA it needs worker processes to keep the GPU busy."""
-        if self.cfg.train.workers is not None:
-            return self.cfg.train.workers
+        if self.cfg.runtime.workers is not None:
+            return self.cfg.runtime.workers
         return min(8, os.cpu_count() or 1) if self.device.type == "cuda" else 0
 
     def at_size(self, size: int, cfg: RunConfig, progress: bool = True) -> "Prepared":

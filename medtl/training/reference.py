@@ -8,6 +8,7 @@ that finished before medtl kept it, from the training data its config names.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medtl.core.config import RunConfig, from_dict, to_dict
+from medtl.core.config import from_dict, to_dict
 from medtl.core.runfolder import RunFolder
 from medtl.data.datasets import StoreDataset
 from medtl.evaluation.conformal import nonconformity
@@ -50,9 +51,9 @@ def save_reference(p: Prepared, model: Classifier, run_folder: str | Path, val_p
     """Write `reference.npz` into the run folder: features of a seeded sample (<= SAMPLE) of training and of
     validation images, and the conformal scores of every validation image, from `val_probs` (the run's final
     validation probabilities, in split order: temperature and test-time augmentation applied) or, without
-    them, from this pass's logits (with `temperature`, and the run's train.tta)."""
+    them, from this pass's logits (with `temperature`, and the run's eval.tta)."""
     rng = np.random.default_rng(p.cfg.train.seed)
-    tta = p.cfg.train.tta == "hflip"
+    tta = p.cfg.eval.tta == "hflip"
     _, train_feats = _pass(p, model, "train", _sample(len(p.splits.refs["train"]), rng), False)
     labels = p.splits.labels["val"]
     if val_probs is None:
@@ -76,6 +77,6 @@ def reference_for_run(run_dir: str | Path, progress: bool = False) -> Path:
     cfg = ckpt.config
     data = from_dict(type(cfg.data), {**to_dict(cfg.data), "image_size": ckpt.preprocess.size,
                                       "fast_jpeg": ckpt.preprocess.decoding.fast_jpeg})
-    p = prepare(RunConfig(data=data, model=cfg.model, train=cfg.train), progress)
+    p = prepare(dataclasses.replace(cfg, data=data), progress)
     model = ckpt.build().to(p.device)
     return save_reference(p, model, folder.path, temperature=ckpt.temperature)

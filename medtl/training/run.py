@@ -37,7 +37,7 @@ def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None
     """Train and evaluate per `cfg`; returns the run folder. `on_epoch(epoch, val_metrics)` is called after
     each epoch (hyperparameter search reports and prunes through it). Under torchrun every process calls
     this; they train together and rank 0 writes the run folder."""
-    with distributed.session(pick_device(cfg.train.device)) as device, deterministic(cfg.train.deterministic):
+    with distributed.session(pick_device(cfg.runtime.device)) as device, deterministic(cfg.runtime.deterministic):
         world = distributed.current()
         return _run(cfg, progress and world.main, on_epoch, resume, device, world)
 

@@ -15,7 +15,7 @@ from medtl.training.scoring import Scored
 def split_reports(p: Prepared, scored: Scored, threshold: float, keys: ImageKeys) -> dict:
     """Every evaluated split (with its subgroups, data.subgroups), and `test_deduplicated` when the given test
     split holds exact or near copies (perceptual hash) of train or validation images: those left out."""
-    n, seed, classes = p.cfg.train.bootstrap, p.cfg.train.seed, p.splits.classes
+    n, seed, classes = p.cfg.eval.bootstrap, p.cfg.train.seed, p.splits.classes
     out = {s: split_report(y, pr, classes, threshold, n, seed, p.splits.attributes_of(s))
            for s, (pr, y) in scored.scores.items()}
     if "test" in scored.scores and p.splits.carved.get("test") is None:

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from medtl.core.config import TrainConfig
+from medtl.core.config import RuntimeConfig
 from medtl.core.device import pick_device
 from medtl.training import distributed
 from medtl.training.loop import tune_allocator
@@ -14,11 +14,11 @@ from medtl.training.loop import tune_allocator
 log = logging.getLogger(__name__)
 
 
-def set_up(tc: TrainConfig, device: torch.device | None = None) -> torch.device:
-    """The device (`train.device` unless given); on a CPU the tuned allocator (train.tune_malloc); the threads
-    (train.threads, else the default for this process's share of the CPU)."""
-    device = device or pick_device(tc.device)
-    if device.type == "cpu" and tc.tune_malloc:
+def set_up(rc: RuntimeConfig, device: torch.device | None = None) -> torch.device:
+    """The device (`runtime.device` unless given); on a CPU the tuned allocator (runtime.tune_malloc); the threads
+    (runtime.threads, else the default for this process's share of the CPU)."""
+    device = device or pick_device(rc.device)
+    if device.type == "cpu" and rc.tune_malloc:
         log.info("glibc allocator tuned (no mmap, no trim): %s", tune_allocator())
-    torch.set_num_threads(tc.threads or distributed.default_threads())
+    torch.set_num_threads(rc.threads or distributed.default_threads())
     return device

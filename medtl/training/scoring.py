@@ -1,4 +1,4 @@
-"""After every choice (strategy, mirror), test is scored once; then one temperature (train.calibrate) and the
+"""After every choice (strategy, mirror), test is scored once; then one temperature (eval.calibrate) and the
 threshold, both fitted on validation. Every process runs this (sharded loaders, probabilities gathered)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class Scored:
     """The chosen model's final scores.
 
     Attributes:
-        trained: The run phase's result; its `p` has train.tta resolved (hflip or none).
+        trained: The run phase's result; its `p` has eval.tta resolved (hflip or none).
         scores: `SplitScores` by split (val, and test when the data have one), calibrated.
         temperature: The temperature applied (1.0: none).
         uncalibrated: {split: calibration before the temperature}; {} without one.
@@ -45,15 +45,15 @@ def score(trained: Trained, progress: bool) -> Scored:
         scores["test"] = score_split(p, trained.model, "test", progress)
     scores, temperature, before = _calibrate(p, scores)
     val_p, val_y = scores["val"]
-    threshold = operating.choose(val_y, val_p, p.cfg.train.threshold, "train.threshold") if p.binary else 0.5
+    threshold = operating.choose(val_y, val_p, p.cfg.eval.threshold, "eval.threshold") if p.binary else 0.5
     chosen = Trained(p, trained.model, trained.result, trained.auto)
     return Scored(chosen, scores, temperature, before, threshold, tta)
 
 
 def _calibrate(p: Prepared, scores: dict[str, SplitScores]) -> tuple[dict[str, SplitScores], float, dict]:
-    """train.calibrate=temperature: one temperature fitted on validation rescales every split's probabilities;
+    """eval.calibrate=temperature: one temperature fitted on validation rescales every split's probabilities;
     returns (scores, temperature, {split: calibration before})."""
-    if p.cfg.train.calibrate == "none":
+    if p.cfg.eval.calibrate == "none":
         return scores, 1.0, {}
     val_p, val_y = scores["val"]
     t = fit_temperature(val_y, val_p)

@@ -54,23 +54,24 @@ def train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook | 
         return train_head_on_features(p, model, loss_fn, progress, hooks)
     if _lp_ft(p):
         probe_head(p, model, loss_fn, progress)
-    if p.cfg.model.strategy == "partial" and tc.cache_frozen:
+    if p.cfg.model.strategy == "partial" and p.cfg.cache.cache_frozen:
         try:
             return train_top_on_activations(p, model, loss_fn, progress, hooks)
         except ValueError as exc:
             log.info("partial: training end to end, the frozen prefix cannot be cached (%s)", exc)
     model.to(memory_format=torch.channels_last)  # as the inputs: measured faster on CPU, no re-layout in DDP
-    if tc.sync_bn:
+    if p.cfg.runtime.sync_bn:
         model = distributed.sync_batch_norm(model, p.device)
     transform = train_transform(p.size, p.cfg.data.hflip) if p.cfg.data.augment else None
     batches = p.loader("train", True, tc.batch_size, transform)
     val = p.loader("val", False, tc.batch_size)
     plan = FitPlan(tc, loss_fn, p.device, p.splits.classes, param_groups(model, tc.lr, tc.backbone_lr_scale),
-                   micro_batch(tc, p.size, p.device), p.deadline, p.state_path, p.resume)
-    stages = () if tc.sync_bn else recomputed(p.cfg.model.backbone, tc.recompute, p.device)  # SyncBN: untried
+                   micro_batch(p.cfg.runtime, p.size, p.device), p.deadline, p.state_path, p.resume)
+    rc = p.cfg.runtime
+    stages = () if rc.sync_bn else recomputed(p.cfg.model.backbone, rc.recompute, p.device)  # SyncBN: untried
     with recomputing(model.backbone, stages) as names:
         if names:
-            log.info("recomputing %s in backward (train.recompute=%s)", ", ".join(names), tc.recompute)
+            log.info("recomputing %s in backward (runtime.recompute=%s)", ", ".join(names), rc.recompute)
         state = fit(model, batches, val, p.prepare, plan, hooks, progress)
     scores = SplitScores(*predict(model, val, p.prepare, p.device, "predict val", progress))
     return TrainResult(state.history, state.best_epoch, {"val": scores})
