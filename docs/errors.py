@@ -5,7 +5,7 @@ medtl reports bad input as one line, `error: <message>`, made from a `MedtlError
 template: the literal text, with each value filled in at run time (`{path}`, `{exc}`, ...) shown as `…`.
 `docs/errors.yaml` holds one entry per message (or per group of messages): the templates it covers
 (`match`, exactly as this module prints them), a short title, the cause and the fix. The troubleshooting
-page is generated from both, and `tests/test_docs.py` fails when a message has no entry or an entry
+page is generated from both, and `tests/interface/test_docs.py` fails when a message has no entry or an entry
 matches no message, so the page and the code cannot drift apart.
 
     python -m docs.errors --missing   # templates with no entry, as YAML stubs to paste into errors.yaml

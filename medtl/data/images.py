@@ -124,7 +124,7 @@ class Decoding:
 def reduce_on_decode(img: Image.Image, size: int) -> None:
     """Let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, `Image.draft`), never below twice
     `size`: the final resize then still reduces by 2x or more, so the pixels stay within a gray level or two
-    of a full decode (tests/test_decode.py states the tolerance) while large files decode several times
+    of a full decode (tests/data/test_decode.py states the tolerance) while large files decode several times
     faster. Other formats are untouched."""
     if size and img.format == "JPEG" and min(img.size) >= 4 * size:
         img.draft(img.mode, (2 * size, 2 * size))

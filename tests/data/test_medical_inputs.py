@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from conftest import make_image, shared_path
+from helpers import make_image, shared_path
 from medtl.data.audit import audit, warnings_for
 from medtl.core.config import DataConfig
 from medtl.data.sources import discover

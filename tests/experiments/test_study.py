@@ -75,7 +75,7 @@ def test_killed_study_resumes_to_exactly_the_uninterrupted_runs(image_tree, tmp_
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
-    from conftest import make_image
+    from helpers import make_image
     tmp = tmp_path_factory.mktemp("study")
     rng = np.random.default_rng(0)
     for split, n in (("train", 24), ("test", 8)):
@@ -107,7 +107,7 @@ def test_report_renders_in_headless_chromium(tiny_report):
     if not shutil.which(chromium):
         pytest.skip(f"{chromium} is absent (.ci/run installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
-    artifacts = Path(os.environ.get("MEDTL_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+    artifacts = Path(os.environ.get("MEDTL_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import cli_in_process
+from helpers import cli_in_process
 from medtl.core import config_renames
 from medtl.core.config import (RENAMES, SECTIONS, RunConfig, apply_overrides, dump_yaml, load_config, make_config,
                                to_dict)
@@ -19,7 +19,7 @@ from medtl.core.errors import MedtlError
 from medtl.models.checkpoint import Checkpoint
 
 # a run folder's config.yaml written before the sections (commit d71abc1: all 34 settings under train)
-OLD_RUN = Path(__file__).resolve().parents[1] / "examples/kermany_auto/defaults_d71abc1/seed0/config.yaml"
+OLD_RUN = Path(__file__).resolve().parents[2] / "examples/kermany_auto/defaults_d71abc1/seed0/config.yaml"
 TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
         "batch_size": 16}
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from conftest import cli_in_process, shared_path
+from helpers import cli_in_process, shared_path
 from medtl import api
 from medtl.data.sources import expand_inputs
 from medtl.deploy.predictor import Predictor
@@ -30,7 +30,7 @@ from medtl.training.reference import reference_for_run
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]  # each builds a real run first
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("MEDTL_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("MEDTL_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 
 
 @pytest.fixture(scope="module")

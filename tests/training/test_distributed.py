@@ -12,7 +12,7 @@ import pytest
 from medtl.training.distributed import ShardedBatches, World
 from medtl.core.errors import MedtlError
 
-from conftest import kermany_links, kill_tree
+from helpers import kermany_links, kill_tree
 
 
 @pytest.mark.parametrize("rows,batch,procs,drop_last", [(37, 8, 2, True), (37, 8, 3, False), (10, 16, 2, False),
@@ -159,7 +159,7 @@ def test_kill_tree_reaches_processes_in_their_own_session():
     """The helper that simulates a lost machine kills by process id, including children that left the group."""
     import time
 
-    from conftest import descendants
+    from helpers import descendants
 
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; subprocess.Popen([sys.executable, "
                                "'-c', 'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)"])

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import medtl
-from conftest import cli_in_process
+from helpers import cli_in_process
 from medtl.core.config import RunConfig, apply_overrides, load_config, parse_set
 from medtl.core.errors import MedtlError
 

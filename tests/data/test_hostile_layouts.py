@@ -17,7 +17,7 @@ import medtl
 from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.sources import discover, expand_inputs
-from conftest import make_image, shared_path
+from helpers import make_image, shared_path
 
 TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
         "batch_size": 16}

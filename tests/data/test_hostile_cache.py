@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import medtl
-from conftest import make_image
+from helpers import make_image
 from medtl.core.errors import MedtlError
 from medtl.core.io import cache_root, sweep_temps
 from medtl.data.images import build_store

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli_in_process, shared_path
+from helpers import cli_in_process, shared_path
 from medtl.core.config import DataConfig
 from medtl.core.io import write_json
 from medtl.data.sources import discover

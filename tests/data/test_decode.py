@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_path
+from helpers import shared_path
 from medtl.data.images import Decoding, decode, open_image
 from medtl.data.preprocess import Preprocess
 from medtl.deploy.uploads import open_upload

@@ -13,7 +13,7 @@ import pytest
 import medtl
 from medtl.core.errors import MedtlError
 
-from conftest import shared_path
+from helpers import shared_path
 
 TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
         "batch_size": 16}
@@ -91,7 +91,7 @@ def test_audit_from_python(image_tree, tmp_path):
 def test_the_quickstart_example_runs(tmp_path):
     """examples/api_quickstart.py end to end on real X-rays (the script the README points to)."""
     data = shared_path("chest_xray_kermany_224")
-    script = Path(__file__).resolve().parents[1] / "examples" / "api_quickstart.py"
+    script = Path(__file__).resolve().parents[2] / "examples" / "api_quickstart.py"
     env = {**os.environ, "MEDTL_CACHE": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, str(script), str(data), str(tmp_path / "out")], capture_output=True,
                           text=True, env=env, timeout=900)

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image
+from helpers import make_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(ROOT))  # the docs generators are the `docs` package at the repository root
 from docs import errors  # noqa: E402

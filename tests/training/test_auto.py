@@ -145,7 +145,7 @@ def test_a_2m_budget_ends_within_the_budget_plus_one_epoch(tmp_path, monkeypatch
     plus at most one epoch and the final scoring."""
     import re
 
-    from conftest import kermany_links
+    from helpers import kermany_links
     monkeypatch.setenv("MEDTL_CACHE", str(tmp_path / "cache"))
     root = kermany_links(tmp_path / "kermany", 300, 40)
     start = time.monotonic()

@@ -10,7 +10,7 @@ import urllib.error
 
 import pytest
 
-from conftest import kermany_links
+from helpers import kermany_links
 from medtl import cli, cli_output
 from medtl.models import backbones
 

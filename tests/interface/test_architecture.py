@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "medtl"
+PACKAGE = Path(__file__).resolve().parents[2] / "medtl"
 # low to high; a module may import its own layer and the ones below
 LAYERS = ("core", "data", "models", "evaluation", "training", "deploy", "experiments", "api", "cli")
 TOP_LEVEL = {"__init__": "api", "api": "api", "cli": "cli", "cli_output": "cli", "__main__": "cli"}

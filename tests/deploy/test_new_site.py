@@ -22,7 +22,7 @@ from medtl.deploy.recalibrate import recalibrate_part
 from medtl.deploy.scoring import Scored
 from medtl.evaluation import operating
 from medtl.evaluation.metrics import binary_metrics
-from conftest import cli_in_process, make_image, shared_path
+from helpers import cli_in_process, make_image, shared_path
 
 TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
         "batch_size": 16, "bootstrap": 200}

@@ -28,7 +28,7 @@ SPLIT = {"n": int, "threshold": float, "loss": float, "accuracy": float, "auc": 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny run for the schema tests (copied by `tiny_run` for a test that damages its files)."""
-    from conftest import make_image
+    from helpers import make_image
 
     root = tmp_path_factory.mktemp("records")
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.sources import discover
 
-from conftest import make_image
+from helpers import make_image
 
 
 def tree(root: Path, layout: dict[str, int], classes=("neg", "pos")) -> Path:
@@ -127,7 +127,7 @@ def test_without_copies_the_grouped_split_is_the_plain_one(image_tree):
 def test_near_duplicate_clusters_never_straddle_carved_splits_on_real_mri():
     from medtl.data.audit import collect, near_duplicates
 
-    from conftest import shared_path
+    from helpers import shared_path
 
     root = shared_path("brain_mri_yes_no")
     plain = discover(DataConfig(path=str(root), group="none"))

@@ -18,7 +18,7 @@ from medtl.deploy.serve import create_app
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]  # each builds a real run first
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("MEDTL_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("MEDTL_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 
 
 def _xray(root: Path) -> Path:

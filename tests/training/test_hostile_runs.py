@@ -28,7 +28,7 @@ from medtl.core.runfolder import RunFolder
 from medtl.models.checkpoint import Checkpoint
 from medtl.training.resume import load_state
 from medtl.training.run import run
-from conftest import cli_in_process, make_image
+from helpers import cli_in_process, make_image
 
 AUTO = ["--backbone", "efficientnet_lite0", "--weights", "package", "--image-size", "32", "--epochs", "2",
         "--set", "train.batch_size=8", "--set", "runtime.engine=torch", "--set", "eval.bootstrap=50"]
@@ -88,7 +88,7 @@ def test_ctrl_c_in_an_auto_run_prints_a_command_that_works(image_tree, tmp_path)
 
 
 def test_resuming_an_auto_run_is_not_refused(image_tree, tmp_path):
-    """Issue 25: an auto run resumes (tests/test_auto_resume.py kills one and resumes it); what auto cannot do
+    """Issue 25: an auto run resumes (tests/training/test_auto_resume.py kills one and resumes it); what auto cannot do
     is still refused before anything is written."""
     from medtl.training.run import _check_auto
     cfg = _cfg(image_tree, tmp_path / "runs", "a", **{"model.strategy": "auto", "model.weights": "package",

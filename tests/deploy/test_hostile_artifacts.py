@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import medtl
-from conftest import cli_in_process, make_image
+from helpers import cli_in_process, make_image
 from medtl.core.errors import MedtlError
 
 TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,

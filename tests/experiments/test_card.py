@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import medtl
-from conftest import cli_in_process
+from helpers import cli_in_process
 from medtl.experiments.card_checklists import AUTHORS, CHECKLISTS, load_checklist
 
 TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
@@ -128,6 +128,7 @@ def test_card_and_checklists_for_a_study(image_tree, cache_dir, tmp_path, monkey
 def test_card_refuses_bad_input_in_one_line(image_tree, cache_dir, tmp_path, monkeypatch, capsys, args, line):
     run = medtl.train(image_tree, out=tmp_path / "runs", name="tiny", **TINY)
     (tmp_path / "bad.yaml").write_text("intended_usr: triage\n")
+    capsys.readouterr()  # the training's own log lines (a console handler an earlier CLI test set up)
     code, _, err = cli_in_process(monkeypatch, capsys, "card", run.path, *[a.format(tmp=tmp_path) for a in args])
     assert code == 2 and err.strip() == line.format(tmp=tmp_path)
     assert not (run.path / "model_card.md").exists()

@@ -1,0 +1,15 @@
+"""Tests of studies, their workers, tuning, model cards (medtl/experiments).
+
+Every test collected here is marked `experiments`: `pytest -m experiments` runs this layer, `pytest -m "experiments and not
+slow"` its fast tier (the edit loop); tests that start processes, kill runs or train on real data are marked slow.
+"""
+
+import pytest
+
+_HERE = __import__("pathlib").Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.experiments)
