@@ -180,8 +180,8 @@ def main() -> None:
 def _usage_error(exc: typer.TyperException) -> None:
     if type(exc).__name__ == "NoArgsIsHelpError":  # bare `medtl`: typer has already shown the help
         sys.exit(2)
-    if hasattr(exc, "possibilities"):  # click's "did you mean" also offers hidden, deprecated spellings
-        exc.possibilities = [p for p in exc.possibilities if p != "--out"]
+    if getattr(exc, "possibilities", None):  # click's "did you mean" also offers hidden, deprecated spellings
+        exc.possibilities = [p for p in exc.possibilities if p != "--out"]  # (None for an unknown short option)
     ctx = getattr(exc, "ctx", None)
     where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     message = " ".join(exc.format_message().split())  # one line, whatever click put in it

@@ -10,6 +10,7 @@ from pathlib import Path
 from medtl.core.config import dump_yaml
 from medtl.core.config_io import read_yaml
 from medtl.core.errors import MedtlError
+from medtl.evaluation.sample_size import sample_size_report
 from medtl.experiments.card_facts import RunFacts
 from medtl.experiments.card_render import Section
 from medtl.experiments.card_sections import interval, num
@@ -87,6 +88,18 @@ def sample_size(f: RunFacts, target: float) -> Section:
     s = Section("sample-size", "Sample size")
     if not test:
         return s.p("No test split was scored.")
+    cm = test.get("confusion_matrix")
+    if cm and len(cm) == 2:  # two classes: expected widths at the observed prevalence (evaluation/sample_size.py)
+        report = sample_size_report(int(sum(cm[1])), int(sum(cm[0])), test.get("auc"), target,
+                                    test.get("sensitivity"), test.get("specificity"))
+        s.p(f"The test split holds {test.get('n')} images ({report['n_pos']} positive, prevalence "
+            f"{report['prevalence']:.2f}). Expected 95 % interval widths (Wilson for sensitivity and specificity, "
+            f"Hanley-McNeil for AUC, at the observed values) and the test images a {target:g} wide interval "
+            "needs at this prevalence:")
+        rows = [[m, f"{report[m]['value']:.3f}", f"{report[m]['width']:.3f}", report[m].get("needed_images") or "-"]
+                for m in ("sensitivity", "specificity", "auc")]
+        s.table(["metric", "observed", "expected interval width", f"test images for width {target:g}"], rows)
+        return s.p("The size was not planned by medtl: for the authors: how the study size was arrived at.")
     s.p(f"The test split holds {test.get('n')} images. Observed 95 % interval widths, and the test images a "
         f"{target:g} wide interval would need (assuming the width shrinks with the square root of the size):")
     rows = [[k, f"{ci[1] - ci[0]:.3f}", needed(test["n"], ci[1] - ci[0], target) if ci[1] - ci[0] > 0 else "-"]
@@ -120,8 +133,13 @@ def shift_notes(m: dict) -> list[str]:
     notes = []
     for key, value in m.items():
         if "shift" in key.lower() and value:
-            text = value if isinstance(value, str) else "; ".join(map(str, value)) if isinstance(value, list) else \
-                ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+            if isinstance(value, dict) and "verdict" in value:  # medtl evaluate's shift test: its one-line verdict
+                flagged = (value.get("per_image") or {}).get("flagged_fraction")
+                text = value["verdict"] + (f"; {flagged:.1%} of the images flagged as unlike the training images"
+                                           if isinstance(flagged, float) else "")
+            else:
+                text = value if isinstance(value, str) else "; ".join(map(str, value)) if isinstance(value, list) \
+                    else ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
             notes.append(f"{key}: {text}")
     return notes
 

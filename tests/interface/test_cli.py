@@ -191,6 +191,7 @@ def test_old_and_new_spelling_together_is_an_error(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args, start", [(["train", "--bogus"], "error: No such option: --bogus"),
+                                         (["card", "runs/x", "-q"], "error: No such option: -q"),  # short: no guesses
                                          (["predict"], "error: Missing argument"),
                                          (["train", "--epochs", "x"], "error: Invalid value for '--epochs'")])
 def test_usage_errors_are_one_line_and_exit_2(monkeypatch, capsys, args, start):
