@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from medtl.cli_options import Coverage, Quiet, RunDir
+
 log = logging.getLogger(__name__)
 
-RunDir = Annotated[Path, typer.Argument(help="Run folder written by `medtl train`")]
 Split = Annotated[str, typer.Option(help="train | val | test: the split of DATA to use (a plain class-folder "
                                          "tree is used whole)")]
 Classes = Annotated[Optional[str], typer.Option(help="Map the data's class names onto the run's: NEW=OLD,... "
@@ -19,7 +20,6 @@ Threshold = Annotated[Optional[str], typer.Option(help="Operating point: youden 
                                                        "| specificity>=0.90 (chosen on the run's validation; "
                                                        "default: the run's threshold)")]
 Temperature = Annotated[bool, typer.Option("--temperature", help="Refit a temperature too (calibration part)")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars")]
 
 
 def register(app: typer.Typer) -> None:
@@ -41,6 +41,7 @@ def evaluate(
                                                        "part of DATA and report the rest before and after"),
     temperature: Temperature = False,
     seed: int = typer.Option(0, help="Seed of the calibration split"),
+    coverage: Coverage = 0.9,
     output: Optional[Path] = typer.Option(None, "--output", hidden=True, help="Deprecated: metrics JSON file"),
     quiet: Quiet = False,
 ) -> None:
@@ -54,7 +55,7 @@ def evaluate(
     where = output_dir or Path(run_dir) / "evaluations" / f"{Path(data).stem or 'data'}-{split}"
     ev = api.Run.load(run_dir).evaluate(data, split, progress=not quiet, output_dir=where, classes=classes,
                                         threshold=threshold, calibrate_fraction=calibrate_fraction,
-                                        temperature=temperature, seed=seed)
+                                        temperature=temperature, seed=seed, coverage=coverage)
     if output is not None:
         log.warning("--output is deprecated for evaluate; the folder's metrics.json holds everything (--output-dir)")
         write_json(output, ev.metrics)

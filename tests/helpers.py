@@ -21,17 +21,20 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
-def make_image(kind: int, rng: np.random.Generator, size: int = 40, mode: str = "L") -> Image.Image:
+def make_image(kind: int, rng: np.random.Generator, size: int = 40, mode: str = "L",
+               varied: bool = True) -> Image.Image:
     """Class 0: dark with a bright left part; class 1: bright with a bright disc. Where the edge or the disc
     lies varies, so that no two images are near copies (perceptual hashes far apart, as two patients'
-    images are): the run's audit and deduplicated test metrics leave near copies out. Noise on top."""
+    images are): the run's audit and deduplicated test metrics leave near copies out. `varied=False`: the
+    plain pattern (every image of a class a near copy of the others), for a test about something else that
+    needs the classes easy to tell apart. Noise on top."""
     yy, xx = np.mgrid[:size, :size]
-    shift = rng.uniform(-0.2, 0.2, 3) * size
+    shift = rng.uniform(-0.2, 0.2, 3) * size if varied else np.zeros(3)
     if kind == 0:
         arr = np.where(xx + shift[2] * (yy / size - 0.5) < size // 2 + shift[0], 170, 40)
     else:
         arr = np.where((yy - size / 2 - shift[0]) ** 2 + (xx - size / 2 - shift[1]) ** 2 < (size / 3) ** 2, 230, 90)
-    for u in range(1, 4):  # uneven exposure and anatomy: low-frequency shading that differs per image
+    for u in range(1, 4) if varied else ():  # uneven exposure and anatomy: low-frequency shading per image
         for v in range(1, 4):
             arr = arr + rng.normal(0, 40) * np.cos(np.pi * u * (yy + 0.5) / size) * np.cos(np.pi * v * (xx + 0.5) / size)
     arr = np.clip(arr + rng.normal(0, 12, arr.shape), 0, 255).astype(np.uint8)

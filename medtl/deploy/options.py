@@ -19,6 +19,7 @@ class EvaluateOptions:
         calibrate_fraction: Refit on this stratified, seeded part of the data; score the rest before and after.
         temperature: Refit a temperature on the calibration part too.
         seed: Seed of the calibration split.
+        coverage: Referral: the conformal prediction sets' coverage, calibrated on the run's validation images.
     """
 
     output_dir: str | Path | None = None
@@ -27,6 +28,7 @@ class EvaluateOptions:
     calibrate_fraction: float | None = None
     temperature: bool = False
     seed: int = 0
+    coverage: float = 0.9  # evaluation/conformal.py's DEFAULT_COVERAGE
 
 
 @dataclass(frozen=True)

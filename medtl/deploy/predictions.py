@@ -75,7 +75,7 @@ def _extra_cells(row: dict) -> list[str]:
 
 def trust_summary(rows: list[dict], coverage: float) -> str:
     """One line on a batch of prediction rows: how many to refer, how many unlike the training images."""
-    if not rows or rows[0]["refer"] is None:
+    if not rows or rows[0].get("refer") is None:  # a run without its reference: rows without these fields
         return "referral and shift scores: " + NOT_AVAILABLE if rows else "no image scored"
     refer = sum(r["refer"] for r in rows)
     unlike = sum(r["unlike_training"] for r in rows)

@@ -23,6 +23,7 @@ from medtl.core.io import atomic_write, make_dir  # noqa: E402
 from medtl.core.runfolder import RunFolder, StudyFolder  # noqa: E402
 from medtl.evaluation.figures import save_figure  # noqa: E402
 from medtl.evaluation.weighted import over_replicates, percentile_interval, weighted_metrics  # noqa: E402
+from medtl.evaluation.study_subgroups import subgroup_table  # noqa: E402
 
 POOLED = ("accuracy", "sensitivity", "specificity", "precision", "auc")  # intervals over all seeds' predictions
 HEADLINE = ("accuracy", "precision", "sensitivity", "f1", "gmean", "auc")
@@ -48,6 +49,7 @@ def write_report(study_root: Path, command: str = "") -> Path:
     _confusions(runs, figures / "confusion.png")
     _write_csv(rows, study_root / "report.csv")
     tables = _tables(rows, tests)
+    tables["subgroups"] = subgroup_table(runs)
     meta = {**meta, "reference": label(tuple(reference.items()))}
     atomic_write(study_root / "report.md", _markdown(meta, tables, command))
     atomic_write(study_root / "report.html", _html(meta, tables, command))
@@ -197,6 +199,9 @@ def _tables(rows: list[dict], tests: list[dict]) -> dict:
     return {"main": (head, body), "tests": (test_head, test_body)}
 
 
+SUBGROUPS = "Test metrics per subgroup (95 % intervals; the largest gap with its paired bootstrap interval)"
+
+
 def _markdown(meta: dict, tables: dict, command: str) -> str:
     def table(head, body):
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -204,6 +209,8 @@ def _markdown(meta: dict, tables: dict, command: str) -> str:
         return "\n".join(lines)
     parts = [f"# Study {meta['name']}", _intro(meta, command), "## Test metrics, then validation's AUC and loss (mean ± std over seeds; best in bold)",
              table(*tables["main"]), f"## Each configuration vs {meta['reference']}, paired on the same test images", table(*tables["tests"])]
+    if tables.get("subgroups"):
+        parts += [f"## {SUBGROUPS}", table(*tables["subgroups"])]
     parts += [f"### {caption}\n\n![{caption}](figures/{name})" for name, caption in FIGURES.items()]
     if meta.get("skipped"):
         parts.append("## Runs left out\n\n" + "\n".join(f"- {s}" for s in meta["skipped"]))
@@ -233,5 +240,7 @@ def _html(meta: dict, tables: dict, command: str) -> str:
             "background:#e8f5e9}img{max-width:100%}figure{margin:1.5rem 0}</style></head><body>"
             f"<h1>Study {html.escape(meta['name'])}</h1><p>{intro}</p>"
             f"<h2>Test metrics, then validation's AUC and loss (mean ± std over seeds; best highlighted)</h2>{table(*tables['main'])}"
-            f"<h2>Each configuration vs {html.escape(meta['reference'])}, paired on the same test images</h2>{table(*tables['tests'])}{figs}"
+            f"<h2>Each configuration vs {html.escape(meta['reference'])}, paired on the same test images</h2>{table(*tables['tests'])}"
+            + (f"<h2>{html.escape(SUBGROUPS)}</h2>{table(*tables['subgroups'])}" if tables.get("subgroups") else "")
+            + f"{figs}"
             + (f"<h2>Runs left out</h2><ul>{skipped}</ul>" if skipped else "") + "</body></html>\n")

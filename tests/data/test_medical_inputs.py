@@ -87,7 +87,7 @@ def test_a_dicom_folder_trains_end_to_end(tmp_path):
         for label, name in enumerate(("clear", "nodule")):
             (tmp_path / "ct" / split / name).mkdir(parents=True)
             for i in range(n):
-                img = np.asarray(make_image(label, rng, 32), float) * 6 - 900  # roughly lung HU
+                img = np.asarray(make_image(label, rng, 32, varied=False), float) * 6 - 900  # roughly lung HU
                 _write_ct(tmp_path / "ct" / split / name / f"{i}.dcm", img)
     assert np.asarray(read_dicom(tmp_path / "ct" / "train" / "clear" / "0.dcm", "lung")).std() > 5
     env = {**os.environ, "MEDTL_CACHE": str(tmp_path / "cache")}

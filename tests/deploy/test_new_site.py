@@ -246,3 +246,14 @@ def test_the_deduplicated_metrics_leave_out_copies_on_either_side(trained):
     kept, rows, counts = without_copies(refs, keys)
     assert [r["kind"] for r in rows] == ["exact", "exact", "near"] and len(kept) == 0
     assert counts["exact_val"] == 1 and counts["exact_train"] == 1 and counts["copies"] == 3
+
+
+def test_referral_in_the_evaluation_follows_the_coverage_asked(trained, monkeypatch):
+    """`--coverage` on evaluate (as on predict and serve): a higher coverage gives sets at least as large, so
+    at least as many images reach their true class and none fewer are referred; recorded in the folder's record."""
+    run, site, root = trained
+    monkeypatch.setenv("MEDTL_CACHE", str(root / "cache"))
+    low = run.evaluate(site, classes=MAP, coverage=0.5).referral
+    high = run.evaluate(site, classes=MAP, coverage=0.99).referral
+    assert low["coverage"] == 0.5 and high["coverage"] == 0.99
+    assert high["mean_set_size"] >= low["mean_set_size"] and high["coverage_reached"] >= low["coverage_reached"]

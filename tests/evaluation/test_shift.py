@@ -103,7 +103,10 @@ def test_predict_writes_the_flag_and_referral_and_old_runs_say_not_available(ref
     assert code == 2 and err.strip() == ("error: --coverage 1.5 is not a coverage; pass a fraction between 0 and 1, "
                                          "e.g. --coverage 0.9")
     old = tmp_path / "old.csv"  # a run without reference.npz: predictions as before, the new cells empty
-    code, stdout, _ = cli_in_process(monkeypatch, capsys, "predict", xray_run[0], images[0], "-o", old, "-q")
+    old_run = tmp_path / "old_run"  # runs write reference.npz now: a copy without it is a run made before
+    shutil.copytree(xray_run[0], old_run)
+    (old_run / "reference.npz").unlink()
+    code, stdout, _ = cli_in_process(monkeypatch, capsys, "predict", old_run, images[0], "-o", old, "-q")
     assert code == 0 and "not available: the run was made before medtl kept reference.npz" in stdout
     (row,) = csv.DictReader(old.open())
     assert row["predicted"] and row["unlike_training"] == row["refer"] == row["coverage"] == ""

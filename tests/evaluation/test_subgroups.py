@@ -195,3 +195,23 @@ def test_subgroups_on_brain_mri_with_a_synthetic_site_column(tmp_path, cache_dir
     assert out["subgroup_gaps"]["site"]["auc"]["ci95"] is not None
     sizes = sample_size_report(int(y.sum()), int(len(y) - y.sum()), target_width=0.05)
     assert sizes["test_images_needed"] > len(y)  # 38 test images: far too few for +-0.025
+
+
+def test_the_study_report_lists_each_runs_subgroups_and_names_the_small_ones():
+    """A study report's subgroup table: every scored value with its interval, the largest gap with its paired
+    interval, and a value too small to score named with the reason (here a site of 6 images)."""
+    from medtl.evaluation.study_subgroups import subgroup_table
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 40)
+    probs = np.clip(y * 0.6 + rng.normal(0.2, 0.2, len(y)), 0, 1)
+    site = ["a"] * 40 + ["b"] * 34 + ["c"] * 6
+    report = subgroup_report(y, probs, ["neg", "pos"], 0.5, {"site": site}, 200, 0)
+    run = Run(Path("r"), (("model.strategy", "linear"),), 0, report, 1.0, [], y, np.stack([1 - probs, probs], 1),
+              (probs >= 0.5).astype(int), ["neg", "pos"])
+    head, body = subgroup_table([run])
+    rows = {row[3][0]: [cell for cell, _ in row] for row in body}
+    assert set(rows) == {"a", "b", "c"} and head[:4] == ["configuration", "seed", "column", "value"]
+    assert rows["a"][5].count("[") == 1 and rows["a"][8].startswith(("+", "-")) and "vs" in rows["a"][8]
+    assert "too few to score" in rows["c"][5]
+    assert subgroup_table([Run(Path("r"), (), 0, {}, 1.0, [], y, probs, y, ["neg", "pos"])]) is None
