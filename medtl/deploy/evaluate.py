@@ -20,12 +20,11 @@ from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
 from medtl.data.image_keys import read_image_keys, without_copies
 from medtl.deploy.evaluation_folder import Evaluation, as_plain, write_folder
+from medtl.deploy.evaluation_trust import shift_and_referral
 from medtl.deploy.options import EvaluateOptions
 from medtl.deploy.recalibrate import recalibrate_part
 from medtl.deploy.scoring import Scored, score_data
 from medtl.evaluation import operating
-from medtl.evaluation.conformal import referral_section
-from medtl.evaluation.shift import load_reference, shift_section
 from medtl.evaluation.splits_report import split_report
 from medtl.models.checkpoint import Checkpoint
 
@@ -64,23 +63,11 @@ def evaluate(run_dir: str | Path, data: str | Path, split: str = "test", options
     ev = Evaluation(str(folder.path.resolve()), os.path.abspath(str(data)), split, scored.classes, scored.class_map,
                     cut if scored.binary else None, ckpt.temperature, as_plain(report), as_plain(point), copies,
                     as_plain(without), as_plain(recal), scored.skipped, scored=scored)
-    _shift_and_referral(ev, folder, (cut, options.coverage), boot_seed)
+    shift_and_referral(ev, folder, (cut, options.coverage), boot_seed)
     if options.output_dir is not None:
         title = f"{folder.path.name} on {Path(str(data)).name} ({split})"
         write_folder(ev, options.output_dir, title, copy_rows, parts)
     return ev
-
-
-def _shift_and_referral(ev: Evaluation, folder: RunFolder, decision: tuple[float, float], seed: int) -> None:
-    """The data-set shift test against the run's training images and conformal referral at the default coverage
-    (evaluation/shift.py, evaluation/conformal.py), from the reference the run keeps; "not available" for a run
-    made before it kept one. `decision`: the threshold and the referral's coverage."""
-    cut, coverage = decision
-    scored = ev.scored
-    reference = load_reference(folder.path)
-    predicted = (scored.probs >= cut).astype(int) if scored.binary else scored.probs.argmax(1)
-    ev.shift = as_plain(shift_section(reference, scored.features, seed))
-    ev.referral = as_plain(referral_section(reference, scored.probs, scored.labels, coverage, predicted))
 
 
 def validation_predictions(folder: RunFolder, classes: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
