@@ -7,8 +7,10 @@ the similarity. The fine-tuning candidates then run in the rule's order (LP-FT: 
 linear probe), each in its share of the time left, at the largest image size that fits `MIN_EPOCHS`; the
 other strategies follow in the time the rule's candidates left. Plans come from measured seconds
 (training/auto_plan.py): after every epoch of every candidate the plans still to run are recomputed, and
-each re-plan is recorded. When no candidate fits its share, the cheapest one that can finish an epoch in
-all the time left runs, stopped by the deadline. The candidate with the best validation score is kept; test
+each re-plan is recorded; the running candidate's own epochs are fitted to its deadline after each of them
+(`_EpochClock`), so its share is used. When no candidate fits its share, the cheapest one that can finish an
+epoch in all the time left runs, stopped by the deadline (by the estimate or, within TRY_FACTOR of it, to
+measure instead). The candidate with the best validation score is kept; test
 is never looked at here (the run's finalize phase scores it once, for the chosen model). Every candidate,
 its score, its time, the re-plans, the choice and why go to the run folder (auto.json, and metrics.json's
 "auto"); a killed run continues with `medtl train --resume` (training/auto_state.py).
@@ -25,12 +27,14 @@ from typing import Callable
 
 from medtl.core.config import RunConfig, run_budget
 from medtl.models.strategies import Classifier, build_classifier
-from medtl.training.auto_plan import FT_BATCH, MIN_EPOCHS, Costs, fit, mirror_seconds
+from medtl.training.auto_plan import FT_BATCH, MIN_EPOCHS, Costs, fit, mirror_seconds, sizes
 from medtl.training.auto_plan import step_seconds as _step_seconds
 from medtl.training.auto_state import Keeper, Progress
+from medtl.training.fitstate import FitState
 from medtl.training.loop import monitor_key, release_memory, seed_everything
 from medtl.training.prepared import Prepared
 from medtl.training.results import TrainResult
+from medtl.training.runtime import quicker_threads
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +43,12 @@ CLOSE = 0.90  # the linear probe's validation AUC from which the data count as c
 FIRST_SHARE = 0.65  # of the time left, for a fine-tuning candidate that another one of the rule follows
 RESERVE_S = 15.0  # kept for scoring, figures and the checkpoint after the last candidate
 AUC_TIE = 0.002  # validation AUCs this close count as equal; the lower validation loss wins
+TRY_FACTOR = 4.0  # when no candidate fits by the estimate, the cheapest still runs if its epoch is estimated at
+# most this many times the time left (a step timed on a busy machine was 4-20x slower than its later epochs)
+MARGIN = 1.1  # a candidate stretched to its deadline plans epochs this much longer than measured
 __all__ = ["FEW", "CLOSE", "MIN_EPOCHS", "FT_BATCH", "AUC_TIE", "Candidate", "Outcome", "plan", "choose", "beats"]
 
-TrainFn = Callable[..., "TrainResult | tuple"]  # (Prepared, model, progress, on_epoch) -> TrainResult
+TrainFn = Callable[..., TrainResult]  # (Prepared, model, progress, hooks) -> TrainResult
 
 
 @dataclass
@@ -89,8 +96,8 @@ def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: floa
     order, why = plan(len(p.splits.refs["train"]), run.tried[0].val_auc)
     run.state.rule = why
     log.info("auto: %s; next: %s", why, ", ".join(order))
-    if math.isnan(run.costs.step):
-        run.costs.step = _step_seconds(p)  # the first fine-tuning plan's unit, until an epoch is measured
+    if math.isnan(run.costs.step):  # the first fine-tuning plan's unit, until an epoch is measured
+        run.costs.step, run.state.threads = quicker_threads(lambda: _step_seconds(p))
     run.end -= mirror_seconds(p, run.costs.step)
     # the rule's candidates share the time; the others run after them in what is left (one that stopped early
     # leaves time: full after partial on few images), and are not tried when nothing fits
@@ -174,8 +181,16 @@ class _Session:
                 return strategy, size, epochs, ("no candidate fits its share; the cheapest that can finish an "
                                                  f"epoch runs in all the time left ({left:.0f} s), stopped by the "
                                                  "deadline" + (f"; {note}" if note else ""))
-        strategy = waiting[0]
-        return strategy, 0, 0, self.fit(strategy, left)[2]
+        smallest = sizes(self.costs.native)[-1]
+        cost = {s: self.costs.setup_seconds(s, smallest, self.prepare_seconds) + self.costs.epoch(s, smallest)[0]
+                for s in waiting}
+        strategy = min(waiting, key=cost.__getitem__)
+        if cost[strategy] <= TRY_FACTOR * left:
+            return strategy, smallest, 1, (f"no candidate fits by the estimate (one epoch of {strategy} at {smallest} "
+                                           f"px, its setup included: {cost[strategy]:.0f} s; {left:.0f} s left); "
+                                           "it runs anyway, stopped by the deadline: on a busy machine the "
+                                           "estimate is often several times too high")
+        return waiting[0], 0, 0, self.fit(waiting[0], left)[2]
 
     def resume_current(self) -> None:
         """The candidate a kill interrupted, with its plan (size, epochs, deadline), from its last epoch."""
@@ -198,8 +213,8 @@ class _Session:
                                  self.p.in_chans).to(self.p.device)
         log.info("auto: trying %s at %d px, up to %d epochs, %.0f s left for it", strategy, size, epochs,
                  deadline - start)
-        hook = _EpochClock(self, strategy, size)
-        result = self.train_fn(cand_p, model, self.progress, hook)
+        hook = _EpochClock(self, cand_p)
+        result = self.train_fn(cand_p, model, self.progress, [hook])
         row = result.best
         cand = Candidate(strategy, size, epochs, len(result.history), result.best_epoch, float(row["val_auc"]),
                          float(row["val_loss"]), time.monotonic() - start, note)
@@ -280,25 +295,31 @@ class _Session:
 
 
 class _EpochClock:
-    """The `on_epoch` hook auto gives each candidate: times its epochs (from the second on: the first includes
-    the candidate's setup) and re-plans the candidates still to run from them; the progress is kept."""
+    """The hook auto gives each candidate: after every epoch it measures the candidate's epochs (their own
+    time: the candidate's setup is not in it), fits the candidate's epochs to its deadline (more when they are
+    faster than planned, fewer when slower: the cosine schedule follows) and re-plans the candidates still to
+    run; the progress is kept."""
 
-    def __init__(self, run: _Session, strategy: str, size: int):
-        self.run, self.strategy, self.size = run, strategy, size
-        self.last: float | None = None
-        self.epochs: list[float] = []
+    def __init__(self, run: _Session, p: Prepared):
+        self.run, self.strategy, self.size = run, p.cfg.model.strategy, p.size
+        self.deadline, self.most = p.deadline, run.p.cfg.train.epochs
 
-    def __call__(self, epoch: int, val: dict) -> None:
-        now = time.monotonic()
-        if self.last is not None:
-            self.epochs.append(now - self.last)
-        self.last = now
-        self.run.state.current["epoch"] = epoch
-        if self.epochs and self.strategy != "linear":
-            self.run.costs.measured(self.strategy, self.size, sum(self.epochs) / len(self.epochs))
-            self.run.replan(self.strategy, epoch, f"{self.strategy} epoch {epoch} measured")
-        else:
+    def __call__(self, state: FitState) -> None:
+        self.run.state.current["epoch"] = state.epoch
+        timed = [float(h["seconds"]) for h in state.history if "seconds" in h]
+        if self.strategy == "linear" or not timed:
             self.run.save()
+            return
+        epoch = sum(timed) / len(timed)
+        self.run.costs.measured(self.strategy, self.size, epoch)
+        reason = f"{self.strategy} epoch {state.epoch} measured"
+        if not state.stopped and self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            fits = min(self.most, state.epoch + max(int(left // (epoch * MARGIN)), 0))
+            if fits != state.planned:
+                reason += f"; its epochs {state.planned} -> {fits} ({epoch:.0f} s each, {left:.0f} s to its deadline)"
+                state.planned = self.run.state.current["epochs"] = fits
+        self.run.replan(self.strategy, state.epoch, reason)
 
     def measure_candidate(self, history: list[dict], seconds: float) -> None:
         """The finished candidate's epochs as training timed them (history `seconds`), and its setup."""
@@ -344,4 +365,5 @@ def _record(p: Prepared, tried: list[Candidate], chosen: Candidate, state: Progr
                       f"tie, the lower loss wins): " + ", ".join(f"{c.strategy} AUC {c.val_auc:.4f} loss "
                                                                  f"{c.val_loss:.4f}" for c in ran)
                       + "; test was not looked at",
-            "replans": state.replans, "resumed": state.resumed, "elapsed_seconds": round(state.elapsed, 1)}
+            "replans": state.replans, "resumed": state.resumed, "threads": state.threads,
+            "elapsed_seconds": round(state.elapsed, 1)}

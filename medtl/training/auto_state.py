@@ -32,7 +32,8 @@ class Progress:
     """auto-progress.json. `elapsed`: seconds of the budget used when written; `tried`: the finished (or skipped)
     candidates' records; `best`: the index in `tried` of the best so far (its weights in auto-best.pt);
     `current`: the candidate in progress ({strategy, image_size, epochs, until: the elapsed second by which it
-    stops, note, epoch: its last finished epoch})."""
+    stops, note, epoch: its last finished epoch}); `threads`: the training threads timed and the ones chosen
+    (`runtime.quicker_threads`)."""
 
     budget: float
     elapsed: float = 0.0
@@ -43,6 +44,7 @@ class Progress:
     costs: dict = field(default_factory=dict)
     replans: list[dict] = field(default_factory=list)
     resumed: list[dict] = field(default_factory=list)
+    threads: dict = field(default_factory=dict)
     version: int = VERSION
 
 

@@ -24,7 +24,7 @@ from medtl.training import distributed
 log = logging.getLogger(__name__)
 
 EpochHook = Callable[[int, dict], None]  # (epoch, validation metrics); may raise to stop training
-SAVED = ("epoch", "best", "best_state", "best_epoch", "history", "stopped")  # the resume file's "fit" keys
+SAVED = ("epoch", "best", "best_state", "best_epoch", "history", "stopped", "planned")  # the resume file's "fit" keys
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class FitState:
         best_epoch: The best epoch (1-based; 0 before the first).
         history: One row per finished epoch.
         stopped: No further epoch runs (early stopping, or a hook said so).
+        planned: The epochs the fit runs (0: the plan's `cfg.epochs`); a hook may change it (auto stretches
+            or shortens a candidate to its deadline: the cosine schedule then follows the new length).
         val: The last epoch's validation metrics (not saved).
         epoch_began: `time.perf_counter()` when the last epoch began (not saved).
     """
@@ -76,6 +78,7 @@ class FitState:
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     stopped: bool = False
+    planned: int = 0
     val: dict = field(default_factory=dict, repr=False)
     epoch_began: float = 0.0
 
@@ -89,11 +92,13 @@ class FitState:
     def to_dict(self) -> dict[str, Any]:
         """Plain values for the resume file (loaded with weights_only=True)."""
         return {"epoch": self.epoch, "best": list(self.best), "best_state": self.best_state,
-                "best_epoch": self.best_epoch, "history": self.history, "stopped": self.stopped}
+                "best_epoch": self.best_epoch, "history": self.history, "stopped": self.stopped,
+                "planned": self.planned}
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> "FitState":
-        """The state a resume file holds; files written before this record held the same keys in a dict."""
+        """The state a resume file holds; files written before this record held the same keys in a dict (without
+        `planned`: the plan's epochs)."""
         return cls(**{k: saved[k] for k in SAVED if k in saved} | {"best": tuple(saved.get("best", cls.best))})
 
 

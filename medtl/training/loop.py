@@ -16,7 +16,7 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -185,11 +185,11 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     state = FitState()
     if plan.resume and plan.state_path is not None and plan.state_path.is_file():
         state = _resume(plan.state_path, model, opt, sched, world)
-    after = [*hooks, early_stop(cfg), *([_saving(plan.state_path, model, opt, sched, world)] if plan.state_path
-                                         else []), deadline(plan.deadline, world)]
+    own = [early_stop(cfg), *([_saving(plan.state_path, model, opt, sched, world)] if plan.state_path else []),
+           deadline(plan.deadline, world)]
     net = distributed.wrap(model, plan.device, world)
-    epochs = range(state.epoch + 1, cfg.epochs + 1) if not state.stopped else range(0)
-    for epoch in progress_of(epochs, "epochs", progress, unit="epoch"):
+    state.planned = state.planned or cfg.epochs
+    for epoch in progress_of(_epochs(state), "epochs", progress, total=state.planned, unit="epoch"):
         state.epoch_began = time.perf_counter()
         distributed.set_epoch(train_batches, epoch)
         train_loss = _train_epoch(net, train_batches, prepare, opt, plan, progress)
@@ -200,26 +200,55 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
         distributed.sync_buffers(model, world)
         probs, y = predict(model, val_batches, prepare, plan.device)
         state.val = score(y, probs, plan.classes)
-        _record(state, epoch, train_loss, opt.param_groups[0]["lr"], cfg)
+        _record(state, epoch, train_loss, opt.param_groups[0]["lr"])
         if sched is not None:
             sched.step()
         state.keep_if_best(monitor_key(state.val, cfg.monitor), epoch, model)
         state.epoch = epoch
-        for hook in after:
+        _after_epoch(state, hooks, sched, world)
+        for hook in own:
             hook(state)
-        if state.stopped:
-            break
     model.load_state_dict(state.best_state)
     return state
 
 
-def _record(state: FitState, epoch: int, train_loss: float, lr: float, cfg: TrainConfig) -> None:
+def _after_epoch(state: FitState, hooks: Sequence[Hook], sched, world: distributed.World) -> None:
+    """The caller's hooks; when one changed the planned epochs (rank 0's decision holds on every process), the
+    schedule follows before the state is saved."""
+    planned = state.planned
+    for hook in hooks:
+        hook(state)
+    state.planned = int(distributed.broadcast(state.planned, world))
+    if state.planned != planned and sched is not None:
+        stretch(sched, state.planned)
+
+
+def _epochs(state: FitState) -> Iterator[int]:
+    """The next epoch while the fit goes on: a hook may stop it or change `state.planned` between epochs."""
+    while not state.stopped and state.epoch < state.planned:
+        yield state.epoch + 1
+
+
+def stretch(sched, epochs: int) -> None:
+    """A cosine schedule set to anneal over `epochs` from now on: its period changes and every group's
+    learning rate moves to the new curve at the epoch reached (the scheduler's recursive steps then follow that
+    curve; its state, saved for `--resume`, holds the period). Other schedules do not depend on the length."""
+    if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+        return
+    sched.T_max = max(epochs, 1)
+    at = min(sched.last_epoch, sched.T_max)
+    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+        group["lr"] = sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * at / sched.T_max)) / 2
+    sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
+
+
+def _record(state: FitState, epoch: int, train_loss: float, lr: float) -> None:
     val, seconds = state.val, time.perf_counter() - state.epoch_began
     state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                           "val_accuracy": val["accuracy"], "val_auc": val["auc"],
                           "val_sensitivity": val["sensitivity"], "val_specificity": val["specificity"],
                           "val_f1": val["f1"], "lr": lr, "seconds": seconds})
-    log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_auc %.4f (%.1fs)", epoch, cfg.epochs,
+    log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_auc %.4f (%.1fs)", epoch, state.planned,
              train_loss, val["loss"], val["accuracy"], val["auc"], seconds)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -14,7 +15,7 @@ from medtl.models.memory import recomputed, recomputing
 from medtl.models.strategies import Classifier, param_groups
 from medtl.training.auto import choose
 from medtl.training.cached import probe_head, train_head_on_features, train_top_on_activations
-from medtl.training.fitstate import EpochHook, FitPlan, calling
+from medtl.training.fitstate import EpochHook, FitPlan, Hook, calling
 from medtl.training.loop import fit, make_loss, micro_batch, predict
 from medtl.training.prepare import Prepared
 from medtl.training.results import SplitScores, TrainResult
@@ -38,18 +39,17 @@ def run_strategy(p: Prepared, model: Classifier | None, progress: bool, on_epoch
     """The strategy's training; with `model` None (strategy auto) auto's choice among candidates, each with its
     own Prepared and model (`on_epoch` is not called then)."""
     if model is not None:
-        return Trained(p, model, train(p, model, progress, on_epoch))
+        return Trained(p, model, train(p, model, progress, [calling(on_epoch)] if on_epoch is not None else []))
     outcome = choose(p, train, progress, prepare_seconds)
     return Trained(outcome.p, outcome.model, outcome.result, outcome.record)
 
 
-def train(p: Prepared, model: Classifier, progress: bool, on_epoch: EpochHook | None = None) -> TrainResult:
+def train(p: Prepared, model: Classifier, progress: bool, hooks: Sequence[Hook] = ()) -> TrainResult:
     """Train `model` per `p`'s strategy; returns the fit with validation's scores only (`scores["val"]`).
-    `on_epoch(epoch, val_metrics)` is called after every epoch of the strategy's own fit (not LP-FT's probe)."""
+    `hooks` are called with the `FitState` after every epoch of the strategy's own fit (not LP-FT's probe)."""
     tc = p.cfg.train
     weights = class_weights(p.splits.labels["train"], len(p.splits.classes)) if tc.class_weights else None
     loss_fn = make_loss(p.binary, weights, tc.label_smoothing)
-    hooks = [calling(on_epoch)] if on_epoch is not None else []
     if p.cfg.model.strategy == "linear":
         return train_head_on_features(p, model, loss_fn, progress, hooks)
     if _lp_ft(p):

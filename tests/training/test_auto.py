@@ -65,7 +65,7 @@ def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
     val_auc = {"linear": 0.80, "partial": 0.95, "full": 0.90}  # few (48) and far (0.80): partial, then full
     seen = []
 
-    def fake_train(cp, model, progress, on_epoch=None):
+    def fake_train(cp, model, progress, hooks=()):
         s = cp.cfg.model.strategy
         seen.append(s)
         y = np.array([0, 1] * 4)
@@ -89,7 +89,7 @@ def test_a_candidate_that_cannot_fit_is_skipped_with_the_reason(image_tree, cach
     p.deadline = time.monotonic() + 3600
     monkeypatch.setattr(auto, "_step_seconds", lambda p: 1e4)  # one step: hours
 
-    def fake_train(cp, model, progress, on_epoch=None):
+    def fake_train(cp, model, progress, hooks=()):
         return TrainResult([{"epoch": 1, "val_auc": 0.7, "val_loss": 0.5}], 1, {})
 
     outcome = auto.choose(p, fake_train, False, prepare_seconds=1.0)
@@ -175,7 +175,7 @@ def test_the_other_strategy_runs_in_the_time_the_rule_left(image_tree, cache_dir
     val_auc = {"linear": 0.95, "partial": 0.96, "full": 0.99}
     seen = []
 
-    def fake_train(cp, model, progress, on_epoch=None):
+    def fake_train(cp, model, progress, hooks=()):
         s = cp.cfg.model.strategy
         seen.append(s)
         y = np.array([0, 1] * 4)

@@ -15,11 +15,12 @@ import time
 import numpy as np
 import pytest
 
-from medtl.training.results import SplitScores, TrainResult
 from medtl.core.config import RunConfig, apply_overrides
 from medtl.core.runfolder import RunFolder
 from medtl.training import auto
+from medtl.training.fitstate import FitState
 from medtl.training.prepare import prepare
+from medtl.training.results import SplitScores, TrainResult
 
 AUTO = ["--backbone", "efficientnet_lite0", "--weights", "package", "--image-size", "32", "--epochs", "200",
         "--set", "train.patience=200", "--set", "train.batch_size=8", "--set", "runtime.engine=torch",
@@ -88,16 +89,17 @@ def _cfg(root, out, **kw):
 
 def _fake(seconds: dict, seen: list):
     """A training function whose epochs take `seconds[strategy]` each (as the history and the hook say)."""
-    def train(cp, model, progress, on_epoch=None):
+    def train(cp, model, progress, hooks=()):
         s = cp.cfg.model.strategy
         seen.append((s, cp.size, cp.cfg.train.epochs))
-        history = []
-        for e in range(1, cp.cfg.train.epochs + 1):
-            history.append({"epoch": e, "val_auc": 0.8, "val_loss": 0.5, "seconds": seconds[s]})
-            if on_epoch is not None:
-                on_epoch(e, {"auc": 0.8, "loss": 0.5})
+        state = FitState(planned=cp.cfg.train.epochs)
+        while state.epoch < state.planned and not state.stopped:
+            state.epoch += 1
+            state.history.append({"epoch": state.epoch, "val_auc": 0.8, "val_loss": 0.5, "seconds": seconds[s]})
+            for hook in hooks:
+                hook(state)
         y = np.array([0, 1] * 4)
-        return TrainResult(history, len(history), {"val": SplitScores(y * 0.8 + 0.1, y)})
+        return TrainResult(state.history, len(state.history), {"val": SplitScores(y * 0.8 + 0.1, y)})
     return train
 
 
@@ -150,3 +152,53 @@ def test_another_size_reads_no_image_again_and_keeps_the_splits(image_tree, cach
     assert not [src for src in opened if isinstance(src, str)]
     assert other.size == 24 and other.store.array.shape[-1] == 24 and other.splits is p.splits
     assert other.store.key != p.store.key and other.audit_notes is p.audit_notes and other.weights == p.weights
+
+
+def test_a_candidate_faster_than_planned_is_stretched_to_its_deadline(image_tree, cache_dir, tmp_path, monkeypatch):
+    """The timed step says fine-tuning is slow; the first candidate's measured epochs are fast: after its first
+    epoch it is given the epochs that fit its own deadline (up to train.epochs), and the re-plan says so."""
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 160}), progress=False)
+    p.deadline = time.monotonic() + 200
+    monkeypatch.setattr(auto, "_step_seconds", lambda p: 40.0)
+    seen = []
+    outcome = auto.choose(p, _fake({"linear": 0.0, "partial": 0.01, "full": 0.01}, seen), False, 1.0)
+    first = [c for c in outcome.record["candidates"] if c["strategy"] != "linear"][0]
+    assert first["epochs"] < 8 and first["epochs_run"] == 8, first  # planned from the step, run to train.epochs
+    assert any(f"its epochs {first['epochs']} -> 8" in r["reason"] for r in outcome.record["replans"])
+
+
+def test_when_no_candidate_fits_by_the_estimate_the_cheapest_still_runs_to_the_deadline(image_tree, cache_dir,
+                                                                                      tmp_path, monkeypatch):
+    """A busy machine: the timed step says not one epoch fits in all the time left (but within TRY_FACTOR of
+    it): the cheapest candidate still runs at the smallest size, stopped by the deadline, instead of none."""
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 96}), progress=False)
+    p.deadline = time.monotonic() + auto.RESERVE_S + 60
+    monkeypatch.setattr(auto, "_step_seconds", lambda p: 80.0)  # an epoch of full: ~2 minutes by the estimate
+    monkeypatch.setattr(auto, "plan", lambda n, sim: (["full", "partial"], "many (test)"))
+    outcome = auto.choose(p, _fake({"linear": 0.0, "partial": 0.01, "full": 0.01}, []), False, 1.0)
+    ran = [c for c in outcome.record["candidates"] if c["image_size"] and c["strategy"] != "linear"]
+    assert ran and ran[0]["image_size"] == 96 and ran[0]["epochs"] == 1, outcome.record["candidates"]
+    assert "it runs anyway, stopped by the deadline" in ran[0]["note"]
+
+
+def test_a_busy_machine_trains_with_fewer_threads_when_they_are_quicker(monkeypatch):
+    import torch
+
+    from medtl.training import runtime
+    before = torch.get_num_threads()
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (8.0, 8.0, 8.0))
+    monkeypatch.setattr(runtime, "_cpus", lambda: 2)
+    try:
+        torch.set_num_threads(2)
+        seconds, record = runtime.quicker_threads(lambda: {2: 14.0, 1: 3.0}[torch.get_num_threads()])
+        assert (seconds, record["chosen"], torch.get_num_threads()) == (3.0, 1, 1)
+        assert record["timed"] == {"2": 14.0, "1": 3.0} and record["load_average"] == 8.0
+        torch.set_num_threads(2)
+        seconds, record = runtime.quicker_threads(lambda: {2: 1.0, 1: 1.8}[torch.get_num_threads()])
+        assert (seconds, record["chosen"], torch.get_num_threads()) == (1.0, 2, 2)  # more threads were quicker
+        monkeypatch.setattr(runtime.os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # quiet: timed once
+        calls = []
+        runtime.quicker_threads(lambda: calls.append(1) or 1.0)
+        assert len(calls) == 1
+    finally:
+        torch.set_num_threads(before)

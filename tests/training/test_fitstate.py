@@ -84,3 +84,34 @@ def test_early_stopping_is_a_hook_that_marks_the_saved_state(tmp_path):
     state = fit(torch.nn.Linear(4, 1), batches, batches, lambda x: x, plan, progress=False)
     assert state.epoch == 2 and state.best_epoch == 1 and state.stopped
     assert load_state(path)["fit"]["stopped"] is True  # a resumed run trains no further
+
+
+def test_a_hook_can_stretch_the_planned_epochs_the_cosine_schedule_follows_and_a_resume_keeps_it(tmp_path):
+    """auto fits a candidate to its deadline: a hook that raises `planned` after epoch 1 gets more epochs, the
+    cosine schedule anneals over the new length (not the old one), and the saved state holds it."""
+    batches, path = _data(), tmp_path / "state.pt"
+    cfg = TrainConfig(epochs=2, patience=100, optimizer="sgd", lr=0.1, schedule="cosine")
+
+    def longer(state: FitState) -> None:
+        if state.epoch == 1:
+            state.planned = 5
+    torch.manual_seed(0)
+    plan = FitPlan(cfg, make_loss(True, None), torch.device("cpu"), ["a", "b"], state_path=path)
+    state = fit(torch.nn.Linear(4, 1), batches, batches, lambda x: x, plan, [longer], progress=False)
+    assert [r["epoch"] for r in state.history] == [1, 2, 3, 4, 5] and state.planned == 5
+    curve = [0.1 * (1 + math.cos(math.pi * e / 5)) / 2 for e in range(5)]  # epoch 1 ran at the base rate
+    assert [r["lr"] for r in state.history] == pytest.approx(curve)
+    saved = load_state(path)
+    assert saved["fit"]["planned"] == 5 and saved["scheduler"]["T_max"] == 5
+
+
+def test_a_hook_can_shorten_the_planned_epochs():
+    batches = _data()
+
+    def shorter(state: FitState) -> None:
+        state.planned = min(state.planned, 3)
+    plan = FitPlan(TrainConfig(epochs=8, patience=100, optimizer="sgd", lr=0.1, schedule="cosine"),
+                   make_loss(True, None), torch.device("cpu"), ["a", "b"])
+    state = fit(torch.nn.Linear(4, 1), batches, batches, lambda x: x, plan, [shorter], progress=False)
+    assert [r["epoch"] for r in state.history] == [1, 2, 3] and not state.stopped
+    assert state.history[-1]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 2 / 3)) / 2)
