@@ -315,11 +315,21 @@ class _EpochClock:
         reason = f"{self.strategy} epoch {state.epoch} measured"
         if not state.stopped and self.deadline is not None:
             left = self.deadline - time.monotonic()
-            fits = min(self.most, state.epoch + max(int(left // (epoch * MARGIN)), 0))
+            fits = self.fitted(state, epoch, left)
             if fits != state.planned:
                 reason += f"; its epochs {state.planned} -> {fits} ({epoch:.0f} s each, {left:.0f} s to its deadline)"
                 state.planned = self.run.state.current["epochs"] = fits
         self.run.replan(self.strategy, state.epoch, reason)
+
+    def fitted(self, state: FitState, epoch: float, left: float) -> int:
+        """The candidate's epochs for `left` seconds to its deadline at `epoch` seconds each: fewer when the
+        planned ones would not fit even at the measured pace, more when more fit with MARGIN to spare, else as
+        planned (so that the schedule does not swing with the noise of epoch times)."""
+        at_pace = state.epoch + max(int(left // epoch), 0)
+        spared = min(self.most, state.epoch + max(int(left // (epoch * MARGIN)), 0))
+        if state.planned > at_pace:
+            return at_pace
+        return max(state.planned, spared)
 
     def measure_candidate(self, history: list[dict], seconds: float) -> None:
         """The finished candidate's epochs as training timed them (history `seconds`), and its setup."""

@@ -202,3 +202,16 @@ def test_a_busy_machine_trains_with_fewer_threads_when_they_are_quicker(monkeypa
         assert len(calls) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_candidates_epochs_follow_its_pace_without_swinging():
+    """Seen on Kermany: full planned 5 epochs of ~107 s with 448 s left after its first: 5 still fit at that
+    pace, so the plan stays (a 10 % margin alone would have said 4, then 5 again, swinging the schedule); it
+    shrinks only when the planned epochs do not fit at the pace measured, and grows when more fit with margin."""
+    from types import SimpleNamespace
+    fitted = auto._EpochClock.fitted
+    clock = SimpleNamespace(most=20)
+    assert fitted(clock, FitState(epoch=1, planned=5), 107.4, 448.0) == 5
+    assert fitted(clock, FitState(epoch=1, planned=5), 107.4, 300.0) == 3
+    assert fitted(clock, FitState(epoch=1, planned=2), 100.0, 1000.0) == 10  # 1 + 9 at 110 s each
+    assert fitted(clock, FitState(epoch=1, planned=2), 10.0, 1000.0) == 20  # at most train.epochs
