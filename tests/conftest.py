@@ -4,28 +4,42 @@ are in tests/helpers.py; each layer's folder (tests/core, tests/data, ...) marks
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from helpers import kermany_links, make_image
+from helpers import TINY, kermany_links, write_tree
 
 
 @pytest.fixture
 def image_tree(tmp_path: Path) -> Path:
     """root/train/{neg,pos} (24 each) and root/test/{neg,pos} (8 each), grayscale PNG."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    for split, n in (("train", 24), ("test", 8)):
-        for label, name in enumerate(("neg", "pos")):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                make_image(label, rng).save(folder / f"{name}_{i}.png")
-    return root
+    return write_tree(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(run folder, data tree) of one tiny run (`helpers.TINY` on `image_tree`'s images), trained once for the
+    whole session with its own cache. Read it only: `tiny_run` gives a test a copy it may change."""
+    import medtl
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    data = write_tree(tmp / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDTL_CACHE", str(tmp / "cache"))
+        run = medtl.train(data, out=tmp / "runs", name="tiny", progress=False, **TINY)
+    return run.path, data
+
+
+@pytest.fixture
+def tiny_run(tiny_trained, cache_dir, tmp_path):
+    """A copy of the session's tiny run at tmp_path/runs/tiny, as a `medtl.Run` (with a cache of the test's own)."""
+    import medtl
+
+    return medtl.Run.load(shutil.copytree(tiny_trained[0], tmp_path / "runs" / "tiny"))
 
 
 @pytest.fixture

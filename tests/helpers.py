@@ -42,6 +42,23 @@ def make_image(kind: int, rng: np.random.Generator, size: int = 40, mode: str = 
     return img if mode == "L" else img.convert(mode)
 
 
+TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
+        "batch_size": 16}  # a run of a few seconds: medtl.train(data, **TINY)
+
+
+def write_tree(root: Path, train: int = 24, test: int = 8, classes: tuple[str, str] = ("neg", "pos")) -> Path:
+    """root/{train,test}/<class>/<class>_<i>.png: grayscale `make_image`s from seed 0 (the `image_tree`
+    fixture's images)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("test", test)):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                make_image(label, rng).save(folder / f"{name}_{i}.png")
+    return root
+
+
 def kermany_links(root: Path, train: int, test: int) -> Path:
     """root/{train,test}/{NORMAL,PNEUMONIA}: links to the first images per class of the real Kermany set."""
     source = shared_path("chest_xray_kermany_224")

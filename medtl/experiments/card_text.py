@@ -72,15 +72,28 @@ def needed(n: int, width: float, target: float) -> int:
     return int(math.ceil(n * (width / target) ** 2))
 
 
-def wide_intervals(f: RunFacts, target: float) -> list[tuple[str, float, int, int]]:
-    """(metric, width, test n, test images needed) for every test interval wider than `target`."""
+def wide_intervals(f: RunFacts, target: float) -> list[tuple[str, float, int, int | None]]:
+    """(metric, width, test n, test images needed) for every test interval wider than `target`: for
+    sensitivity, specificity and AUC of two classes the sample-size section's figure (evaluation/sample_size.py),
+    for the other metrics the observed width scaled by the square root of the size."""
     test = f.metrics.get("splits", {}).get("test") or {}
     n = test.get("n") or 0
+    report = _report(test, target) or {}
     out = []
     for metric, ci in (test.get("ci95") or {}).items():
         if ci and None not in ci and ci[1] - ci[0] > target and n:
-            out.append((metric, ci[1] - ci[0], n, needed(n, ci[1] - ci[0], target)))
+            need = report[metric].get("needed_images") if metric in report else needed(n, ci[1] - ci[0], target)
+            out.append((metric, ci[1] - ci[0], n, need))
     return out
+
+
+def _report(test: dict, target: float) -> dict | None:
+    """evaluation/sample_size.py's report for a two-class test split at its observed values; None otherwise."""
+    cm = test.get("confusion_matrix")
+    if not (cm and len(cm) == 2):
+        return None
+    return sample_size_report(int(sum(cm[1])), int(sum(cm[0])), test.get("auc"), target, test.get("sensitivity"),
+                              test.get("specificity"))
 
 
 def sample_size(f: RunFacts, target: float) -> Section:
@@ -88,10 +101,8 @@ def sample_size(f: RunFacts, target: float) -> Section:
     s = Section("sample-size", "Sample size")
     if not test:
         return s.p("No test split was scored.")
-    cm = test.get("confusion_matrix")
-    if cm and len(cm) == 2:  # two classes: expected widths at the observed prevalence (evaluation/sample_size.py)
-        report = sample_size_report(int(sum(cm[1])), int(sum(cm[0])), test.get("auc"), target,
-                                    test.get("sensitivity"), test.get("specificity"))
+    report = _report(test, target)
+    if report:  # two classes: expected widths at the observed prevalence (evaluation/sample_size.py)
         s.p(f"The test split holds {test.get('n')} images ({report['n_pos']} positive, prevalence "
             f"{report['prevalence']:.2f}). Expected 95 % interval widths (Wilson for sensitivity and specificity, "
             f"Hanley-McNeil for AUC, at the observed values) and the test images a {target:g} wide interval "
@@ -146,8 +157,9 @@ def shift_notes(m: dict) -> list[str]:
 
 def limitations(f: RunFacts, target: float) -> Section:
     s = Section("limitations", "Limitations (written from the facts above)")
-    items = [f"test {metric} interval is {width:.3f} wide on {n} images (more than {target:g}): about {need} test "
-             "images would be needed for that width" for metric, width, n, need in wide_intervals(f, target)]
+    items = [f"test {metric} interval is {width:.3f} wide on {n} images (more than {target:g}): "
+             + (f"about {need} test images would be needed for that width" if need else
+                "no test size within reach gives that width") for metric, width, n, need in wide_intervals(f, target)]
     for split, table in ((k, v.get("per_class")) for k, v in f.metrics.get("splits", {}).items() if k == "test"):
         for cls, v in (table or {}).items():
             ci = (v.get("ci95") or {}).get("recall")

@@ -10,12 +10,10 @@ import pytest
 import yaml
 
 import medtl
-from helpers import cli_in_process
+from helpers import TINY, cli_in_process
 from medtl.core.config import RunConfig, apply_overrides, load_config, parse_set
 from medtl.core.errors import MedtlError
 
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
 
 LAUGHS = "a: &a [" + ", ".join(["lol"] * 9) + "]\n" + "".join(  # 9**9 "lol"s from about 400 bytes
     f"{a}: &{a} [{', '.join([f'*{p}'] * 9)}]\n" for p, a in zip("abcdefgh", "bcdefghi"))

@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 
 import medtl
-from helpers import make_image
+from helpers import TINY
 from medtl.core.errors import MedtlError
 from medtl.core.io import cache_root, sweep_temps
 from medtl.data.images import build_store
 from medtl.training.features import cached
 
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
 FIX_DISK = "; free disk space, fix the folder's permissions, or write elsewhere (--output-dir, MEDTL_CACHE)"
 # a writer that opens its temporary file, says so, and hangs: killed with -9 mid-write
 WRITER = """
@@ -49,25 +47,10 @@ def refs_of(root: Path) -> list[str]:
     return sorted(str(p) for p in root.rglob("*.png"))
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("test", 4)):
-        for label, name in enumerate(("neg", "pos")):
-            (tmp / "data" / split / name).mkdir(parents=True)
-            for i in range(n):
-                make_image(label, rng).save(tmp / "data" / split / name / f"{i}.png")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDTL_CACHE", str(tmp / "cache"))
-        run = medtl.train(tmp / "data", out=tmp / "runs", name="r", **TINY)
-    return run.folder.path, tmp / "data"
-
-
 # D9
 @pytest.mark.slow
-def test_medtl_cache_on_a_file_is_one_line_in_train_and_predict(image_tree, tiny_run, tmp_path):
-    run_dir, data = tiny_run
+def test_medtl_cache_on_a_file_is_one_line_in_train_and_predict(image_tree, tiny_trained, tmp_path):
+    run_dir, data = tiny_trained
     blocker = tmp_path / "cache-file"
     blocker.write_text("not a folder")
     done = medtl_cli("train", str(image_tree), "--backbone", "resnet18", "--weights", "none", "--strategy", "full",
@@ -165,7 +148,7 @@ def test_temp_files_of_killed_processes_are_swept_and_a_live_ones_kept(image_tre
         live.kill()
         live.wait(timeout=30)
     assert sweep_temps(cache / "images") == [live_tmp]  # now its writer is gone too
-    run_dir, data = tiny_run
+    run_dir = tiny_run.path
     dead_export = killed_writer(run_dir / "model.onnx")
     from medtl.deploy.export import export
     export(run_dir, "onnx", run_dir / "model.onnx")

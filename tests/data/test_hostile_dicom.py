@@ -24,6 +24,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_color_lut
 
 import medtl
+from helpers import TINY
 from medtl.data.dicom import read_dicom
 from medtl.data.images import Decoding, build_store, decode
 from medtl.data.pixels import Unreadable
@@ -31,8 +32,6 @@ from medtl.deploy.serve import create_app
 from medtl.evaluation.figures import plot_confusions
 from medtl.evaluation.fonts import drawable, glyphs
 
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
 BAD_VR = Path(get_testdata_file("badVR.dcm"))  # NumberOfFrames '1A'
 BAD_VR_REASON = "malformed DICOM: NumberOfFrames is '1A', not a whole number; re-export the file"
 

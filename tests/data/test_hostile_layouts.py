@@ -17,10 +17,8 @@ import medtl
 from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.sources import discover, expand_inputs
-from helpers import make_image, shared_path
+from helpers import TINY, make_image, shared_path
 
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
 # the first bytes of an AppleDouble file (macOS's resource fork beside `name.jpeg` on a foreign disk or in a zip)
 APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02" + bytes(4070)
 

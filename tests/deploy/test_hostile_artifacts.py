@@ -10,32 +10,12 @@ import shutil
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import medtl
-from helpers import cli_in_process, make_image
+from helpers import cli_in_process
 from medtl.core.errors import MedtlError
-
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """(run folder, data tree) of a tiny two-class run, trained once for the module."""
-    tmp = tmp_path_factory.mktemp("artifacts")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for label, name in enumerate(("neg", "pos")):
-            (tmp / "data" / split / name).mkdir(parents=True)
-            for i in range(n):
-                make_image(label, rng).save(tmp / "data" / split / name / f"{name}_{i}.png")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDTL_CACHE", str(tmp / "cache"))
-        run = medtl.train(tmp / "data", out=tmp / "runs", name="tiny", **TINY)
-    return run.path, tmp / "data"
 
 
 def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -55,9 +35,9 @@ class _OpensAFile:
 
 # D5 -------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow  # trains the module's tiny run once
-def test_explain_writes_one_overlay_per_same_named_file(tiny_run, tmp_path, monkeypatch, capsys):
-    run_dir, data = tiny_run
+@pytest.mark.slow
+def test_explain_writes_one_overlay_per_same_named_file(tiny_trained, tmp_path, monkeypatch, capsys):
+    run_dir, data = tiny_trained
     inputs = tmp_path / "series"
     for patient, source in (("patient1", data / "test" / "pos" / "pos_0.png"),
                             ("patient2", data / "test" / "neg" / "neg_0.png")):
@@ -92,48 +72,49 @@ def test_overlay_names_are_distinct_whatever_the_names():
 
 # D19 ------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.slow  # trains the module's tiny run once
+@pytest.mark.slow
 @pytest.mark.parametrize("content, problem", [
     ([1, 2, 3], "a list of 3 items"),
     ({"model": [1]}, "a mapping with keys model; no config, classes, threshold"),
     ("classes", "classes is a str"),
 ])
-def test_a_checkpoint_that_is_not_medtls_is_one_line(tiny_run, tmp_path, monkeypatch, capsys, content, problem):
-    run_dir = shutil.copytree(tiny_run[0], tmp_path / "run")
+def test_a_checkpoint_that_is_not_medtls_is_one_line(tiny_trained, tmp_path, monkeypatch, capsys, content,
+                                                     problem):
+    run_dir = shutil.copytree(tiny_trained[0], tmp_path / "run")
     checkpoint = run_dir / "checkpoint.pt"
     if content == "classes":  # medtl's own record with one field of the wrong type
         record = torch.load(checkpoint, weights_only=True)
         content = {**record, "classes": "neg,pos"}
     torch.save(content, checkpoint)
-    code, out, err = _cli(monkeypatch, capsys, "predict", run_dir, tiny_run[1] / "test", "-o", tmp_path / "p.csv")
+    code, out, err = _cli(monkeypatch, capsys, "predict", run_dir, tiny_trained[1] / "test", "-o", tmp_path / "p.csv")
     assert code == 2
     assert err.startswith(f"error: checkpoint {checkpoint} is not a medtl checkpoint ({problem}")
     assert err.endswith("); pass a run folder written by `medtl train`, or train the run again\n")
     assert len(err.splitlines()) == 1 and not (tmp_path / "p.csv").exists()
     with pytest.raises(MedtlError, match="is not a medtl checkpoint"):
-        medtl.Run.load(run_dir).predict(tiny_run[1] / "test")
+        medtl.Run.load(run_dir).predict(tiny_trained[1] / "test")
 
 
-@pytest.mark.slow  # trains the module's tiny run once
-def test_a_checkpoint_of_bare_weights_names_the_way_to_use_them(tiny_run, tmp_path, monkeypatch, capsys):
-    run_dir = shutil.copytree(tiny_run[0], tmp_path / "run")
+@pytest.mark.slow
+def test_a_checkpoint_of_bare_weights_names_the_way_to_use_them(tiny_trained, tmp_path, monkeypatch, capsys):
+    run_dir = shutil.copytree(tiny_trained[0], tmp_path / "run")
     checkpoint = run_dir / "checkpoint.pt"
     torch.save(torch.load(checkpoint, weights_only=True)["model"], checkpoint)  # the state dict alone
-    code, _, err = _cli(monkeypatch, capsys, "predict", run_dir, tiny_run[1] / "test", "-o", tmp_path / "p.csv")
+    code, _, err = _cli(monkeypatch, capsys, "predict", run_dir, tiny_trained[1] / "test", "-o", tmp_path / "p.csv")
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"error: checkpoint {checkpoint} is not a medtl checkpoint (a state dict of ")
     assert err.endswith(f"bare weights, not a run); pass a run folder written by `medtl train`, or train one from "
                         f"them: medtl train DATA --weights {checkpoint}\n")
 
 
-@pytest.mark.slow  # trains the module's tiny run once
+@pytest.mark.slow
 @pytest.mark.parametrize("writer", ["torch.save", "pickle"])
-def test_a_checkpoint_that_would_run_code_is_refused_unrun(tiny_run, tmp_path, monkeypatch, capsys, writer):
-    run_dir = shutil.copytree(tiny_run[0], tmp_path / "run")
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tiny_trained, tmp_path, monkeypatch, capsys, writer):
+    run_dir = shutil.copytree(tiny_trained[0], tmp_path / "run")
     marker = tmp_path / "ran"
     with open(run_dir / "checkpoint.pt", "wb") as fh:
         (torch.save if writer == "torch.save" else pickle.dump)({"model": _OpensAFile(marker)}, fh)
-    code, _, err = _cli(monkeypatch, capsys, "predict", run_dir, tiny_run[1] / "test", "-o", tmp_path / "p.csv")
+    code, _, err = _cli(monkeypatch, capsys, "predict", run_dir, tiny_trained[1] / "test", "-o", tmp_path / "p.csv")
     assert code == 2 and len(err.splitlines()) == 1, err  # no torch warning, no traceback
     assert err.startswith(f"error: checkpoint {run_dir / 'checkpoint.pt'} holds more than tensors and plain values (")
     assert "); it will not be unpickled, since that could run code: " in err
@@ -217,18 +198,18 @@ def test_serve_on_every_interface_warns_that_the_page_has_no_login(caplog):
                               f"network (every interface, port {port})") and "127.0.0.1" in message
 
 
-@pytest.mark.slow  # trains the module's tiny run once
-def test_serve_command_announces_the_warning_before_serving(tiny_run, monkeypatch, capsys, caplog):
+@pytest.mark.slow
+def test_serve_command_announces_the_warning_before_serving(tiny_trained, monkeypatch, capsys, caplog):
     import uvicorn
 
     served = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(kw))  # never listens
     port = _free_port("0.0.0.0")
     with caplog.at_level(logging.WARNING, logger="medtl"):
-        code, out, err = _cli(monkeypatch, capsys, "serve", tiny_run[0], "--host", "0.0.0.0", "--port", port,
+        code, out, err = _cli(monkeypatch, capsys, "serve", tiny_trained[0], "--host", "0.0.0.0", "--port", port,
                               "--engine", "torch")
     assert code == 0, err
     assert served == [{"host": "0.0.0.0", "port": port, "log_level": "warning"}]
     assert [r.getMessage().split(":")[0] for r in caplog.records if r.levelno >= logging.WARNING] == \
         ["--host 0.0.0.0"]
-    assert f"serving {tiny_run[0]} on http://0.0.0.0:{port}/" in out
+    assert f"serving {tiny_trained[0]} on http://0.0.0.0:{port}/" in out

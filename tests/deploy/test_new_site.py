@@ -22,10 +22,10 @@ from medtl.deploy.recalibrate import recalibrate_part
 from medtl.deploy.scoring import Scored
 from medtl.evaluation import operating
 from medtl.evaluation.metrics import binary_metrics
+import helpers
 from helpers import cli_in_process, make_image, shared_path
 
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16, "bootstrap": 200}
+TINY = {**helpers.TINY, "bootstrap": 200}
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +34,7 @@ def trained(tmp_path_factory):
     site folder with other class names: 8 + 8 new images, an exact copy of a train image, of a val image, a
     re-encoded (near) copy of a train image, and one new image twice."""
     root = tmp_path_factory.mktemp("site")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for label, name in enumerate(("neg", "pos")):
-            (root / "data" / split / name).mkdir(parents=True)
-            for i in range(n):
-                make_image(label, rng).save(root / "data" / split / name / f"{name}_{i}.png")
+    helpers.write_tree(root / "data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDTL_CACHE", str(root / "cache"))
         run = medtl.train(root / "data", out=root / "runs", name="r", **TINY)

@@ -6,46 +6,21 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import numpy as np
 import pytest
 
 import medtl
+from helpers import TINY
 from medtl.core.errors import MedtlError
 from medtl.evaluation.records import SCHEMA_VERSION, RunMetrics
 
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
 # every key of a finished run's metrics.json and its type (optional keys: when set)
 SCHEMA = {"schema_version": int, "best_epoch": int, "epochs_run": int, "train_seconds": float, "threshold": float,
           "threshold_method": str, "classes": list, "image_size": int, "split_sizes": dict, "splits": dict,
           "temperature": float, "tta": dict, "environment": dict, "weights_sha256": str}
 SPLIT = {"n": int, "threshold": float, "loss": float, "accuracy": float, "auc": float, "sensitivity": float,
          "specificity": float, "f1": float, "confusion_matrix": list, "ci95": dict, "calibration": dict}
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny run for the schema tests (copied by `tiny_run` for a test that damages its files)."""
-    from helpers import make_image
-
-    root = tmp_path_factory.mktemp("records")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for label, name in enumerate(("neg", "pos")):
-            (root / "data" / split / name).mkdir(parents=True)
-            for i in range(n):
-                make_image(label, rng).save(root / "data" / split / name / f"{name}_{i}.png")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDTL_CACHE", str(root / "cache"))
-        return medtl.train(root / "data", out=root / "runs", name="r", progress=False, **TINY).path
-
-
-@pytest.fixture
-def tiny_run(trained, tmp_path):
-    shutil.copytree(trained, tmp_path / "r")
-    return medtl.Run.load(tmp_path / "r")
 
 
 def test_metrics_json_has_its_schema(tiny_run):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import cli_in_process, shared_path
+from helpers import TINY, cli_in_process, shared_path
 from medtl.core.config import DataConfig
 from medtl.core.io import write_json
 from medtl.data.sources import discover
@@ -21,8 +21,6 @@ from medtl.evaluation.splits_report import split_report
 from medtl.evaluation.study_report import pooled_columns
 from medtl.evaluation.subgroups import subgroup_report
 
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
 
 
 def _manifest(path: Path, files: list[tuple[Path, str]], columns: dict[str, list[str]]) -> Path:

@@ -14,8 +14,6 @@ import medtl
 from helpers import cli_in_process
 from medtl.experiments.card_checklists import AUTHORS, CHECKLISTS, load_checklist
 
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
 COUNTS = {"claim": 44, "tripod_ai": 52}  # CLAIM 2024: 44 items; TRIPOD+AI: 27 items, 52 rows with sub-items
 
 
@@ -50,8 +48,8 @@ def answer(rows: list[dict], item: str) -> str:
     return next(r["answer"] for r in rows if r["item"] == item)
 
 
-def test_card_and_checklists_for_a_run(image_tree, cache_dir, tmp_path, monkeypatch, capsys):
-    run = medtl.train(image_tree, out=tmp_path / "runs", name="tiny", **TINY)
+def test_card_and_checklists_for_a_run(tiny_run, tmp_path, monkeypatch, capsys):
+    run = tiny_run
     code, out, err = cli_in_process(monkeypatch, capsys, "card", run.path, "--template")
     assert code == 0 and (run.path / "card.yaml").is_file(), err
     filled = yaml.safe_load((run.path / "card.yaml").read_text())
@@ -81,8 +79,8 @@ def test_card_and_checklists_for_a_run(image_tree, cache_dir, tmp_path, monkeypa
     assert "triage of" in out or "model_card.md" in out
 
 
-def test_card_lists_an_external_evaluation_and_its_shift(image_tree, cache_dir, tmp_path, monkeypatch, capsys):
-    run = medtl.train(image_tree, out=tmp_path / "runs", name="tiny", **TINY)
+def test_card_lists_an_external_evaluation_and_its_shift(tiny_run, image_tree, tmp_path, monkeypatch, capsys):
+    run = tiny_run
     evaluation = tmp_path / "other_hospital"
     evaluation.mkdir()
     metrics = dict(run.evaluate(image_tree / "test").metrics)
@@ -125,8 +123,8 @@ def test_card_and_checklists_for_a_study(image_tree, cache_dir, tmp_path, monkey
                                 "`medtl evaluate` (or its metrics.json)"),
     (["--target-width", "2"], "error: --target-width 2.0: pass a 95 % interval width between 0 and 1, e.g. 0.1"),
 ])
-def test_card_refuses_bad_input_in_one_line(image_tree, cache_dir, tmp_path, monkeypatch, capsys, args, line):
-    run = medtl.train(image_tree, out=tmp_path / "runs", name="tiny", **TINY)
+def test_card_refuses_bad_input_in_one_line(tiny_run, tmp_path, monkeypatch, capsys, args, line):
+    run = tiny_run
     (tmp_path / "bad.yaml").write_text("intended_usr: triage\n")
     capsys.readouterr()  # the training's own log lines (a console handler an earlier CLI test set up)
     code, _, err = cli_in_process(monkeypatch, capsys, "card", run.path, *[a.format(tmp=tmp_path) for a in args])
@@ -141,3 +139,23 @@ def test_template_is_never_written_over(tmp_path, monkeypatch, capsys):
     assert code == 2 and err.strip() == (f"error: {tmp_path}/card.yaml exists; edit it and pass it with "
                                          f"--intended-use {tmp_path}/card.yaml, or delete it for a fresh template")
     assert (tmp_path / "card.yaml").read_text() == "intended_use: mine\n"
+
+
+def test_limitations_and_sample_size_give_one_figure_for_the_test_size_needed(tmp_path):
+    """The card's limitations name the test images a narrower interval needs with the sample-size section's own
+    figure (Wilson / Hanley-McNeil, evaluation/sample_size.py) for sensitivity, specificity and AUC; other
+    metrics scale the observed width by the square root of the size."""
+    from medtl.core.config import RunConfig
+    from medtl.core.runfolder import RunFolder
+    from medtl.evaluation.sample_size import sample_size_report
+    from medtl.experiments.card_facts import RunFacts
+    from medtl.experiments.card_text import needed, wide_intervals
+
+    test = {"n": 100, "auc": 0.9, "sensitivity": 0.8, "specificity": 0.7, "confusion_matrix": [[35, 15], [10, 40]],
+            "ci95": {"sensitivity": [0.68, 0.9], "auc": [0.84, 0.96], "accuracy": [0.66, 0.84]}}
+    facts = RunFacts(RunFolder(tmp_path), RunConfig(), {"splits": {"test": test}}, None, [], 0, {}, {}, {})
+    rows = {metric: need for metric, _, _, need in wide_intervals(facts, 0.05)}
+    report = sample_size_report(50, 50, 0.9, 0.05, 0.8, 0.7)
+    assert rows["sensitivity"] == report["sensitivity"]["needed_images"]
+    assert rows["auc"] == report["auc"]["needed_images"]
+    assert rows["accuracy"] == needed(100, 0.18, 0.05)

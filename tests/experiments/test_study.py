@@ -75,14 +75,9 @@ def test_killed_study_resumes_to_exactly_the_uninterrupted_runs(image_tree, tmp_
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory):
-    from helpers import make_image
+    from helpers import write_tree
     tmp = tmp_path_factory.mktemp("study")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for label, name in enumerate(("neg", "pos")):
-            (tmp / "data" / split / name).mkdir(parents=True)
-            for i in range(n):
-                make_image(label, rng).save(tmp / "data" / split / name / f"{i}.png")
+    write_tree(tmp / "data")
     config = _write(tmp, tmp / "data", tmp / "out")
     proc = _study(config, {**os.environ, "MEDTL_CACHE": str(tmp / "cache")})
     assert proc.wait(timeout=600) == 0, proc.stderr.read()

@@ -13,16 +13,7 @@ import pytest
 import medtl
 from medtl.core.errors import MedtlError
 
-from helpers import shared_path
-
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
-
-
-@pytest.fixture
-def tiny_run(image_tree, cache_dir, tmp_path) -> medtl.Run:
-    return medtl.train(image_tree, out=tmp_path / "runs", name="tiny", **TINY)
-
+from helpers import TINY, shared_path
 
 def test_train_returns_a_run_whose_folder_reloads(tiny_run, tmp_path):
     assert tiny_run.path == tmp_path / "runs" / "tiny"

@@ -21,10 +21,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from helpers import make_image
+from helpers import write_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -137,13 +136,7 @@ def test_missing_command_prints_stubs_and_fails(capsys, monkeypatch):
 def workspace(tmp_path_factory) -> Path:
     """What the examples assume: `data/` with train/ and test/, classes normal and pneumonia."""
     root = tmp_path_factory.mktemp("docs") / "work"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for label, name in enumerate(("normal", "pneumonia")):
-            folder = root / "data" / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                make_image(label, rng).save(folder / f"{name}_{i}.png")
+    write_tree(root / "data", classes=("normal", "pneumonia"))
     return root
 
 

@@ -186,17 +186,16 @@ def test_a_busy_machine_trains_with_fewer_threads_when_they_are_quicker(monkeypa
 
     from medtl.training import runtime
     before = torch.get_num_threads()
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (8.0, 8.0, 8.0))
-    monkeypatch.setattr(runtime, "_cpus", lambda: 2)
+    monkeypatch.setattr(runtime.CpuShare, "busy", lambda self: 1.5)  # other programs kept 1.5 cores busy
     try:
         torch.set_num_threads(2)
         seconds, record = runtime.quicker_threads(lambda: {2: 14.0, 1: 3.0}[torch.get_num_threads()])
         assert (seconds, record["chosen"], torch.get_num_threads()) == (3.0, 1, 1)
-        assert record["timed"] == {"2": 14.0, "1": 3.0} and record["load_average"] == 8.0
+        assert record["timed"] == {"2": 14.0, "1": 3.0} and record["other_cores_busy"] == 1.5
         torch.set_num_threads(2)
         seconds, record = runtime.quicker_threads(lambda: {2: 1.0, 1: 1.8}[torch.get_num_threads()])
         assert (seconds, record["chosen"], torch.get_num_threads()) == (1.0, 2, 2)  # more threads were quicker
-        monkeypatch.setattr(runtime.os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # quiet: timed once
+        monkeypatch.setattr(runtime.CpuShare, "busy", lambda self: 0.1)  # quiet: timed once
         calls = []
         runtime.quicker_threads(lambda: calls.append(1) or 1.0)
         assert len(calls) == 1
@@ -215,3 +214,25 @@ def test_a_candidates_epochs_follow_its_pace_without_swinging():
     assert fitted(clock, FitState(epoch=1, planned=5), 107.4, 300.0) == 3
     assert fitted(clock, FitState(epoch=1, planned=2), 100.0, 1000.0) == 10  # 1 + 9 at 110 s each
     assert fitted(clock, FitState(epoch=1, planned=2), 10.0, 1000.0) == 20  # at most train.epochs
+
+
+def test_the_cores_other_programs_keep_busy_are_measured():
+    """A process spinning on one core beside this one reads as about one busy core; this process's own work does
+    not count."""
+    from medtl.training import runtime
+    if runtime._machine_seconds() is None:
+        pytest.skip("no /proc/stat here: the load average stands in")
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)
+        share = runtime.CpuShare()
+        time.sleep(1.5)
+        assert 0.6 <= share.busy() <= 1.6, share.busy()
+    finally:
+        spinner.wait(timeout=30)
+    share = runtime.CpuShare()
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:  # this process busy
+        pass
+    assert share.busy() < 0.5, share.busy()

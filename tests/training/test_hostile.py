@@ -19,11 +19,10 @@ import pytest
 import torch
 
 import medtl
+from helpers import TINY
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
 
-TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
-        "batch_size": 16}
 
 
 def write_bomb(path: Path, side: int = 30000) -> Path:

@@ -28,7 +28,7 @@ from medtl.core.runfolder import RunFolder
 from medtl.models.checkpoint import Checkpoint
 from medtl.training.resume import load_state
 from medtl.training.run import run
-from helpers import cli_in_process, make_image
+from helpers import cli_in_process, make_image, write_tree
 
 AUTO = ["--backbone", "efficientnet_lite0", "--weights", "package", "--image-size", "32", "--epochs", "2",
         "--set", "train.batch_size=8", "--set", "runtime.engine=torch", "--set", "eval.bootstrap=50"]
@@ -106,12 +106,7 @@ def killed_run(tmp_path_factory) -> tuple[RunFolder, Path]:
     """A run stopped during its second epoch: state.pt holds epoch 1, no checkpoint (what SIGKILL leaves, and
     what std::bad_alloc's abort leaves, less the lock file, which the next run takes over); and its data."""
     tmp = tmp_path_factory.mktemp("killed")
-    rng, data = np.random.default_rng(0), tmp / "data"
-    for split, n in (("train", 24), ("test", 8)):
-        for label, name in enumerate(("neg", "pos")):
-            (data / split / name).mkdir(parents=True)
-            for i in range(n):
-                make_image(label, rng).save(data / split / name / f"{i}.png")
+    data = write_tree(tmp / "data")
 
     def stop(epoch, val):
         if epoch == 2:
