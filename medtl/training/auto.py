@@ -10,7 +10,8 @@ other strategies follow in the time the rule's candidates left. Plans come from 
 each re-plan is recorded; the running candidate's own epochs are fitted to its deadline after each of them
 (`_EpochClock`), so its share is used. When no candidate fits its share, the cheapest one that can finish an
 epoch in all the time left runs, stopped by the deadline (by the estimate or, within TRY_FACTOR of it, to
-measure instead). The candidate with the best validation score is kept; test
+measure instead). Time left when every candidate has run goes to the one still improving when its time ran
+out (`continue_improving`). The candidate with the best validation score is kept; test
 is never looked at here (the run's finalize phase scores it once, for the chosen model). Every candidate,
 its score, its time, the re-plans, the choice and why go to the run folder (auto.json, and metrics.json's
 "auto"); a killed run continues with `medtl train --resume` (training/auto_state.py).
@@ -46,6 +47,7 @@ AUC_TIE = 0.002  # validation AUCs this close count as equal; the lower validati
 TRY_FACTOR = 4.0  # when no candidate fits by the estimate, the cheapest still runs if its epoch is estimated at
 # most this many times the time left (a step timed on a busy machine was 4-20x slower than its later epochs)
 MARGIN = 1.1  # a candidate stretched to its deadline plans epochs this much longer than measured
+CONTINUED = "continued from"  # the note of a candidate continued in the time the others left
 __all__ = ["FEW", "CLOSE", "MIN_EPOCHS", "FT_BATCH", "AUC_TIE", "Candidate", "Outcome", "plan", "choose", "beats"]
 
 TrainFn = Callable[..., TrainResult]  # (Prepared, model, progress, hooks) -> TrainResult
@@ -107,6 +109,7 @@ def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: floa
         run.resume_current()
     while (strategy := run.next()) is not None:
         run.run_next(strategy)
+    run.continue_improving()
     return run.outcome()
 
 
@@ -192,6 +195,32 @@ class _Session:
                                            "estimate is often several times too high")
         return waiting[0], 0, 0, self.fit(waiting[0], left)[2]
 
+    def continue_improving(self) -> None:
+        """When every candidate has run and time is left (the last one stopped early by itself): the best on
+        validation of those whose last epoch was their best (still improving when their time ran out) goes on
+        from its saved state for the epochs that fit at its measured pace, its cosine schedule stretched; once
+        per run, and kept only if it then beats the best on validation."""
+        if any(c.note.startswith(CONTINUED) for c in self.tried):
+            return
+        most = self.p.cfg.train.epochs
+        improving = [c for c in self.tried if c.strategy != "linear" and c.image_size and c.epochs_run < most
+                     and c.best_epoch == c.epochs_run and self.keeper.kept(c.strategy, c.image_size)]
+        if not improving:
+            return
+        cand = improving[0]
+        for other in improving[1:]:
+            cand = other if _better(other, cand, self.p.cfg) else cand
+        left = self.end - time.monotonic()
+        epoch = self.costs.epoch(cand.strategy, cand.image_size)[0]
+        more = int(left // epoch) if epoch > 0 else 0
+        if more < 1:
+            log.info("auto: %.0f s left, less than an epoch of %s (%.0f s): not continued", left, cand.strategy, epoch)
+            return
+        self.replan(cand.strategy, "continue", f"{cand.strategy} continues: {left:.0f} s left")
+        self.attempt(cand.strategy, cand.image_size, min(most, cand.epochs_run + more), self.end,
+                     f"{CONTINUED} its epoch {cand.epochs_run} (its best: still improving) in the {left:.0f} s left",
+                     resume=True)
+
     def resume_current(self) -> None:
         """The candidate a kill interrupted, with its plan (size, epochs, deadline), from its last epoch."""
         cur = self.state.current
@@ -231,11 +260,13 @@ class _Session:
         release_memory()
 
     def finish(self, cand: Candidate) -> None:
+        """A candidate done: recorded; its per-epoch state let go, unless its last epoch was its best (it may be
+        continued: `continue_improving`)."""
         self.tried.append(cand)
         self.state.tried.append(dataclasses.asdict(cand))
         self.state.current = None
         self.save()
-        if cand.image_size:
+        if cand.image_size and cand.best_epoch != cand.epochs_run:
             self.keeper.finished(cand.strategy, cand.image_size)
 
     def save(self) -> None:

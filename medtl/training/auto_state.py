@@ -107,6 +107,11 @@ class Keeper:
             scores["val"] = SplitScores(saved["val_probs"].numpy(), saved["val_labels"].numpy())
         return saved["record"], saved["model"], TrainResult(saved["history"], saved["best_epoch"], scores)
 
+    def kept(self, strategy: str, size: int) -> bool:
+        """Whether a candidate's per-epoch state is there to continue from."""
+        path = self.state(strategy, size)
+        return path is not None and path.is_file()
+
     def finished(self, strategy: str, size: int) -> None:
         """A candidate's per-epoch state is no longer needed once its result is kept."""
         path = self.state(strategy, size)

@@ -66,8 +66,9 @@ class FitState:
         best_epoch: The best epoch (1-based; 0 before the first).
         history: One row per finished epoch.
         stopped: No further epoch runs (early stopping, or a hook said so).
-        planned: The epochs the fit runs (0: the plan's `cfg.epochs`); a hook may change it (auto stretches
-            or shortens a candidate to its deadline: the cosine schedule then follows the new length).
+        planned: The epochs the fit runs: the plan's `cfg.epochs` when it starts or resumes (a resumed fit
+            given another number continues to it, its cosine schedule stretched); a hook may change it (auto
+            fits a candidate's epochs to its deadline: the cosine schedule then follows the new length).
         val: The last epoch's validation metrics (not saved).
         epoch_began: `time.perf_counter()` when the last epoch began (not saved).
     """

@@ -188,7 +188,9 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
     own = [early_stop(cfg), *([_saving(plan.state_path, model, opt, sched, world)] if plan.state_path else []),
            deadline(plan.deadline, world)]
     net = distributed.wrap(model, plan.device, world)
-    state.planned = state.planned or cfg.epochs
+    if sched is not None and state.planned and state.planned != cfg.epochs:
+        stretch(sched, cfg.epochs)  # resumed for more (or fewer) epochs than it was saved with: auto continues one
+    state.planned = cfg.epochs
     for epoch in progress_of(_epochs(state), "epochs", progress, total=state.planned, unit="epoch"):
         state.epoch_began = time.perf_counter()
         distributed.set_epoch(train_batches, epoch)
@@ -233,7 +235,7 @@ def stretch(sched, epochs: int) -> None:
     """A cosine schedule set to anneal over `epochs` from now on: its period changes and every group's
     learning rate moves to the new curve at the epoch reached (the scheduler's recursive steps then follow that
     curve; its state, saved for `--resume`, holds the period). Other schedules do not depend on the length."""
-    if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+    if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) or sched.T_max == max(epochs, 1):
         return
     sched.T_max = max(epochs, 1)
     at = min(sched.last_epoch, sched.T_max)

@@ -236,3 +236,47 @@ def test_the_cores_other_programs_keep_busy_are_measured():
     while time.monotonic() < end:  # this process busy
         pass
     assert share.busy() < 0.5, share.busy()
+
+
+def test_time_left_when_the_last_candidate_stops_early_continues_the_one_still_improving(image_tree, cache_dir,
+                                                                                      tmp_path, monkeypatch):
+    """full runs out of its share while still improving; partial, the last candidate, ends with time left: full
+    goes on from its saved state for the epochs that fit in that time, and the choice is among all. (A fake
+    clock: each fake epoch advances it by the seconds it says it took.)"""
+    from types import SimpleNamespace
+    p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 96}), progress=False)
+    folder = tmp_path / "runs" / "r"
+    folder.mkdir(parents=True)
+    clock = [1000.0]
+    monkeypatch.setattr(auto, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    p.state_path, p.deadline = folder / "state.pt", clock[0] + 300
+    monkeypatch.setattr(auto, "_step_seconds", lambda p: 1.0)
+    monkeypatch.setattr(auto, "plan", lambda n, sim: (["full", "partial"], "many (test)"))
+    seen, saved = [], {}
+
+    def train(cp, model, progress, hooks=()):
+        s = cp.cfg.model.strategy
+        seen.append((s, cp.cfg.train.epochs, cp.resume))
+        state = FitState(planned=cp.cfg.train.epochs)
+        if cp.resume:  # where the saved state left it
+            state = FitState(saved[s].epoch, planned=cp.cfg.train.epochs, history=list(saved[s].history))
+        saved[s] = state
+        while state.epoch < state.planned and not state.stopped:
+            state.epoch += 1
+            seconds = 50.0 if s == "full" else 0.01
+            clock[0] += seconds
+            state.history.append({"epoch": state.epoch, "val_auc": 0.8 + state.epoch / 100 if s == "full" else 0.8,
+                                  "val_loss": 0.5, "seconds": seconds})
+            for hook in hooks:
+                hook(state)
+        if cp.state_path is not None:
+            cp.state_path.write_bytes(b"state")  # what fit's saving hook leaves
+        y = np.array([0, 1] * 4)
+        return TrainResult(state.history, len(state.history), {"val": SplitScores(y * 0.8 + 0.1, y)})
+    outcome = auto.choose(p, train, False, 1.0)
+    full = [c for c in outcome.record["candidates"] if c["strategy"] == "full"]
+    assert len(full) == 2 and full[0]["epochs_run"] == 3, outcome.record["candidates"]  # 3 of 50 s in its share
+    assert seen[-1] == ("full", 5, True)  # continued from its state: 2 more epochs of 50 s fit in what is left
+    assert full[1]["note"].startswith("continued from its epoch 3")
+    assert outcome.record["chosen"] == "full" and full[1]["val_auc"] > full[0]["val_auc"]
+    assert any(r["epoch"] == "continue" for r in outcome.record["replans"])

@@ -115,3 +115,22 @@ def test_a_hook_can_shorten_the_planned_epochs():
     state = fit(torch.nn.Linear(4, 1), batches, batches, lambda x: x, plan, [shorter], progress=False)
     assert [r["epoch"] for r in state.history] == [1, 2, 3] and not state.stopped
     assert state.history[-1]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi * 2 / 3)) / 2)
+
+
+def test_a_fit_resumed_with_more_epochs_continues_to_them_on_a_stretched_schedule(tmp_path):
+    """auto continues a candidate that was still improving: its saved state, resumed with more epochs, trains
+    on from where it stopped, the cosine schedule stretched to the new length (not restarted, not ended)."""
+    batches, path = _data(), tmp_path / "state.pt"
+
+    def plan(epochs: int, resume: bool) -> FitPlan:
+        cfg = TrainConfig(epochs=epochs, patience=100, optimizer="sgd", lr=0.1, schedule="cosine")
+        return FitPlan(cfg, make_loss(True, None), torch.device("cpu"), ["a", "b"], state_path=path, resume=resume)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    fit(model, batches, batches, lambda x: x, plan(3, False), progress=False)
+    state = fit(model, batches, batches, lambda x: x, plan(5, True), progress=False)
+    assert [r["epoch"] for r in state.history] == [1, 2, 3, 4, 5] and state.planned == 5
+    lrs = [r["lr"] for r in state.history]
+    assert lrs[:3] == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)])
+    assert lrs[3:] == pytest.approx([0.1 * (1 + math.cos(math.pi * e / 5)) / 2 for e in (3, 4)])
+    assert load_state(path)["scheduler"]["T_max"] == 5
