@@ -8,7 +8,7 @@ linear probe), each in its share of the time left, at the largest image size tha
 other strategies follow in the time the rule's candidates left. Plans come from measured seconds
 (training/auto_plan.py): after every epoch of every candidate the plans still to run are recomputed, and
 each re-plan is recorded; the running candidate's own epochs are fitted to its deadline after each of them
-(`_EpochClock`), so its share is used. When no candidate fits its share, the cheapest one that can finish an
+(training/auto_clock.py), so its share is used. When no candidate fits its share, the cheapest one that can finish an
 epoch in all the time left runs, stopped by the deadline (by the estimate or, within TRY_FACTOR of it, to
 measure instead). Time left when every candidate has run goes to the one still improving when its time ran
 out (`continue_improving`). The candidate with the best validation score is kept; test
@@ -28,10 +28,10 @@ from typing import Callable
 
 from medtl.core.config import RunConfig, run_budget
 from medtl.models.strategies import Classifier, build_classifier
+from medtl.training.auto_clock import EpochClock
 from medtl.training.auto_plan import FT_BATCH, MIN_EPOCHS, Costs, fit, mirror_seconds, sizes
 from medtl.training.auto_plan import step_seconds as _step_seconds
 from medtl.training.auto_state import Keeper, Progress
-from medtl.training.fitstate import FitState
 from medtl.training.loop import monitor_key, release_memory, seed_everything
 from medtl.training.prepared import Prepared
 from medtl.training.results import TrainResult
@@ -46,7 +46,6 @@ RESERVE_S = 15.0  # kept for scoring, figures and the checkpoint after the last 
 AUC_TIE = 0.002  # validation AUCs this close count as equal; the lower validation loss wins
 TRY_FACTOR = 4.0  # when no candidate fits by the estimate, the cheapest still runs if its epoch is estimated at
 # most this many times the time left (a step timed on a busy machine was 4-20x slower than its later epochs)
-MARGIN = 1.1  # a candidate stretched to its deadline plans epochs this much longer than measured
 CONTINUED = "continued from"  # the note of a candidate continued in the time the others left
 __all__ = ["FEW", "CLOSE", "MIN_EPOCHS", "FT_BATCH", "AUC_TIE", "Candidate", "Outcome", "plan", "choose", "beats"]
 
@@ -242,7 +241,7 @@ class _Session:
                                  self.p.in_chans).to(self.p.device)
         log.info("auto: trying %s at %d px, up to %d epochs, %.0f s left for it", strategy, size, epochs,
                  deadline - start)
-        hook = _EpochClock(self, cand_p)
+        hook = EpochClock(self, cand_p)
         result = self.train_fn(cand_p, model, self.progress, [hook])
         row = result.best
         cand = Candidate(strategy, size, epochs, len(result.history), result.best_epoch, float(row["val_auc"]),
@@ -323,53 +322,6 @@ class _Session:
         outcome.record = _record(self.p, self.tried, chosen, self.state)
         log.info("auto: chose %s (%s)", chosen.strategy, outcome.record["reason"])
         return outcome
-
-
-class _EpochClock:
-    """The hook auto gives each candidate: after every epoch it measures the candidate's epochs (their own
-    time: the candidate's setup is not in it), fits the candidate's epochs to its deadline (more when they are
-    faster than planned, fewer when slower: the cosine schedule follows) and re-plans the candidates still to
-    run; the progress is kept."""
-
-    def __init__(self, run: _Session, p: Prepared):
-        self.run, self.strategy, self.size = run, p.cfg.model.strategy, p.size
-        self.deadline, self.most = p.deadline, run.p.cfg.train.epochs
-
-    def __call__(self, state: FitState) -> None:
-        self.run.state.current["epoch"] = state.epoch
-        timed = [float(h["seconds"]) for h in state.history if "seconds" in h]
-        if self.strategy == "linear" or not timed:
-            self.run.save()
-            return
-        epoch = sum(timed) / len(timed)
-        self.run.costs.measured(self.strategy, self.size, epoch)
-        reason = f"{self.strategy} epoch {state.epoch} measured"
-        if not state.stopped and self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            fits = self.fitted(state, epoch, left)
-            if fits != state.planned:
-                reason += f"; its epochs {state.planned} -> {fits} ({epoch:.0f} s each, {left:.0f} s to its deadline)"
-                state.planned = self.run.state.current["epochs"] = fits
-        self.run.replan(self.strategy, state.epoch, reason)
-
-    def fitted(self, state: FitState, epoch: float, left: float) -> int:
-        """The candidate's epochs for `left` seconds to its deadline at `epoch` seconds each: fewer when the
-        planned ones would not fit even at the measured pace, more when more fit with MARGIN to spare, else as
-        planned (so that the schedule does not swing with the noise of epoch times)."""
-        at_pace = state.epoch + max(int(left // epoch), 0)
-        spared = min(self.most, state.epoch + max(int(left // (epoch * MARGIN)), 0))
-        if state.planned > at_pace:
-            return at_pace
-        return max(state.planned, spared)
-
-    def measure_candidate(self, history: list[dict], seconds: float) -> None:
-        """The finished candidate's epochs as training timed them (history `seconds`), and its setup."""
-        timed = [float(h["seconds"]) for h in history if "seconds" in h]
-        if self.strategy == "linear" or not timed:
-            return
-        self.run.costs.measured(self.strategy, self.size, sum(timed) / len(timed), seconds - sum(timed))
-        self.run.replan(self.strategy, "end", f"{self.strategy} finished after {len(history)} epochs "
-                                              f"in {seconds:.0f} s")
 
 
 def _candidate(record: dict) -> Candidate:

@@ -208,7 +208,8 @@ def test_a_candidates_epochs_follow_its_pace_without_swinging():
     pace, so the plan stays (a 10 % margin alone would have said 4, then 5 again, swinging the schedule); it
     shrinks only when the planned epochs do not fit at the pace measured, and grows when more fit with margin."""
     from types import SimpleNamespace
-    fitted = auto._EpochClock.fitted
+    from medtl.training.auto_clock import EpochClock
+    fitted = EpochClock.fitted
     clock = SimpleNamespace(most=20)
     assert fitted(clock, FitState(epoch=1, planned=5), 107.4, 448.0) == 5
     assert fitted(clock, FitState(epoch=1, planned=5), 107.4, 300.0) == 3
@@ -248,7 +249,9 @@ def test_time_left_when_the_last_candidate_stops_early_continues_the_one_still_i
     folder = tmp_path / "runs" / "r"
     folder.mkdir(parents=True)
     clock = [1000.0]
-    monkeypatch.setattr(auto, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    from medtl.training import auto_clock
+    for module in (auto, auto_clock):
+        monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     p.state_path, p.deadline = folder / "state.pt", clock[0] + 300
     monkeypatch.setattr(auto, "_step_seconds", lambda p: 1.0)
     monkeypatch.setattr(auto, "plan", lambda n, sim: (["full", "partial"], "many (test)"))
