@@ -102,6 +102,15 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
     return TrainResult(state.history, state.best_epoch, {"val": scores})
 
 
+def backbone_features(p: Prepared, model: Classifier, split: str) -> np.ndarray | None:
+    """The pooled backbone features of every image of `split` (split order) from the feature cache, when the
+    backbone is the frozen one the cache holds (linear); None otherwise (its trained backbone must run)."""
+    if p.cfg.model.strategy != "linear":
+        return None
+    with distributed.main_first():
+        return _features(p, FrozenPass(p, model.backbone, images=len(p.splits.refs[split])), split, 0, False)
+
+
 def scores_from_cache(p: Prepared, model: Classifier, split: str, progress: bool,
                       mirror: bool = False) -> SplitScores | None:
     """Scores of `split` for a model whose frozen part has a cache (linear: the backbone's features; partial:

@@ -24,9 +24,17 @@ from medtl.evaluation.shift import REFERENCE_FILE, SAMPLE, FeatureReference
 from medtl.models.checkpoint import Checkpoint
 from medtl.models.reference import logits_and_features
 from medtl.models.strategies import Classifier, to_probs
+from medtl.training.cached import backbone_features
 from medtl.training.prepare import Prepared, prepare
 
 log = logging.getLogger(__name__)
+
+
+def _features(p: Prepared, model: Classifier, split: str, index: np.ndarray) -> np.ndarray:
+    """Pooled backbone features of the images `index` of `split`: read from the feature cache when the backbone
+    is the frozen, cached one (linear: a warm rerun runs no network), else from a pass of the model."""
+    cached = backbone_features(p, model, split)
+    return cached[index] if cached is not None else _pass(p, model, split, index, False)[1]
 
 
 def _pass(p: Prepared, model: Classifier, split: str, index: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -54,14 +62,14 @@ def save_reference(p: Prepared, model: Classifier, run_folder: str | Path, val_p
     them, from this pass's logits (with `temperature`, and the run's eval.tta)."""
     rng = np.random.default_rng(p.cfg.train.seed)
     tta = p.cfg.eval.tta == "hflip"
-    _, train_feats = _pass(p, model, "train", _sample(len(p.splits.refs["train"]), rng), False)
+    train_feats = _features(p, model, "train", _sample(len(p.splits.refs["train"]), rng))
     labels = p.splits.labels["val"]
     if val_probs is None:
         logits, val_all = _pass(p, model, "val", np.arange(len(labels)), tta)
         val_probs = to_probs(torch.from_numpy(logits) / temperature).numpy()
         val_feats = val_all[_sample(len(labels), rng)]
     else:
-        _, val_feats = _pass(p, model, "val", _sample(len(labels), rng), False)
+        val_feats = _features(p, model, "val", _sample(len(labels), rng))
     ref = FeatureReference.build(train_feats, val_feats, nonconformity(val_probs, labels))
     path = ref.save(Path(run_folder) / REFERENCE_FILE)
     log.info("feature reference: %d training and %d validation images, %d calibration scores -> %s",
