@@ -106,9 +106,8 @@ def backbone_features(p: Prepared, model: Classifier, split: str) -> np.ndarray 
     """The pooled backbone features of every image of `split` (split order) from the feature cache, when the
     backbone is the frozen one the cache holds (linear); None otherwise (its trained backbone must run)."""
     if p.cfg.model.strategy != "linear":
-        return None
-    with distributed.main_first():
-        return _features(p, FrozenPass(p, model.backbone, images=len(p.splits.refs[split])), split, 0, False)
+        return None  # no collective here: under torchrun only rank 0 writes the run's reference and calls this
+    return _features(p, FrozenPass(p, model.backbone, images=len(p.splits.refs[split])), split, 0, False)
 
 
 def scores_from_cache(p: Prepared, model: Classifier, split: str, progress: bool,
