@@ -24,7 +24,7 @@ class EpochClock:
 
     def __call__(self, state: FitState) -> None:
         self.run.state.current["epoch"] = state.epoch
-        timed = [float(h["seconds"]) for h in state.history if "seconds" in h]
+        timed = _timed(state.history)
         if self.strategy == "linear" or not timed:
             self.run.save()
             return
@@ -51,9 +51,14 @@ class EpochClock:
 
     def measure_candidate(self, history: list[dict], seconds: float) -> None:
         """The finished candidate's epochs as training timed them (history `seconds`), and its setup."""
-        timed = [float(h["seconds"]) for h in history if "seconds" in h]
+        timed = _timed(history)
         if self.strategy == "linear" or not timed:
             return
         self.run.costs.measured(self.strategy, self.size, sum(timed) / len(timed), seconds - sum(timed))
         self.run.replan(self.strategy, "end", f"{self.strategy} finished after {len(history)} epochs "
                                               f"in {seconds:.0f} s")
+
+
+def _timed(history: list[dict]) -> list[float]:
+    """Each epoch's own seconds, as the fit loop recorded them (the candidate's setup not in them)."""
+    return [float(h["seconds"]) for h in history if "seconds" in h]
