@@ -5,7 +5,7 @@ carving, the decoded-image store, the audit); prints a table, writes JSON.
 
 Each phase runs in its own process (imports done before the clock starts), one after the other, on one cache:
   cold        an empty cache: every image read, hashed and decoded into the store at the backbone's size
-  warm        the same again: the store is reused
+  warm        the same again: the store is reused, digests and audit facts come from the facts cache
   other-size  a run that also prepares another image size (auto's fine-tuning candidates at a smaller size):
               `prepare`, then `Prepared.at_size(160)` in the same process: the same splits, keys and audit, only
               a new store, decoded from the bytes read once (before issue 25 it was a whole `prepare` again, in

@@ -43,11 +43,13 @@ def audit(data: PathLike, perceptual: bool = True, output: PathLike | None = Non
     widths, and with `target_width` the test images that width needs); `settings` are data options such as
     `val_fraction`."""
     from medtl.core.io import write_json
+    from medtl.data import facts_cache
     from medtl.data.audit import audit as run_audit
     from medtl.data.sources import discover
     from medtl.evaluation.sample_size import for_labels
 
     cfg = make_config(data, **settings)
+    facts_cache.use_cache_root(cfg.cache.dir)  # what `medtl train` on the same data reads again
     splits = discover(cfg.data, cfg.data.split_seed)
     result = run_audit(splits, perceptual)
     if "test" in splits.labels:

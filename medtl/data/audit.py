@@ -20,8 +20,11 @@ from scipy.stats import chi2_contingency
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.tree import DecisionTreeClassifier
 
+from medtl.data import facts_cache
+from medtl.data.facts_cache import FileFacts
+from medtl.data.images import (NPZ_SEP, READ_ERRORS, content_digest, file_stat, is_dicom_file, open_file, open_image,
+                              to_uint8)
 from medtl.data.splits import DataSplits
-from medtl.data.images import NPZ_SEP, READ_ERRORS, content_digest, is_dicom_file, open_file, open_image, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,28 @@ class Facts:
     error: str = ""
 
 
-def image_facts(ref: str, split: str, label: int, perceptual: bool) -> Facts:
+def read_facts(jobs: list[tuple[str, str, int]], perceptual: bool) -> list[Facts]:
+    """Facts of each (ref, split, label), read in threads; those read from the files now (not found in the
+    current facts cache) are kept there in one write."""
+    with ThreadPoolExecutor() as pool:
+        read = list(pool.map(lambda j: _read(*j, perceptual), jobs))
+    cache = facts_cache.current()
+    if cache is not None:
+        cache.put((f.ref, new) for f, new in read if new is not None)
+    return [f for f, _ in read]
+
+
+def _read(ref: str, split: str, label: int, perceptual: bool) -> tuple[Facts, FileFacts | None]:
+    """The facts, and what to keep of them in the facts cache when they were read from the file now."""
     f = Facts(ref, split, label)
     try:
+        size, mtime_ns = file_stat(ref)
+        cache = facts_cache.current()
+        known = cache.get(ref, size, mtime_ns) if cache is not None else None
+        if known is not None and (known.phash is not None or not perceptual):
+            f.sha1, f.phash, f.format, f.mode = known.sha1.hex(), known.phash or 0, known.format, known.mode
+            f.bits, f.width, f.height = known.bits, known.width, known.height
+            return f, None
         f.sha1 = content_digest(ref).hex()
         img, f.format = _open_raw(ref, load=perceptual)
         f.mode, (f.width, f.height) = img.mode, img.size
@@ -57,7 +79,9 @@ def image_facts(ref: str, split: str, label: int, perceptual: bool) -> Facts:
             f.phash = int(str(imagehash.phash(to_uint8(img).convert("L"))), 16)
     except READ_ERRORS as exc:
         f.error = f"{exc.__class__.__name__}: {exc}"
-    return f
+        return f, None
+    return f, FileFacts(size, mtime_ns, bytes.fromhex(f.sha1), f.phash if perceptual else None, f.format, f.mode,
+                        f.bits, f.width, f.height)
 
 
 def _open_raw(ref: str, load: bool = True) -> tuple[Image.Image, str]:
@@ -74,9 +98,8 @@ def _open_raw(ref: str, load: bool = True) -> tuple[Image.Image, str]:
 
 
 def collect(splits: DataSplits, perceptual: bool = True) -> list[Facts]:
-    jobs = [(r, s, int(y)) for s in splits.refs for r, y in zip(splits.refs[s], splits.labels[s])]
-    with ThreadPoolExecutor() as pool:
-        return list(pool.map(lambda j: image_facts(*j, perceptual), jobs))
+    return read_facts([(r, s, int(y)) for s in splits.refs for r, y in zip(splits.refs[s], splits.labels[s])],
+                      perceptual)
 
 
 def exact_duplicates(facts: list[Facts], classes: list[str]) -> list[dict]:

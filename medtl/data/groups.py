@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from medtl.data.audit import NEAR_BITS, image_facts, near_pairs
+from medtl.data.audit import NEAR_BITS, near_pairs, read_facts
 from medtl.data.images import READ_ERRORS, content_digest
 
 
@@ -22,8 +22,7 @@ def content_groups(refs: list[str], near: bool = False) -> dict[str, str]:
     groups = dict(zip(refs, digests))
     if not near:
         return groups
-    with ThreadPoolExecutor() as pool:
-        facts = list(pool.map(lambda r: image_facts(r, "", 0, perceptual=True), refs))
+    facts = read_facts([(r, "", 0) for r in refs], perceptual=True)
     return _clusters(groups, [f.ref for f in facts if not f.error],
                      np.array([f.phash for f in facts if not f.error], dtype=np.uint64))
 

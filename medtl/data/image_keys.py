@@ -6,7 +6,6 @@ training data. Near copies are found as `medtl audit` finds them: 64-bit percept
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from medtl.core.io import write_json
 from medtl.core.runfolder import RunFolder
-from medtl.data.audit import NEAR_BITS, Facts, image_facts
+from medtl.data.audit import NEAR_BITS, Facts, read_facts
 from medtl.data.splits import DataSplits
 
 KEPT_SPLITS = ("train", "val")  # the images that trained the model and chose it
@@ -37,8 +36,9 @@ def facts_of(refs: list[str], known: dict[str, Facts] | None = None) -> list[Fac
     """Digest and perceptual hash of each ref (unreadable ones carry `error`): from `known` (the audit's, collected
     before training) where it holds them, the others read in threads."""
     known = known or {}
-    with ThreadPoolExecutor() as pool:
-        return list(pool.map(lambda r: known.get(r) or image_facts(r, "", 0, perceptual=True), refs))
+    found = dict(zip((r for r in refs if r not in known),
+                     read_facts([(r, "", 0) for r in refs if r not in known], perceptual=True)))
+    return [known.get(r) or found[r] for r in refs]
 
 
 def write_image_keys(folder: str | Path | RunFolder, splits: DataSplits,

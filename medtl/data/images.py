@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medtl.data import facts_cache
 from medtl.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 from medtl.data.pixels import finite
 from medtl.core.errors import MedtlError
@@ -43,6 +44,7 @@ def _npz_array(path: str, key: str) -> np.ndarray:
 
 
 KEPT_BYTES = 256 << 20  # image file bytes kept in memory after their first read, for decoding and the audit
+WHOLE_READ_BYTES = 64 << 20  # larger image files are decoded from disk, not read into memory first
 
 
 class _ReadOnce:
@@ -89,11 +91,20 @@ def read_bytes(ref: str) -> bytes:
 
 def content_digest(ref: str) -> bytes:
     """SHA-1 of `read_bytes(ref)`, remembered by the file's path, size and modification time: a run's content
-    keys, carving groups and audit hash each image file once, not once each. A file rewritten in place gets a
-    new time, so a new digest (a rewrite within the file system's time resolution that keeps the size is the
-    one change it would miss, as for git's index)."""
+    keys, carving groups and audit hash each image file once, not once each, and a rerun finds it in the
+    current facts cache (data/facts_cache.py) without reading the file. A file rewritten in place gets a new
+    time, so a new digest (a rewrite within the file system's time resolution that keeps the size is the one
+    change it would miss, as for git's index)."""
+    size, mtime_ns = file_stat(ref)
+    cache = facts_cache.current()
+    known = cache.get(ref, size, mtime_ns) if cache is not None else None
+    return known.sha1 if known is not None else _digest_of(ref, size, mtime_ns)
+
+
+def file_stat(ref: str) -> tuple[int, int]:
+    """Size and modification time (ns) of the file holding `ref` (the .npz of an array image)."""
     st = os.stat(ref.split(NPZ_SEP)[0])
-    return _digest_of(ref, st.st_size, st.st_mtime_ns)
+    return st.st_size, st.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=1 << 18)  # ~60 MB for 262,144 images at most
@@ -138,9 +149,14 @@ def open_image(ref: str, window: str = "auto", max_pixels: int = DEFAULT_MAX_PIX
     if NPZ_SEP in ref:
         path, split, index = ref.split(NPZ_SEP)
         return _finite_image(Image.fromarray(_npz_array(path, f"{split}_images")[int(index)]), ref)
-    if is_dicom_file(ref):
+    if Path(ref).suffix.lower() in DICOM_SUFFIXES:
         return read_dicom(ref, window, max_pixels)
-    with open_file(ref, max_pixels) as img:
+    # decoding needs every byte: one read, kept (within KEPT_BYTES) for another size; a file larger than any
+    # image format's header check should hold in memory whole is opened from disk, as PIL reads it
+    data = FILES.read(ref) if os.path.getsize(ref) <= WHOLE_READ_BYTES else None
+    if is_dicom(ref if data is None else data):  # a DICOM file without its suffix
+        return read_dicom(ref, window, max_pixels)
+    with open_file(ref, max_pixels, data) as img:
         reduce_on_decode(img, reduce_to)
         img.load()
         if img.mode == "P":
@@ -164,10 +180,10 @@ def is_dicom_file(ref: str) -> bool:
     return is_dicom(ref) if isinstance(source, str) else is_dicom(source.getvalue())
 
 
-def open_file(ref: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """`open_checked` of an image file, from its kept bytes when it has been read (`_ReadOnce`); an unreadable
-    file's error names its path either way."""
-    source = FILES.source(ref)
+def open_file(ref: str, max_pixels: int = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> Image.Image:
+    """`open_checked` of an image file, from `data` (its bytes, read by the caller) or its kept bytes when it
+    has been read (`_ReadOnce`); an unreadable file's error names its path either way."""
+    source = io.BytesIO(data) if data is not None else FILES.source(ref)
     try:
         return open_checked(source, max_pixels)
     except UnidentifiedImageError:

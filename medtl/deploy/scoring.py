@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader
 
 from medtl.core.device import pick_device
 from medtl.core.errors import MedtlError
-from medtl.core.io import cache_root
 from medtl.core.logs import progress as progress_of
 from medtl.core.runfolder import RunFolder
+from medtl.data import facts_cache
 from medtl.data.datasets import StoreDataset
 from medtl.data.images import build_store, check_failures
 from medtl.deploy.site_data import find_split, map_classes, parse_class_map
@@ -53,13 +53,13 @@ def score_data(run_dir: str | Path, data: str | Path, split: str = "test", class
                progress: bool = True, device: str | None = None) -> Scored:
     """Score every readable image of `split` of `data` with the run's model, preprocessing and temperature."""
     ckpt = Checkpoint.load(RunFolder(run_dir).require_checkpoint())
-    data = str(data)
+    data, cache_dir = str(data), facts_cache.use_cache_root(ckpt.config.cache.dir)
     splits = find_split(ckpt, data, split)
     mapping = map_classes(data, splits.classes, ckpt.classes, parse_class_map(classes))
     index = np.array([ckpt.classes.index(mapping[c]) for c in splits.classes])
     refs, labels = splits.refs[split], index[splits.labels[split]]
     pre = ckpt.preprocess
-    store = build_store(refs, pre.size, cache_root(ckpt.config.cache.dir), progress, pre.decoding)
+    store = build_store(refs, pre.size, cache_dir, progress, pre.decoding)
     skipped = {**splits.rejected, **store.failed}
     check_failures(skipped, ckpt.config.data.strict)
     keep = [i for i, r in enumerate(refs) if r not in store.failed]

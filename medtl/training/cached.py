@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from medtl.data.datasets import train_transform
 from medtl.models.backbones import weights_id
@@ -43,9 +43,9 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
     with distributed.main_first():
         feats = {s: _features(p, frozen, s, view=0, progress=progress) for s in p.splits.refs}
         train_x = [feats["train"]] + _augmented_views(p, frozen, progress)
-    y = {s: torch.from_numpy(p.splits.labels[s]) for s in p.splits.refs}
-    train_ds = TensorDataset(torch.from_numpy(np.concatenate(train_x)), y["train"].repeat(len(train_x)))
-    val = p.batches(TensorDataset(torch.from_numpy(np.array(feats["val"])), y["val"]), 1024, train=False)
+    y = p.splits.labels
+    train_ds = RowsDataset(np.concatenate(train_x), np.tile(y["train"], len(train_x)), (-1,))
+    val = p.batches(RowsDataset(np.array(feats["val"]), y["val"], (-1,)), 1024, train=False)
     train = p.batches(train_ds, tc.batch_size, train=True)
     def to_dev(x):
         return x.to(p.device)
@@ -147,8 +147,9 @@ class PairedRows:
     def __init__(self, *arrays: np.ndarray):
         self.arrays = arrays
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        return np.stack([a[i] for a in self.arrays])
+    def __getitem__(self, i: int | list[int]) -> np.ndarray:
+        """Row i as (views, ...); rows [i, j, ...] as (rows, views, ...)."""
+        return np.stack([a[i] for a in self.arrays], axis=1 if isinstance(i, list) else 0)
 
 
 class MeanOfViews(nn.Module):
@@ -206,7 +207,8 @@ class FrozenPass:
 
 
 class RowsDataset(torch.utils.data.Dataset):
-    """Rows of a (memory-mapped) 2-D array, reshaped to `shape`, with labels."""
+    """Rows of a (memory-mapped) 2-D array, reshaped to `shape`, with labels; a loader fetches a whole batch in
+    one read of the array (`__getitems__`), not row by row."""
 
     def __init__(self, array: np.ndarray, labels: np.ndarray, shape: tuple[int, ...]):
         self.array, self.labels, self.shape = array, labels, shape
@@ -216,6 +218,14 @@ class RowsDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return torch.from_numpy(np.array(self.array[i])).view(self.shape), int(self.labels[i])
+
+    def __getitems__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.array(self.array[rows])).view(len(rows), *self.shape)
+        return x, torch.from_numpy(np.asarray(self.labels[rows], dtype=np.int64))
+
+    @staticmethod
+    def collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch  # `__getitems__` made the batch
 
 
 class RotatingViews:

@@ -2,7 +2,8 @@
 splits, the decoded image store and the preprocessing that travels with the weights (`Prepared`).
 
 Discovery, carving, content keys and the audit happen once per run; another image size is `Prepared.at_size`.
-Each image file is read once per run (`images._ReadOnce`): its hash, its decoding and the audit share the bytes."""
+Each image file is read once per run (`images._ReadOnce`): its hash, its decoding and the audit share the bytes;
+a rerun reads none (its digest and audit facts come from data/facts_cache.py, its pixels from the image cache)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from medtl.core.config import RunConfig
 from medtl.core.errors import MedtlError
-from medtl.core.io import cache_root
+from medtl.data import facts_cache
 from medtl.data.audit import audit, collect, warnings_for
 from medtl.data.images import Decoding, build_store, check_failures
 from medtl.data.preprocess import Preprocess
@@ -36,13 +37,13 @@ def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None =
     spec = get_spec(cfg.model.backbone)
     weights = effective_weights(cfg.model)
     device = set_up(cfg.runtime, device)
+    cache_dir = facts_cache.use_cache_root(cfg.cache.dir)  # each image's digest and audit facts, kept across runs
     splits = discover(cfg.data, cfg.data.split_seed, whole_tree_as)
     for note in splits.notes:
         log.info("split: %s", note)
     decoding = Decoding.of(cfg.data)
     pre = Preprocess(cfg.data.image_size or spec.input_size, 1 if cfg.data.channels == "adapt" else 3,
                      spec.mean, spec.std, decoding)
-    cache_dir = cache_root(cfg.cache.dir)
     with distributed.main_first():
         store = build_store(splits.all_refs(), pre.size, cache_dir, progress, decoding)
     check_failures({**splits.rejected, **store.failed}, cfg.data.strict)

@@ -63,8 +63,10 @@ class Prepared:
                                   num_workers=workers, persistent_workers=workers > 0 and train)
 
     def batches(self, dataset, batch_size: int, train: bool) -> DataLoader:
-        """This process's share of an in-memory data set (features, activations)."""
-        return distributed.loader(dataset, batch_size, train, self.cfg.train.seed)
+        """This process's share of an in-memory data set (features, activations); one that makes whole batches
+        itself (`collate`, as `cached.RowsDataset`) is collated by it."""
+        return distributed.loader(dataset, batch_size, train, self.cfg.train.seed,
+                                  collate_fn=getattr(dataset, "collate", None))
 
     @property
     def workers(self) -> int:

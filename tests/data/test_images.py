@@ -106,7 +106,8 @@ def test_allocator_tuning_applies_on_glibc_linux():
 
 def test_prepare_hashes_each_image_file_once(image_tree, cache_dir, monkeypatch):
     """Content keys, carving groups and the audit share one digest per file (issue 25: read and hashed once per
-    run); a file rewritten in place gets a new digest."""
+    run); a rerun reads no image file (digests and audit facts from the facts cache, pixels from the image
+    cache); a file rewritten in place is read and hashed again."""
     from collections import Counter
 
     from medtl.core.config import RunConfig, apply_overrides
@@ -114,15 +115,18 @@ def test_prepare_hashes_each_image_file_once(image_tree, cache_dir, monkeypatch)
     from medtl.training.prepare import prepare
 
     cfg = apply_overrides(RunConfig(), {"data.path": str(image_tree), "model.backbone": "resnet18",
-                                        "model.weights": "none", "data.image_size": 32})
-    prepare(cfg, progress=False)  # fills the image cache
-    images._digest_of.cache_clear()
+                                        "model.weights": "none", "data.image_size": 32, "data.group": "near_duplicates"})
     reads = Counter()
     real = images.read_bytes
     monkeypatch.setattr(images, "read_bytes", lambda ref: reads.update([ref]) or real(ref))
+    images._digest_of.cache_clear()
+    first_run = prepare(cfg, progress=False)
+    assert set(reads) == set(first_run.splits.all_refs()) and set(reads.values()) == {1}
+    images._digest_of.cache_clear()  # a new process: only the cache folder remembers
+    reads.clear()
     p = prepare(cfg, progress=False)
-    assert set(reads) == set(p.splits.all_refs()) and set(reads.values()) == {1}
+    assert not reads and p.facts == first_run.facts and p.store.key == first_run.store.key
     first = p.splits.all_refs()[0]
     before = images.content_digest(first)
     Image.new("L", (40, 40), 7).save(first)
-    assert images.content_digest(first) != before and reads[first] == 2
+    assert images.content_digest(first) != before and reads[first] == 1

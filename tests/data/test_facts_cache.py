@@ -1,0 +1,106 @@
+"""The image facts cache (data/facts_cache.py): a rerun reads no image file for its digests and audit facts,
+a changed file is read again, and a hostile or interrupted cache never gives a wrong fact."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import pytest
+from PIL import Image
+
+from medtl.core.errors import MedtlError
+from medtl.data import audit, facts_cache, images
+from medtl.data.facts_cache import FILE, FactsCache, FileFacts
+
+
+@pytest.fixture
+def one_image(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("L", (40, 30), 100).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    folder = tmp_path / "cache"
+    yield facts_cache.use(folder)
+    facts_cache.use(None)
+
+
+def _counted_reads(monkeypatch) -> list[str]:
+    reads: list[str] = []
+    real = images.read_bytes
+    monkeypatch.setattr(images, "read_bytes", lambda ref: reads.append(ref) or real(ref))
+    images._digest_of.cache_clear()
+    return reads
+
+
+def test_facts_read_once_then_from_the_cache_until_the_file_changes(one_image, cache, monkeypatch):
+    reads = _counted_reads(monkeypatch)
+    first = audit.read_facts([(one_image, "train", 0)], perceptual=True)[0]
+    assert reads == [one_image] and (first.width, first.height, first.mode, first.format) == (40, 30, "L", "PNG")
+    images._digest_of.cache_clear()  # as in a new process
+    again = audit.read_facts([(one_image, "val", 1)], perceptual=True)[0]
+    assert reads == [one_image] and (again.sha1, again.phash, again.split) == (first.sha1, first.phash, "val")
+    assert images.content_digest(one_image).hex() == first.sha1 and reads == [one_image]
+    Image.new("L", (41, 30), 100).save(one_image)  # rewritten in place: new size and time
+    changed = audit.read_facts([(one_image, "train", 0)], perceptual=True)[0]
+    assert reads == [one_image, one_image] and changed.width == 41 and changed.sha1 != first.sha1
+
+
+def test_header_only_facts_do_not_answer_a_perceptual_read(one_image, cache):
+    header = audit.read_facts([(one_image, "train", 0)], perceptual=False)[0]
+    assert header.phash == 0
+    kept = cache.get(one_image, *images.file_stat(one_image))
+    assert kept is not None and kept.phash is None
+    full = audit.read_facts([(one_image, "train", 0)], perceptual=True)[0]
+    assert full.phash != 0 and cache.get(one_image, *images.file_stat(one_image)).phash == full.phash
+
+
+def test_unreadable_files_are_not_kept(tmp_path, cache):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    facts = audit.read_facts([(str(bad), "train", 0)], perceptual=True)[0]
+    assert facts.error and cache.get(str(bad), *images.file_stat(str(bad))) is None
+
+
+def test_a_hostile_row_is_read_again_not_trusted(one_image, cache, monkeypatch):
+    audit.read_facts([(one_image, "train", 0)], perceptual=True)
+    size, mtime = images.file_stat(one_image)
+    with sqlite3.connect(cache.path) as db:
+        db.execute("UPDATE facts SET sha1 = ?, phash = 'zz' WHERE ref = ?", (b"short", one_image))
+    assert cache.get(one_image, size, mtime) is None
+    reads = _counted_reads(monkeypatch)
+    facts = audit.read_facts([(one_image, "train", 0)], perceptual=True)[0]
+    assert reads == [one_image] and len(bytes.fromhex(facts.sha1)) == 20
+    assert cache.get(one_image, size, mtime).sha1.hex() == facts.sha1  # the bad row replaced
+
+
+def test_a_file_that_is_not_a_database_is_set_aside_and_rebuilt(tmp_path, one_image, caplog):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / FILE).write_bytes(b"garbage " * 512)
+    with caplog.at_level(logging.WARNING):
+        cache = FactsCache(folder)
+    assert "not a readable database" in caplog.text and (folder / f"{FILE}.unreadable").is_file()
+    cache.put([(one_image, FileFacts(1, 2, b"x" * 20, 5, "PNG", "L", 8, 4, 4))])
+    assert cache.get(one_image, 1, 2).phash == 5
+    cache.close()
+
+
+def test_a_failed_write_keeps_earlier_rows_and_adds_none(tmp_path):
+    cache = FactsCache(tmp_path)
+    good = FileFacts(1, 2, b"x" * 20, 5, "PNG", "L", 8, 4, 4)
+    cache.put([("a", good)])
+    with pytest.raises(OverflowError):  # the second row cannot be stored: the whole write is undone
+        cache.put([("b", good), ("c", FileFacts(1 << 70, 2, b"x" * 20, 5, "PNG", "L", 8, 4, 4))])
+    assert cache.get("a", 1, 2) == good and cache.get("b", 1, 2) is None
+    cache.close()
+
+
+def test_a_cache_folder_that_cannot_hold_the_file_is_one_line(tmp_path):
+    folder = tmp_path / "cache"
+    (folder / FILE).mkdir(parents=True)  # a folder where the database file should be
+    with pytest.raises(MedtlError, match="facts cache .* cannot be opened .*MEDTL_CACHE"):
+        FactsCache(folder)
