@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 FILE = "facts-v1.sqlite3"  # a new name when the rows' meaning changes, so older files are not read
 SHA1_BYTES = 20
+# a file modified this recently is not kept: a second write within the file system's time resolution (a few ms),
+# with the same size, would keep its time, and its old facts would be trusted (git's "racily clean" entries)
+RACY_NS = 2_000_000_000
 COLUMNS = "ref, size, mtime_ns, sha1, phash, format, mode, bits, width, height"
 
 
@@ -86,9 +90,11 @@ class FactsCache:
         return _parsed(row)
 
     def put(self, rows: Iterable[tuple[str, FileFacts]]) -> None:
-        """Keep these facts (replacing older ones of the same refs), all in one transaction."""
+        """Keep these facts (replacing older ones of the same refs), all in one transaction; facts of a file
+        modified in the last RACY_NS are not kept (read again next time)."""
+        settled = time.time_ns() - RACY_NS
         values = [(ref, f.size, f.mtime_ns, f.sha1, None if f.phash is None else f"{f.phash:016x}",
-                   *astuple(f)[4:]) for ref, f in rows]
+                   *astuple(f)[4:]) for ref, f in rows if f.mtime_ns < settled]
         if not values:
             return
         try:

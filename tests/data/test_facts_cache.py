@@ -4,7 +4,9 @@ a changed file is read again, and a hostile or interrupted cache never gives a w
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import time
 
 import pytest
 from PIL import Image
@@ -18,7 +20,13 @@ from medtl.data.facts_cache import FILE, FactsCache, FileFacts
 def one_image(tmp_path):
     path = tmp_path / "a.png"
     Image.new("L", (40, 30), 100).save(path)
+    _settle(path)
     return str(path)
+
+
+def _settle(path, age_s: int = 3600) -> None:
+    """Date the file an hour back: files modified in the last seconds are not kept (RACY_NS)."""
+    os.utime(path, ns=(time.time_ns() - age_s * 10**9,) * 2)
 
 
 @pytest.fixture
@@ -47,6 +55,21 @@ def test_facts_read_once_then_from_the_cache_until_the_file_changes(one_image, c
     Image.new("L", (41, 30), 100).save(one_image)  # rewritten in place: new size and time
     changed = audit.read_facts([(one_image, "train", 0)], perceptual=True)[0]
     assert reads == [one_image, one_image] and changed.width == 41 and changed.sha1 != first.sha1
+
+
+def test_a_file_modified_seconds_ago_is_read_again_not_kept(one_image, cache, monkeypatch):
+    """A second write within the file system's time resolution, same size, would keep the file's time: facts of
+    a file that recent are not kept."""
+    Image.new("L", (40, 30), 200).save(one_image)  # just now
+    reads = _counted_reads(monkeypatch)
+    audit.read_facts([(one_image, "train", 0)], perceptual=True)
+    assert cache.get(one_image, *images.file_stat(one_image)) is None
+    images._digest_of.cache_clear()
+    audit.read_facts([(one_image, "train", 0)], perceptual=True)
+    assert reads == [one_image, one_image]
+    _settle(one_image)
+    audit.read_facts([(one_image, "train", 0)], perceptual=True)
+    assert cache.get(one_image, *images.file_stat(one_image)) is not None
 
 
 def test_header_only_facts_do_not_answer_a_perceptual_read(one_image, cache):

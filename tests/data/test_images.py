@@ -1,6 +1,8 @@
 """Every image mode loads to 8-bit L or RGB; unreadable files are reported; the image cache is reused."""
 
 import logging
+import os
+import time
 
 import numpy as np
 import pytest
@@ -116,6 +118,9 @@ def test_prepare_hashes_each_image_file_once(image_tree, cache_dir, monkeypatch)
 
     cfg = apply_overrides(RunConfig(), {"data.path": str(image_tree), "model.backbone": "resnet18",
                                         "model.weights": "none", "data.image_size": 32, "data.group": "near_duplicates"})
+    hour_ago = time.time_ns() - 3600 * 10**9  # files modified seconds ago are read again each run (RACY_NS)
+    for path in image_tree.rglob("*.png"):
+        os.utime(path, ns=(hour_ago, hour_ago))
     reads = Counter()
     real = images.read_bytes
     monkeypatch.setattr(images, "read_bytes", lambda ref: reads.update([ref]) or real(ref))
