@@ -41,7 +41,8 @@ def audit(data: PathLike, perceptual: bool = True, output: PathLike | None = Non
     """Class balance, unreadable files, exact and near duplicates within and across splits, class-correlated
     properties (shortcuts), and whether the test split is large enough (`sample_size`: expected 95 % interval
     widths, and with `target_width` the test images that width needs); `settings` are data options such as
-    `val_fraction`."""
+    `val_fraction`. Each image's facts are kept in medtl's cache folder (data/facts_cache.py), so a later
+    `train` on the same files reads none of them again."""
     from medtl.core.io import write_json
     from medtl.data import facts_cache
     from medtl.data.audit import audit as run_audit

@@ -8,6 +8,7 @@ the audit warns about every property whose distribution differs by class.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,21 +53,22 @@ class Facts:
 def read_facts(jobs: list[tuple[str, str, int]], perceptual: bool) -> list[Facts]:
     """Facts of each (ref, split, label), read in threads; those read from the files now (not found in the
     current facts cache) are kept there in one write."""
-    with ThreadPoolExecutor() as pool:
-        read = list(pool.map(lambda j: _read(*j, perceptual), jobs))
     cache = facts_cache.current()
+    with ThreadPoolExecutor() as pool:
+        read = list(pool.map(lambda j: _read(*j, perceptual, cache), jobs))
     if cache is not None:
         cache.put((f.ref, new) for f, new in read if new is not None)
     return [f for f, _ in read]
 
 
-def _read(ref: str, split: str, label: int, perceptual: bool) -> tuple[Facts, FileFacts | None]:
-    """The facts, and what to keep of them in the facts cache when they were read from the file now."""
+def _read(ref: str, split: str, label: int, perceptual: bool,
+          cache: facts_cache.FactsCache | None) -> tuple[Facts, FileFacts | None]:
+    """The facts, and what to keep of them in `cache` when they were read from the file now and it had
+    settled (not modified in the seconds before)."""
     f = Facts(ref, split, label)
     try:
-        size, mtime_ns = file_stat(ref)
-        cache = facts_cache.current()
-        known = cache.get(ref, size, mtime_ns) if cache is not None else None
+        read_at, stamp = time.time_ns(), file_stat(ref)
+        known = cache.get(ref, stamp) if cache is not None else None
         if known is not None and (known.phash is not None or not perceptual):
             f.sha1, f.phash, f.format, f.mode = known.sha1.hex(), known.phash or 0, known.format, known.mode
             f.bits, f.width, f.height = known.bits, known.width, known.height
@@ -80,8 +82,10 @@ def _read(ref: str, split: str, label: int, perceptual: bool) -> tuple[Facts, Fi
     except READ_ERRORS as exc:
         f.error = f"{exc.__class__.__name__}: {exc}"
         return f, None
-    return f, FileFacts(size, mtime_ns, bytes.fromhex(f.sha1), f.phash if perceptual else None, f.format, f.mode,
-                        f.bits, f.width, f.height)
+    if not stamp.settled(read_at):
+        return f, None
+    return f, FileFacts(stamp, bytes.fromhex(f.sha1), f.phash if perceptual else None, f.format, f.mode, f.bits,
+                        f.width, f.height)
 
 
 def _open_raw(ref: str, load: bool = True) -> tuple[Image.Image, str]:

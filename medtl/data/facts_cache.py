@@ -4,41 +4,62 @@ on the same files then hashes and decodes none of them before training (its deco
 image cache), where it used to read and decode every file again for the audit.
 
 A row is keyed by the image's ref (absolute path, or "<file.npz>::<split>::<index>") and holds only while its
-file keeps the size and modification time it had when read, as `images.content_digest` keys its memory: a
-file rewritten in place is read again. The cache is one SQLite file (Python's own sqlite3): each write is one
-transaction, so a Ctrl-C or a full disk keeps the rows written before and leaves none half-written; a file
-that is not a readable database is set aside with a warning and rebuilt. Only the process's current cache
-(`use`, set by a run for its cache folder) is read or written; with none set, nothing is kept."""
+file keeps the `Stamp` it had when read: size, modification and status-change times, inode (as git's index):
+a file rewritten in place, a symlink pointed elsewhere, or a folder unpacked again with the old times is read
+again. Facts of a file modified in the RACY_NS before it was read are not kept. The cache is one SQLite file
+(Python's own sqlite3): each write is one transaction, so a Ctrl-C or a full disk keeps the rows written before
+and leaves none half-written; a file that is not a readable database is set aside with a warning and rebuilt.
+Only the process's current cache (`use`, set by a run for its cache folder) is read or written; with none set,
+nothing is kept."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
-import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from medtl.core.errors import MedtlError
 from medtl.core.io import cache_root, make_dir
 
 log = logging.getLogger(__name__)
 
-FILE = "facts-v1.sqlite3"  # a new name when the rows' meaning changes, so older files are not read
+FILE = "facts-v2.sqlite3"  # a new name when the rows' meaning changes, so older files are not read
 SHA1_BYTES = 20
 # a file modified this recently is not kept: a second write within the file system's time resolution (a few ms),
 # with the same size, would keep its time, and its old facts would be trusted (git's "racily clean" entries)
 RACY_NS = 2_000_000_000
-COLUMNS = "ref, size, mtime_ns, sha1, phash, format, mode, bits, width, height"
+STAMP = ("size", "mtime_ns", "ctime_ns", "inode")
+COLUMNS = f"ref, {', '.join(STAMP)}, sha1, phash, format, mode, bits, width, height"
+
+
+class Stamp(NamedTuple):
+    """What says a file is unchanged since it was read (a tool that resets modification times cannot reset the
+    status-change time; a new file has a new inode)."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str) -> "Stamp":
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    def settled(self, read_at_ns: int) -> bool:
+        """Modified at least RACY_NS before `read_at_ns` (time.time_ns() before the stat): its facts may be kept."""
+        return self.mtime_ns < read_at_ns - RACY_NS
 
 
 @dataclass(frozen=True)
 class FileFacts:
-    """One image's facts as read when its file had `size` bytes and modification time `mtime_ns`."""
+    """One image's facts as read when its file had `stamp`."""
 
-    size: int
-    mtime_ns: int
+    stamp: Stamp
     sha1: bytes
     phash: int | None  # None: only the header was read, not the pixels
     format: str
@@ -61,19 +82,23 @@ class FactsCache:
         try:
             return self._connect()
         except sqlite3.OperationalError as exc:  # cannot open, locked, read-only, disk I/O
-            raise MedtlError(f"the image facts cache {self.path} cannot be opened ({exc}); free disk space or fix its "
-                             "permissions, or set MEDTL_CACHE to another folder") from exc
+            raise self._error("cannot be opened", exc) from exc
         except sqlite3.DatabaseError as exc:  # not a database (a hostile or truncated file)
             aside = self.path.with_name(self.path.name + ".unreadable")
             log.warning("image facts cache %s is not a readable database (%s); moved to %s, rebuilding it",
                         self.path, exc, aside.name)
-            self.path.replace(aside)
+            try:
+                self.path.replace(aside)
+            except FileNotFoundError:
+                pass  # another process (a torchrun rank) moved it aside first
+            except OSError as move:
+                raise self._error("is unreadable and cannot be moved aside", move) from move
             return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
         try:
-            db.execute("CREATE TABLE IF NOT EXISTS facts (ref TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+            db.execute(f"CREATE TABLE IF NOT EXISTS facts (ref TEXT PRIMARY KEY, {' INTEGER, '.join(STAMP)} INTEGER, "
                        "sha1 BLOB, phash TEXT, format TEXT, mode TEXT, bits INTEGER, width INTEGER, height INTEGER)")
             db.execute("SELECT count(*) FROM facts").fetchone()
         except BaseException:
@@ -81,20 +106,25 @@ class FactsCache:
             raise
         return db
 
-    def get(self, ref: str, size: int, mtime_ns: int) -> FileFacts | None:
-        """The facts of `ref` when they were read from the file as it is now (same size and time), else None."""
-        with self._lock:
-            row = self._db.execute(f"SELECT {COLUMNS} FROM facts WHERE ref = ?", (ref,)).fetchone()
-        if row is None or tuple(row[1:3]) != (size, mtime_ns):
+    def _error(self, what: str, exc: Exception) -> MedtlError:
+        return MedtlError(f"the image facts cache {self.path} {what} ({exc}); free disk space or fix its permissions, "
+                          "delete the file, or set MEDTL_CACHE to another folder")
+
+    def get(self, ref: str, stamp: Stamp) -> FileFacts | None:
+        """The facts of `ref` when they were read from the file as it is now (the same stamp), else None."""
+        try:
+            with self._lock:
+                row = self._db.execute(f"SELECT {COLUMNS} FROM facts WHERE ref = ?", (ref,)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error("cannot be read", exc) from exc
+        if row is None or tuple(row[1:5]) != tuple(stamp):
             return None
         return _parsed(row)
 
     def put(self, rows: Iterable[tuple[str, FileFacts]]) -> None:
-        """Keep these facts (replacing older ones of the same refs), all in one transaction; facts of a file
-        modified in the last RACY_NS are not kept (read again next time)."""
-        settled = time.time_ns() - RACY_NS
-        values = [(ref, f.size, f.mtime_ns, f.sha1, None if f.phash is None else f"{f.phash:016x}",
-                   *astuple(f)[4:]) for ref, f in rows if f.mtime_ns < settled]
+        """Keep these facts (replacing older ones of the same refs), all in one transaction."""
+        values = [(ref, *f.stamp, f.sha1, None if f.phash is None else f"{f.phash:016x}", *astuple(f)[3:])
+                  for ref, f in rows]
         if not values:
             return
         try:
@@ -102,14 +132,14 @@ class FactsCache:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._db.executemany(f"INSERT OR REPLACE INTO facts ({COLUMNS}) VALUES "
-                                         "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+                                         f"({', '.join('?' * COLUMNS.count(',') + '?')})", values)
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # a failed COMMIT may have rolled back already
+                        self._db.execute("ROLLBACK")
                     raise
         except sqlite3.Error as exc:
-            raise MedtlError(f"could not write the image facts cache {self.path} ({exc}); free disk space, or set "
-                             "MEDTL_CACHE to another folder") from exc
+            raise self._error("cannot be written", exc) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -118,12 +148,11 @@ class FactsCache:
 
 def _parsed(row: tuple) -> FileFacts | None:
     """A row as FileFacts; None for one whose values are not what this module writes (then read again)."""
-    _, size, mtime_ns, sha1, phash, fmt, mode, bits, width, height = row
+    stamp, (sha1, phash, fmt, mode, bits, width, height) = Stamp(*row[1:5]), row[5:]
     try:
         if not isinstance(sha1, bytes) or len(sha1) != SHA1_BYTES:
             return None
-        facts = FileFacts(size, mtime_ns, sha1, None if phash is None else int(phash, 16), fmt, mode, bits, width,
-                          height)
+        facts = FileFacts(stamp, sha1, None if phash is None else int(phash, 16), fmt, mode, bits, width, height)
     except (TypeError, ValueError):
         return None
     typed = all(isinstance(v, int) for v in (bits, width, height)) and all(isinstance(v, str) for v in (fmt, mode))
@@ -135,13 +164,13 @@ _current_lock = threading.Lock()
 
 
 def use(folder: Path | None) -> FactsCache | None:
-    """Make the facts cache in `folder` this process's current one (None: keep nothing); returns it."""
+    """Make the facts cache in `folder` this process's current one (None: keep nothing); returns it. A cache
+    replaced here is not closed: a thread still reading it finishes (its connection closes with it)."""
     global _current
     with _current_lock:
-        if _current is not None and (folder is None or _current.path != Path(folder).absolute() / FILE):
-            _current.close()
+        if folder is None:
             _current = None
-        if folder is not None and _current is None:
+        elif _current is None or _current.path != Path(folder).absolute() / FILE:
             _current = FactsCache(folder)
         return _current
 

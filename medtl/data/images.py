@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medtl.data import facts_cache
+from medtl.data.facts_cache import Stamp
 from medtl.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 from medtl.data.pixels import finite
 from medtl.core.errors import MedtlError
@@ -37,8 +38,13 @@ READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.D
 NPZ_SEP = "::"  # an array image is named "<file.npz>::<split>::<index>"
 
 
-@functools.lru_cache(maxsize=8)
 def _npz_array(path: str, key: str) -> np.ndarray:
+    """One array of a .npz, remembered while the file is unchanged (a rewritten file is loaded again)."""
+    return _npz_loaded(path, key, Stamp.of(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _npz_loaded(path: str, key: str, stamp: Stamp) -> np.ndarray:
     with np.load(path) as data:
         return data[key]
 
@@ -50,7 +56,7 @@ WHOLE_READ_BYTES = 64 << 20  # larger image files are decoded from disk, not rea
 class _ReadOnce:
     """Image files read once per process: the bytes read to hash a file (its content key) are kept, up to
     KEPT_BYTES in all, so that decoding it (at every image size a run asks for) and the audit's look at its
-    header read memory, not the disk. Keyed by path, size and modification time, as `content_digest`: a file
+    header read memory, not the disk. Keyed by path and stamp (size, times, inode), as `content_digest`: a file
     rewritten in place is read again. Past the limit, files are read from disk each time, as before."""
 
     def __init__(self, limit: int):
@@ -73,9 +79,8 @@ class _ReadOnce:
         return path if data is None else io.BytesIO(data)
 
 
-def _stat_key(path: str) -> tuple[str, int, int]:
-    st = os.stat(path)
-    return path, st.st_size, st.st_mtime_ns
+def _stat_key(path: str) -> tuple[str, Stamp]:
+    return path, Stamp.of(path)
 
 
 FILES = _ReadOnce(KEPT_BYTES)
@@ -90,25 +95,24 @@ def read_bytes(ref: str) -> bytes:
 
 
 def content_digest(ref: str) -> bytes:
-    """SHA-1 of `read_bytes(ref)`, remembered by the file's path, size and modification time: a run's content
+    """SHA-1 of `read_bytes(ref)`, remembered by the file's path and stamp (size, times, inode): a run's content
     keys, carving groups and audit hash each image file once, not once each, and a rerun finds it in the
     current facts cache (data/facts_cache.py) without reading the file. A file rewritten in place gets a new
-    time, so a new digest (a rewrite within the file system's time resolution that keeps the size is the one
-    change it would miss, as for git's index)."""
-    size, mtime_ns = file_stat(ref)
+    stamp, so a new digest (a rewrite within the file system's time resolution that keeps the size and inode is
+    the one change the process's memory would miss, as for git's index; the facts cache keeps no such file)."""
+    stamp = file_stat(ref)
     cache = facts_cache.current()
-    known = cache.get(ref, size, mtime_ns) if cache is not None else None
-    return known.sha1 if known is not None else _digest_of(ref, size, mtime_ns)
+    known = cache.get(ref, stamp) if cache is not None else None
+    return known.sha1 if known is not None else _digest_of(ref, stamp)
 
 
-def file_stat(ref: str) -> tuple[int, int]:
-    """Size and modification time (ns) of the file holding `ref` (the .npz of an array image)."""
-    st = os.stat(ref.split(NPZ_SEP)[0])
-    return st.st_size, st.st_mtime_ns
+def file_stat(ref: str) -> Stamp:
+    """The stamp (size, times, inode) of the file holding `ref` (the .npz of an array image)."""
+    return Stamp.of(ref.split(NPZ_SEP)[0])
 
 
-@functools.lru_cache(maxsize=1 << 18)  # ~60 MB for 262,144 images at most
-def _digest_of(ref: str, size: int, mtime_ns: int) -> bytes:
+@functools.lru_cache(maxsize=1 << 18)  # ~80 MB for 262,144 images at most
+def _digest_of(ref: str, stamp: Stamp) -> bytes:
     return hashlib.sha1(read_bytes(ref)).digest()
 
 
