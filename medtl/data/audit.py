@@ -73,7 +73,7 @@ def _read(ref: str, split: str, label: int, perceptual: bool,
             f.sha1, f.phash, f.format, f.mode = known.sha1.hex(), known.phash or 0, known.format, known.mode
             f.bits, f.width, f.height = known.bits, known.width, known.height
             return f, None
-        f.sha1 = content_digest(ref).hex()
+        f.sha1 = (known.sha1 if known is not None else content_digest(ref)).hex()  # a header-only row's digest
         img, f.format = _open_raw(ref, load=perceptual)
         f.mode, (f.width, f.height) = img.mode, img.size
         f.bits = BITS.get(img.mode, 8)

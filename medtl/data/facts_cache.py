@@ -34,6 +34,7 @@ SHA1_BYTES = 20
 RACY_NS = 2_000_000_000
 STAMP = ("size", "mtime_ns", "ctime_ns", "inode")
 COLUMNS = f"ref, {', '.join(STAMP)}, sha1, phash, format, mode, bits, width, height"
+PLACEHOLDERS = ", ".join("?" for _ in COLUMNS.split(", "))
 
 
 class Stamp(NamedTuple):
@@ -84,16 +85,22 @@ class FactsCache:
         except sqlite3.OperationalError as exc:  # cannot open, locked, read-only, disk I/O
             raise self._error("cannot be opened", exc) from exc
         except sqlite3.DatabaseError as exc:  # not a database (a hostile or truncated file)
-            aside = self.path.with_name(self.path.name + ".unreadable")
-            log.warning("image facts cache %s is not a readable database (%s); moved to %s, rebuilding it",
-                        self.path, exc, aside.name)
-            try:
-                self.path.replace(aside)
-            except FileNotFoundError:
-                pass  # another process (a torchrun rank) moved it aside first
-            except OSError as move:
-                raise self._error("is unreadable and cannot be moved aside", move) from move
-            return self._connect()
+            self._set_aside(exc)
+        try:
+            return self._connect()  # a new, empty file
+        except sqlite3.Error as exc:
+            raise self._error("cannot be opened", exc) from exc
+
+    def _set_aside(self, exc: sqlite3.DatabaseError) -> None:
+        aside = self.path.with_name(self.path.name + ".unreadable")
+        log.warning("image facts cache %s is not a readable database (%s); moved to %s, rebuilding it",
+                    self.path, exc, aside.name)
+        try:
+            self.path.replace(aside)
+        except FileNotFoundError:
+            pass  # another process (a torchrun rank) moved it aside first
+        except OSError as move:
+            raise self._error("is unreadable and cannot be moved aside", move) from move
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
@@ -132,7 +139,7 @@ class FactsCache:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     self._db.executemany(f"INSERT OR REPLACE INTO facts ({COLUMNS}) VALUES "
-                                         f"({', '.join('?' * COLUMNS.count(',') + '?')})", values)
+                                         f"({PLACEHOLDERS})", values)
                     self._db.execute("COMMIT")
                 except BaseException:
                     if self._db.in_transaction:  # a failed COMMIT may have rolled back already

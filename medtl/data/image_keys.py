@@ -36,8 +36,8 @@ def facts_of(refs: list[str], known: dict[str, Facts] | None = None) -> list[Fac
     """Digest and perceptual hash of each ref (unreadable ones carry `error`): from `known` (the audit's, collected
     before training) where it holds them, the others read in threads."""
     known = known or {}
-    found = dict(zip((r for r in refs if r not in known),
-                     read_facts([(r, "", 0) for r in refs if r not in known], perceptual=True)))
+    missing = [r for r in refs if r not in known]
+    found = dict(zip(missing, read_facts([(r, "", 0) for r in missing], perceptual=True)))
     return [known.get(r) or found[r] for r in refs]
 
 

@@ -45,7 +45,7 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
         train_x = [feats["train"]] + _augmented_views(p, frozen, progress)
     y = p.splits.labels
     train_ds = RowsDataset(np.concatenate(train_x), np.tile(y["train"], len(train_x)), (-1,))
-    val = p.batches(RowsDataset(np.array(feats["val"]), y["val"], (-1,)), 1024, train=False)
+    val = p.batches(RowsDataset(feats["val"], y["val"], (-1,)), 1024, train=False)
     train = p.batches(train_ds, tc.batch_size, train=True)
     def to_dev(x):
         return x.to(p.device)
