@@ -4,6 +4,7 @@ calibrated?) and the confusion matrices, one panel per evaluated split."""
 from __future__ import annotations
 
 import logging
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            _fit_titles(fig)
             fig.tight_layout()
             atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
     finally:
@@ -36,6 +38,23 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
         if messages:
             log.log(logging.DEBUG if quiet else logging.WARNING, "%s: %d drawing warning(s), e.g. %s", path.name,
                     len(messages), messages[0])
+
+
+def _fit_titles(fig) -> None:
+    """Wrap every panel's title onto more lines until it is no wider than its panel, so that a long split or
+    run name is never cut off at the edges (the figure's own title is wrapped by `_suptitle`)."""
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        _wrap(ax.title, renderer, 1.05 * ax.bbox.width)
+
+
+def _wrap(artist, renderer, width: float) -> None:
+    """Fewer characters per line, until the text fits `width` pixels (or a line is down to 8 characters)."""
+    text = " ".join(artist.get_text().split())
+    chars = len(text)
+    while chars > 8 and artist.get_window_extent(renderer).width > width:
+        chars = max(8, int(chars * 0.85))
+        artist.set_text("\n".join(textwrap.wrap(text, chars)))
 
 
 def plot_curves(path: Path, history: list[dict], title: str) -> None:
@@ -96,9 +115,11 @@ def plot_confusions(path: Path, splits: dict[str, dict], classes: list[str]) -> 
 
 
 def _suptitle(fig, title: str) -> None:
-    """A figure title (it holds the run name) drawn as `plot_confusions` draws class names."""
+    """A figure title (it holds the run name) drawn as `plot_confusions` draws class names, wrapped to the
+    figure's width."""
     (text,), families = drawable([title], "figure title")
-    fig.suptitle(text, fontfamily=families, parse_math=False)
+    _wrap(fig.suptitle(text, fontfamily=families, parse_math=False), fig.canvas.get_renderer(),
+          0.96 * fig.bbox.width)
 
 
 def plot_roc(path: Path, y: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float | None,

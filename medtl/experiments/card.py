@@ -14,7 +14,7 @@ from pathlib import Path
 from medtl.core.errors import MedtlError
 from medtl.core.io import atomic_write, make_dir
 from medtl.core.runfolder import RunFolder, StudyFolder
-from medtl.experiments.card_checklists import write_checklists
+from medtl.experiments.card_checklists import checklists_section, write_checklists
 from medtl.experiments.card_facts import RunFacts, read_metrics, run_facts
 from medtl.experiments.card_render import Section, html_page, markdown
 from medtl.experiments.card_sections import data_sections, model_sections, num, results_sections
@@ -50,6 +50,7 @@ def write_card(folder: str | Path, intended: str | Path | None = None, evaluatio
         title = answers.get("title") or f"Model card: {target.path.name}"
         intro = f"Written by medtl from the records of the run in {target.path}."
         sections = card_sections(facts, answers, target_width)
+    sections = [*sections, checklists_section()]
     out = make_dir(output_dir or target.path)
     written = {"card_md": atomic_write(out / f"{CARD}.md", markdown(title, intro, sections)),
                "card_html": atomic_write(out / f"{CARD}.html", html_page(title, intro, sections))}

@@ -59,6 +59,19 @@ def write_checklists(folder: Path, sections: list[Section], card_name: str = "mo
     return written
 
 
+def checklists_section() -> Section:
+    """The card's pointer to the checklists `write_checklists` writes beside it."""
+    section = Section("checklists", "Reporting checklists")
+    section.p("medtl writes these checklists beside this card, each item pointing to the card section that "
+              "answers it or marked for the authors:")
+    links = []
+    for key in CHECKLISTS:
+        name = load_checklist(key)[0]["name"]
+        links += [(f"{name} checklist (checklist_{key}.md)", f"checklist_{key}.md"),
+                  (f"{name} checklist as a table (checklist_{key}.csv)", f"checklist_{key}.csv")]
+    return section.links(links)
+
+
 def _csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")

@@ -6,9 +6,10 @@ anywhere (no scripts, fonts, styles or images from outside the page)."""
 from __future__ import annotations
 
 import html
+from urllib.parse import quote
 from dataclasses import dataclass, field
 
-Block = tuple  # ("p", text) | ("ul", [text]) | ("table", head, rows) | ("code", text)
+Block = tuple  # ("p", text) | ("ul", [text]) | ("table", head, rows) | ("code", text) | ("links", [(text, href)])
 
 
 @dataclass
@@ -39,6 +40,12 @@ class Section:
         self.blocks.append(("code", text))
         return self
 
+    def links(self, items: list[tuple[str, str]]) -> "Section":
+        """A list of links to files written beside the card (`href` relative to it)."""
+        if items:
+            self.blocks.append(("links", [(str(text), str(href)) for text, href in items]))
+        return self
+
 
 def _md_text(text: str) -> str:
     """Plain text for Markdown: no raw HTML gets through (a class named `<script>` stays text)."""
@@ -47,6 +54,11 @@ def _md_text(text: str) -> str:
 
 def _md_cell(text: str) -> str:
     return _md_text(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _md_href(href: str) -> str:
+    """A relative link target for Markdown: spaces and brackets percent-encoded."""
+    return quote(href, safe="/#.-_~")
 
 
 def markdown(title: str, intro: str, sections: list[Section]) -> str:
@@ -64,6 +76,8 @@ def _md_block(block: Block) -> str:
         return _md_text(block[1])
     if kind == "ul":
         return "\n".join(f"- {_md_cell(item)}" for item in block[1])
+    if kind == "links":
+        return "\n".join(f"- [{_md_cell(text)}]({_md_href(href)})" for text, href in block[1])
     if kind == "table":
         head, rows = block[1], block[2]
         lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "---|" * len(head)]
@@ -96,6 +110,9 @@ def _html_block(block: Block) -> str:
     if kind == "p":
         cls = " class='authors'" if str(block[1]).startswith("for the authors") else ""
         return f"<p{cls}>{e(str(block[1]))}</p>"
+    if kind == "links":
+        return "<ul>" + "".join(f"<li><a href='{e(quote(href, safe='/#.-_~'))}'>{e(text)}</a></li>"
+                                for text, href in block[1]) + "</ul>"
     if kind == "ul":
         return "<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in block[1]) + "</ul>"
     if kind == "table":

@@ -24,6 +24,11 @@ def check_checklists(folder: Path) -> dict[str, list[dict]]:
     card_html = (folder / "model_card.html").read_text()
     out = {}
     for key in CHECKLISTS:
+        # the card links each checklist written beside it, in both forms, and the link resolves
+        md_links = re.findall(rf"\]\((checklist_{key}\.(?:md|csv))\)", card_md)
+        html_links = re.findall(rf"<a href='(checklist_{key}\.(?:md|csv))'>", card_html)
+        assert sorted(md_links) == sorted(html_links) == [f"checklist_{key}.csv", f"checklist_{key}.md"], key
+        assert all((folder / link).is_file() for link in md_links)
         _, items = load_checklist(key)
         ids = [i.id for i in items]
         assert len(ids) == COUNTS[key] == len(set(ids))

@@ -218,25 +218,31 @@ def test_a_candidates_epochs_follow_its_pace_without_swinging():
 
 
 def test_the_cores_other_programs_keep_busy_are_measured():
-    """A process spinning on one core beside this one reads as about one busy core; this process's own work does
-    not count."""
+    """A process spinning on one core beside this one adds about one busy core to what other programs already
+    keep busy (up to the cores there are); this process's own work does not count. Measured against the
+    machine's own background first, so that it holds on a loaded machine (CI's, or a load beside pytest)."""
     from medtl.training import runtime
     if runtime._machine_seconds() is None:
         pytest.skip("no /proc/stat here: the load average stands in")
+    cpus = runtime._cpus()
+    share = runtime.CpuShare()
+    time.sleep(1.0)
+    before = share.busy()  # the background: nothing of this test's running yet
     spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
     spinner = subprocess.Popen([sys.executable, "-c", spin])
     try:
         time.sleep(0.3)
         share = runtime.CpuShare()
         time.sleep(1.5)
-        assert 0.6 <= share.busy() <= 1.6, share.busy()
+        expected = min(before + 1.0, cpus)  # a full machine stays full: the spinner takes others' time
+        assert expected - 0.45 <= share.busy() <= expected + 0.45, (share.busy(), before, cpus)
     finally:
         spinner.wait(timeout=30)
     share = runtime.CpuShare()
     end = time.monotonic() + 1.0
     while time.monotonic() < end:  # this process busy
         pass
-    assert share.busy() < 0.5, share.busy()
+    assert share.busy() < min(before, cpus - 1.0) + 0.5, (share.busy(), before)
 
 
 def test_time_left_when_the_last_candidate_stops_early_continues_the_one_still_improving(image_tree, cache_dir,
