@@ -36,6 +36,8 @@ def audit(
     _setup_logging(False)
     report_ = api.audit(data, perceptual, output, target_width, **parse_set(set_ or []))
     cli_output.print_audit(report_)
+    for line in (report_.get("patients") or {}).get("notes", []):
+        cli_output.say(line)
     for line in describe_split(report_.get("sample_size")):
         cli_output.say(line)
     for line in warnings_for(report_):

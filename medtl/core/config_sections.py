@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -112,6 +113,11 @@ class DataConfig(_Checked):
     # carved splits keep together: copies of one image (content), also near-duplicates (perceptual-hash clusters,
     # a patient proxy when there are no patient IDs), or nothing; manifests with patient IDs group by patient
     group: Literal["content", "near_duplicates", "none"] = "content"
+    # where the patient (or study) key of an image comes from, so that carved splits keep a patient together:
+    # auto: a manifest's patient column, else a key the audit finds in the paths with strong evidence (a numbered
+    # file-name prefix like person12_..., IM-0115-..., 00000001_000, or a patient folder); none: no key (images
+    # only); or a regular expression searched in the path relative to the data root, its first group the key
+    patient_pattern: str = "auto"
     # manifest columns whose values are subgroups scored apart (sex, site, scanner): None: every extra column with
     # at most 20 values; []: none. A name that is not a column of the manifest is refused when the data are read
     subgroups: tuple[str, ...] | None = None
@@ -122,6 +128,15 @@ class DataConfig(_Checked):
             parse_window(self.dicom_window)
         except ValueError as exc:
             raise MedtlError(f"data.dicom_window: {exc}") from None
+        if self.patient_pattern not in ("auto", "none"):
+            try:
+                groups = re.compile(self.patient_pattern).groups
+            except re.error as exc:
+                raise MedtlError(f"data.patient_pattern '{self.patient_pattern}' is not a regular expression "
+                                 f"({exc}); pass auto, none or a pattern like '(person\\d+)_'") from None
+            if groups < 1:
+                raise MedtlError(f"data.patient_pattern '{self.patient_pattern}' has no group; put the patient key "
+                                 "in parentheses, e.g. '(person\\d+)_'")
 
 
 @dataclass(frozen=True)

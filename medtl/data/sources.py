@@ -17,6 +17,7 @@ from medtl.data.groups import content_groups
 from medtl.data.layout import IMAGE_SUFFIXES, class_name, hidden_folders, image_files, split_folders, subfolders
 from medtl.data.manifest import from_manifest, no_subgroup_columns
 from medtl.data.npz import from_npz
+from medtl.data.patients import PatientKeys, describe, find_keys, shared_keys
 from medtl.data.splits import SPLITS, DataSplits, carve, need_two_classes, subset
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = N
         splits, one_tree = _from_one_tree(root), True
     if cfg.group != "none":  # once, for every image: carving and the deduplicated test metrics both read it
         splits.content = content_groups(splits.all_refs(), near=cfg.group == "near_duplicates")
+    found = _path_patients(splits, root.parent if root.is_file() else root, cfg.patient_pattern)
+    published = shared_keys(splits.groups, splits.refs, [s for s in SPLITS if s in splits.refs]) if found else {}
     groups, kind = (splits.groups, "patient") if splits.groups else (splits.content or None, cfg.group)
     if one_tree:  # a plain class-folder tree: test is carved too
         carve(splits, "train", "test", cfg.test_fraction, split_seed, groups, kind)
@@ -58,7 +61,28 @@ def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = N
         carve(splits, "train", "val", cfg.val_fraction, split_seed, groups, kind)
     if cfg.subset_per_class:
         subset(splits, cfg.subset_per_class, split_seed)
+    if found:
+        _note_patients(splits, found, {} if one_tree else published)
     return splits
+
+
+def _path_patients(splits: DataSplits, base: Path, setting: str) -> PatientKeys | None:
+    """Patient keys from the paths (`data.patient_pattern`) when the data have none from a manifest column."""
+    if splits.groups or setting == "none":
+        return None
+    found = find_keys(splits.all_refs(), str(base), setting)
+    if found:
+        splits.groups, splits.patient_source = dict(found.keys), found.source
+    return found
+
+
+def _note_patients(splits: DataSplits, found: PatientKeys, published: dict[str, int]) -> None:
+    """The log's (and the card's) lines: keys per split, and keys found on both sides of published splits."""
+    splits.notes.append(describe(found, splits.refs))
+    for pair, n in published.items():
+        if n:
+            splits.notes.append(f"patients: {n} keys have images in both {pair} as published (the same patient "
+                                "if the names number patients across the collection); carved splits never share one")
 
 
 def _exists(path: Path) -> bool:

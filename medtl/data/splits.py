@@ -27,6 +27,15 @@ class DataSplits:
     content: dict[str, str] = field(default_factory=dict)  # ref -> content (or near-duplicate cluster) key
     rejected: dict[str, str] = field(default_factory=dict)  # manifest rows left out -> why (row number)
     attributes: dict[str, dict[str, str]] = field(default_factory=dict)  # subgroup column -> {ref: value}
+    patient_source: str = ""  # where `groups` came from (a manifest column, a path pattern), for the record
+
+    def patients(self) -> dict:
+        """The record of the patient keys: where they came from and how many keys each split has ({}: none)."""
+        if not self.groups:
+            return {}
+        keys = {s: len({self.groups[r] for r in refs if r in self.groups}) for s, refs in self.refs.items()}
+        return {"source": self.patient_source or "the manifest's patient column", "keys_per_split": keys,
+                "notes": [n for n in self.notes if n.startswith("patients:")]}
 
     def all_refs(self) -> list[str]:
         return [r for s in SPLITS for r in self.refs.get(s, [])]

@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 # metrics.json's keys in the order they are written; `REQUIRED` must be there, the others are written when set
 REQUIRED = ("best_epoch", "epochs_run", "train_seconds", "threshold", "threshold_method", "classes", "image_size",
             "split_sizes", "splits", "temperature")
-OPTIONAL = ("uncalibrated", "auto", "tta", "environment")
+OPTIONAL = ("uncalibrated", "auto", "tta", "environment", "patients")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class RunMetrics:
         auto: Strategy auto's candidates, choice and reason.
         tta: Test-time augmentation applied, and why.
         environment: Package versions and medtl's commit when the run was trained.
+        patients: Where the patient keys came from and how many keys each split has ({}: no keys).
         extra: Keys this version of medtl does not know, kept as read.
         schema_version: The file's schema version.
     """
@@ -63,6 +64,7 @@ class RunMetrics:
     auto: dict[str, Any] = field(default_factory=dict)
     tta: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)  # package versions, medtl's commit
+    patients: dict[str, Any] = field(default_factory=dict)  # key source, keys per split
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 

@@ -52,7 +52,7 @@ def _write(scored: Scored, folder: RunFolder, seconds: float) -> RunMetrics:
     metrics = RunMetrics(result.best_epoch, len(result.history), seconds, threshold, p.cfg.eval.threshold, classes,
                          p.size, {s: len(r) for s, r in p.splits.refs.items()}, splits, scored.temperature, digest,
                          scored.uncalibrated, scored.trained.auto, scored.tta,
-                         environment("when the run was trained"))
+                         environment("when the run was trained"), patients=p.splits.patients())
     metrics.write(folder.metrics)  # last: its presence marks a finished run (studies resume on it)
     log.info("training took %.1f s; best epoch %d; threshold %.4f (chosen on validation by %s)",
              seconds, result.best_epoch, threshold, p.cfg.eval.threshold)

@@ -1,0 +1,115 @@
+"""Patient (or study) keys of images, so that a carved split never puts one patient on both sides.
+
+A key comes from a manifest's patient column (manifest.py), or from the path: a regular expression searched in
+the path relative to the data root, its first group the key (`data.patient_pattern`). With `auto`, the
+candidate patterns below are tried in order and the first one with strong evidence is used: it matches nearly
+every image, it names many keys, most keys hold more than one image... and none holds a large share of them
+(a shared word like `img_001.png`'s `img` is not a patient)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from medtl.data.images import NPZ_SEP
+
+# (what it reads, pattern over the relative path with '/' separators); first group = the key
+CANDIDATES = (
+    ("a patient folder (CheXpert's patient00001/)", r"(?:^|/)(patient[^/]*\d[^/]*)/"),
+    ("a patient folder (MIMIC's p10000032/)", r"(?:^|/)(p\d{6,})/"),
+    ("a numbered file-name prefix (person12_..., IM-0115-..., 00000001_000)", r"^(?:.*/)?([^/]*?\d+)[_-](?:[a-z]+[_-])?\d+(?:[_-]\d+)*\.[^/.]+$"),
+)
+MATCHED = 0.95  # share of images the pattern must match
+SHARED = 0.2  # share of keys that must hold two or more images
+LARGEST = 0.02  # the largest key's share of images at most (or 20 images, when more)
+FEWEST_KEYS = 20
+
+
+@dataclass(frozen=True)
+class PatientKeys:
+    """ref -> key, and where the keys came from (said in the log and the record)."""
+
+    keys: dict[str, str]
+    source: str
+    pattern: str | None = None
+
+    def per_split(self, refs: dict[str, list[str]]) -> dict[str, int]:
+        """Distinct keys in each split."""
+        return {split: len({self.keys[r] for r in rs if r in self.keys}) for split, rs in refs.items()}
+
+
+def relative(ref: str, root: str) -> str:
+    """The path of `ref` below `root` with '/' separators (the ref itself when it is not below)."""
+    try:
+        rel = os.path.relpath(ref, root)
+    except ValueError:
+        return ref.replace(os.sep, "/")
+    return (ref if rel.startswith("..") else rel).replace(os.sep, "/")
+
+
+def keys_by_pattern(refs: list[str], root: str, pattern: str) -> dict[str, str]:
+    """{ref: key} for every ref whose relative path the pattern matches (a ref it does not match has no key)."""
+    compiled = re.compile(pattern)
+    out = {}
+    for ref in refs:
+        if NPZ_SEP in ref:
+            continue
+        found = compiled.search(relative(ref, root))
+        if found and found.group(1):
+            out[ref] = found.group(1)
+    return out
+
+
+def evidence(refs: list[str], keys: dict[str, str]) -> str | None:
+    """Why `keys` are not trustworthy patient keys for `refs`, or None when the evidence is strong."""
+    if not refs or len(keys) < MATCHED * len(refs):
+        return f"matches {len(keys)} of {len(refs)} images"
+    sizes = Counter(keys.values())
+    if len(sizes) < FEWEST_KEYS:
+        return f"only {len(sizes)} keys"
+    shared = sum(n > 1 for n in sizes.values())
+    if shared < SHARED * len(sizes):
+        return f"only {shared} of {len(sizes)} keys hold more than one image"
+    largest = max(sizes.values())
+    if largest > max(LARGEST * len(refs), 20):
+        return f"one key holds {largest} of {len(refs)} images"
+    return None
+
+
+def find_keys(refs: list[str], root: str, setting: str) -> PatientKeys | None:
+    """The patient keys `data.patient_pattern` gives: none; a pattern as set (every image it matches keyed, the
+    rest each its own key); or auto: the first candidate with strong evidence, else None."""
+    if setting == "none" or not refs:
+        return None
+    if setting != "auto":
+        keys = keys_by_pattern(refs, root, setting)
+        keys.update({r: f"(unmatched) {r}" for r in refs if r not in keys})
+        return PatientKeys(keys, f"data.patient_pattern {setting!r}", setting)
+    for what, pattern in CANDIDATES:
+        keys = keys_by_pattern(refs, root, pattern)
+        if evidence(refs, keys) is None:
+            keys.update({r: f"(unmatched) {r}" for r in refs if r not in keys})
+            return PatientKeys(keys, f"found in the paths: {what}", pattern)
+    return None
+
+
+def describe(found: PatientKeys, refs: dict[str, list[str]]) -> str:
+    """One line for the log and the record: where the keys came from, keys per split, images per key."""
+    counts = found.per_split(refs)
+    n = sum(len(rs) for rs in refs.values())
+    keys = len(set(found.keys.values()))
+    per = ", ".join(f"{split} {k}" for split, k in counts.items())
+    return (f"patients: {keys} keys ({n / max(keys, 1):.1f} images per key), {found.source}; keys per split: {per}"
+            " (data.patient_pattern=none turns this off)")
+
+
+def shared_keys(keys: dict[str, str], refs: dict[str, list[str]], given: list[str]) -> dict[str, int]:
+    """{'train & test': n}: keys with images on both sides of a published (given) pair of splits."""
+    out = {}
+    for i, a in enumerate(given):
+        for b in given[i + 1:]:
+            both = {keys[r] for r in refs.get(a, []) if r in keys} & {keys[r] for r in refs.get(b, []) if r in keys}
+            out[f"{a} & {b}"] = len(both)
+    return out
