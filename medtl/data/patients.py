@@ -19,7 +19,8 @@ from medtl.data.images import NPZ_SEP
 CANDIDATES = (
     ("a patient folder (CheXpert's patient00001/)", r"(?:^|/)(patient[^/]*\d[^/]*)/"),
     ("a patient folder (MIMIC's p10000032/)", r"(?:^|/)(p\d{6,})/"),
-    ("a numbered file-name prefix (person12_..., IM-0115-..., 00000001_000)", r"^(?:.*/)?([^/]*?\d+)[_-](?:[a-z]+[_-])?\d+(?:[_-]\d+)*\.[^/.]+$"),
+    ("a numbered file-name prefix (person12_..., IM-0115-..., 00000001_000)",  # then a lower-case word, numbers
+     r"^(?:.*/)?([^/]*?\d+)[_-](?:[a-z]+[_-])?\d+(?:[_-]\d+)*\.[^/.]+$"),
 )
 MATCHED = 0.95  # share of images the pattern must match
 SHARED = 0.2  # share of keys that must hold two or more images
@@ -33,11 +34,6 @@ class PatientKeys:
 
     keys: dict[str, str]
     source: str
-    pattern: str | None = None
-
-    def per_split(self, refs: dict[str, list[str]]) -> dict[str, int]:
-        """Distinct keys in each split."""
-        return {split: len({self.keys[r] for r in rs if r in self.keys}) for split, rs in refs.items()}
 
 
 def relative(ref: str, root: str) -> str:
@@ -84,21 +80,22 @@ def find_keys(refs: list[str], root: str, setting: str) -> PatientKeys | None:
     if setting == "none" or not refs:
         return None
     if setting != "auto":
-        keys = keys_by_pattern(refs, root, setting)
-        keys.update({r: f"(unmatched) {r}" for r in refs if r not in keys})
-        return PatientKeys(keys, f"data.patient_pattern {setting!r}", setting)
+        return _keyed(refs, keys_by_pattern(refs, root, setting), f"data.patient_pattern {setting!r}")
     for what, pattern in CANDIDATES:
         keys = keys_by_pattern(refs, root, pattern)
         if evidence(refs, keys) is None:
-            keys.update({r: f"(unmatched) {r}" for r in refs if r not in keys})
-            return PatientKeys(keys, f"found in the paths: {what}", pattern)
+            return _keyed(refs, keys, f"found in the paths: {what}")
     return None
 
 
-def describe(found: PatientKeys, refs: dict[str, list[str]]) -> str:
-    """One line for the log and the record: where the keys came from, keys per split, images per key."""
-    counts = found.per_split(refs)
-    n = sum(len(rs) for rs in refs.values())
+def _keyed(refs: list[str], keys: dict[str, str], source: str) -> PatientKeys:
+    """Every ref keyed: one the pattern did not match is its own patient."""
+    return PatientKeys({**keys, **{r: f"(unmatched) {r}" for r in refs if r not in keys}}, source)
+
+
+def describe(found: PatientKeys, counts: dict[str, int], n: int) -> str:
+    """One line for the log and the record: where the keys came from, keys per split (`counts`), images per key
+    (of `n` images)."""
     keys = len(set(found.keys.values()))
     per = ", ".join(f"{split} {k}" for split, k in counts.items())
     return (f"patients: {keys} keys ({n / max(keys, 1):.1f} images per key), {found.source}; keys per split: {per}"

@@ -78,7 +78,7 @@ def _path_patients(splits: DataSplits, base: Path, setting: str) -> PatientKeys 
 
 def _note_patients(splits: DataSplits, found: PatientKeys, published: dict[str, int]) -> None:
     """The log's (and the card's) lines: keys per split, and keys found on both sides of published splits."""
-    splits.notes.append(describe(found, splits.refs))
+    splits.notes.append(describe(found, splits.keys_per_split(), len(splits.all_refs())))
     for pair, n in published.items():
         if n:
             splits.notes.append(f"patients: {n} keys have images in both {pair} as published (the same patient "

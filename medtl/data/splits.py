@@ -29,12 +29,16 @@ class DataSplits:
     attributes: dict[str, dict[str, str]] = field(default_factory=dict)  # subgroup column -> {ref: value}
     patient_source: str = ""  # where `groups` came from (a manifest column, a path pattern), for the record
 
+    def keys_per_split(self) -> dict[str, int]:
+        """Distinct patient keys in each split."""
+        return {s: len({self.groups[r] for r in refs if r in self.groups}) for s, refs in self.refs.items()}
+
     def patients(self) -> dict:
         """The record of the patient keys: where they came from and how many keys each split has ({}: none)."""
         if not self.groups:
             return {}
-        keys = {s: len({self.groups[r] for r in refs if r in self.groups}) for s, refs in self.refs.items()}
-        return {"source": self.patient_source or "the manifest's patient column", "keys_per_split": keys,
+        return {"source": self.patient_source or "the manifest's patient column",
+                "keys_per_split": self.keys_per_split(),
                 "notes": [n for n in self.notes if n.startswith("patients:")]}
 
     def all_refs(self) -> list[str]:

@@ -143,13 +143,13 @@ def data_facts(cfg: RunConfig, metrics: dict) -> tuple[dict | None, str]:
         return None, f"the data at {cfg.data.path} are not on this machine: counts come from the run's records"
     splits = discover(cfg.data, cfg.data.split_seed)
     report = audit(splits, perceptual=True)
-    groups = {s: len({splits.groups[r] for r in refs if r in splits.groups}) for s, refs in splits.refs.items()}
     recorded = metrics.get("split_sizes") or {}
     now = {s: len(r) for s, r in splits.refs.items()}
     changed = {s for s in now if s in recorded and recorded[s] != now[s] - sum(r in report["unreadable"]
                                                                                  for r in splits.refs[s])}
     note = (f"the data at {cfg.data.path} were read again; split sizes differ from the run's ({sorted(changed)}): "
             "the data changed since training" if changed else f"the data at {cfg.data.path} were read again")
-    return {"audit": report, "patients": groups if splits.groups else {}, "carved": dict(splits.carved),
+    patients = splits.keys_per_split() if splits.groups else {}
+    return {"audit": report, "patients": patients, "carved": dict(splits.carved),
             "distinct": len(set(splits.content.values())) if splits.content else None,
             "images": len(splits.all_refs()), "notes": list(splits.notes)}, note

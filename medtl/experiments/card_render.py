@@ -6,8 +6,8 @@ anywhere (no scripts, fonts, styles or images from outside the page)."""
 from __future__ import annotations
 
 import html
-from urllib.parse import quote
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 Block = tuple  # ("p", text) | ("ul", [text]) | ("table", head, rows) | ("code", text) | ("links", [(text, href)])
 
@@ -56,8 +56,8 @@ def _md_cell(text: str) -> str:
     return _md_text(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def _md_href(href: str) -> str:
-    """A relative link target for Markdown: spaces and brackets percent-encoded."""
+def _href(href: str) -> str:
+    """A relative link target (Markdown and HTML): spaces, quotes and brackets percent-encoded."""
     return quote(href, safe="/#.-_~")
 
 
@@ -77,7 +77,7 @@ def _md_block(block: Block) -> str:
     if kind == "ul":
         return "\n".join(f"- {_md_cell(item)}" for item in block[1])
     if kind == "links":
-        return "\n".join(f"- [{_md_cell(text)}]({_md_href(href)})" for text, href in block[1])
+        return "\n".join(f"- [{_md_cell(text)}]({_href(href)})" for text, href in block[1])
     if kind == "table":
         head, rows = block[1], block[2]
         lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "---|" * len(head)]
@@ -111,7 +111,7 @@ def _html_block(block: Block) -> str:
         cls = " class='authors'" if str(block[1]).startswith("for the authors") else ""
         return f"<p{cls}>{e(str(block[1]))}</p>"
     if kind == "links":
-        return "<ul>" + "".join(f"<li><a href='{e(quote(href, safe='/#.-_~'))}'>{e(text)}</a></li>"
+        return "<ul>" + "".join(f"<li><a href='{e(_href(href))}'>{e(text)}</a></li>"
                                 for text, href in block[1]) + "</ul>"
     if kind == "ul":
         return "<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in block[1]) + "</ul>"

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
+from helpers import make_image
 
 from medtl.core.config_sections import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.patients import CANDIDATES, find_keys
 from medtl.data.sources import discover
-from tests.helpers import make_image
-
-import numpy as np
 
 
 @pytest.mark.parametrize("path, key", [
