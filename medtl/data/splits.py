@@ -121,7 +121,8 @@ def grouped_split(y: np.ndarray, groups: list[str], fraction: float, seed: int) 
     n_splits = max(2, round(1 / fraction))
     if len(set(groups)) < n_splits:
         raise MedtlError(f"only {len(set(groups))} patients: too few to carve a {fraction:.0%} split by patient; "
-                         "add a split column to the manifest")
+                         "add a split column to the manifest, give val/ and test/ folders, or set "
+                         "data.patient_pattern=none when the keys come from the paths")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     keep, take = next(folds.split(np.zeros(len(y)), y, groups))
     return keep, take

@@ -80,3 +80,10 @@ def test_carved_validation_and_test_share_no_patient_with_train_by_default(tmp_p
     off = discover(DataConfig(path=str(root), patient_pattern="none"), 0)
     assert off.patients() == {} and not any(n.startswith("patients:") for n in off.notes)
     assert not any("patient-grouped" in n for n in off.notes)
+
+
+def test_a_set_pattern_with_too_few_patients_is_refused_in_one_line(tmp_path):
+    root = _tree(tmp_path / "data")
+    with pytest.raises(MedtlError, match="only 2 patients: .*data.patient_pattern=none") as err:
+        discover(DataConfig(path=str(root), patient_pattern=r"(person\d)"), 0)  # person0..., person1...: 2 keys
+    assert "\n" not in str(err.value)
