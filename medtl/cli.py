@@ -18,7 +18,7 @@ from medtl.core.config import STRATEGIES
 from medtl.core.errors import MedtlError
 from medtl.core.faults import as_error
 from medtl import cli_data, cli_deploy, cli_evaluate, cli_output, cli_study
-from medtl.cli_options import OldOut, Quiet, Sets
+from medtl.cli_options import OldOut, Quiet, RevealIds, Sets
 from medtl.cli_options import renamed as _renamed
 from medtl.cli_options import setup_logging as _setup_logging
 
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # the CLI's vocabulary: each flag of train and tune -> the dotted config key it sets (--set takes dotted keys)
 FLAGS = {"backbone": "model.backbone", "strategy": "model.strategy", "weights": "model.weights",
          "epochs": "train.epochs", "image_size": "data.image_size", "channels": "data.channels",
-         "seed": "train.seed", "budget": "train.budget", "output_dir": "out", "name": "name", "strict": "data.strict"}
+         "seed": "train.seed", "budget": "train.budget", "output_dir": "out", "name": "name", "strict": "data.strict",
+         "reveal_ids": "data.reveal_ids"}
 
 
 def _settings(flags: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
@@ -84,6 +85,7 @@ def train(
                                               help="Parent folder of run folders (default: runs)"),
     name: Optional[str] = typer.Option(None, help="Run folder name (default backbone-strategy-time)"),
     strict: bool = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping it"),
+    reveal_ids: RevealIds = False,
     quiet: Quiet = False,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed run from its last epoch"),
     out: OldOut = None,
@@ -99,7 +101,8 @@ def train(
     output_dir = _renamed(output_dir, out, "--out", "--output-dir", notify=main_process)
     flags = _settings({"backbone": backbone, "strategy": strategy, "weights": weights, "epochs": epochs,
                        "image_size": image_size, "channels": channels, "seed": seed, "budget": budget,
-                       "output_dir": output_dir, "name": name, "strict": True if strict else None}, set_)
+                       "output_dir": output_dir, "name": name, "strict": True if strict else None,
+                       "reveal_ids": True if reveal_ids else None}, set_)
     with redirect_bars():
         result = api.train(data, config=config, resume=resume, progress=not quiet, **flags)
     if main_process:

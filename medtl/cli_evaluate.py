@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medtl.cli_options import Coverage, Quiet, RunDir
+from medtl.cli_options import Coverage, Quiet, RevealIds, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def evaluate(
     seed: int = typer.Option(0, help="Seed of the calibration split"),
     coverage: Coverage = 0.9,
     output: Optional[Path] = typer.Option(None, "--output", hidden=True, help="Deprecated: metrics JSON file"),
+    reveal_ids: RevealIds = False,
     quiet: Quiet = False,
 ) -> None:
     """Score a trained run on labelled data from anywhere; write an evaluation folder (metrics with intervals,
@@ -55,7 +56,8 @@ def evaluate(
     where = output_dir or Path(run_dir) / "evaluations" / f"{Path(data).stem or 'data'}-{split}"
     ev = api.Run.load(run_dir).evaluate(data, split, progress=not quiet, output_dir=where, classes=classes,
                                         threshold=threshold, calibrate_fraction=calibrate_fraction,
-                                        temperature=temperature, seed=seed, coverage=coverage)
+                                        temperature=temperature, seed=seed, coverage=coverage,
+                                        reveal_ids=True if reveal_ids else None)
     if output is not None:
         log.warning("--output is deprecated for evaluate; the folder's metrics.json holds everything (--output-dir)")
         write_json(output, ev.metrics)
@@ -69,6 +71,9 @@ def summary(ev) -> list[str]:
     from medtl.evaluation.report import format_metrics
 
     lines = [format_metrics(ev.split, ev.metrics)]
+    if ev.patient_level:
+        lines.append(format_metrics(f"{ev.split} per patient ({ev.patient_level['rule']})",
+                                    ev.patient_level["metrics"]))
     op = ev.operating_point
     if op:
         reached = "; ".join(f"{where}: " + ", ".join(f"{k} {_rate(op[where], k)}" for k in ("sensitivity", "specificity"))

@@ -17,6 +17,8 @@ log = logging.getLogger("medtl.cli")  # the deprecation notices keep the logger 
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Any config value, e.g. --set train.lr=0.01 "
                                                    "(repeatable)")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only, no progress bars")]
+RevealIds = Annotated[bool, typer.Option("--reveal-ids", help="Write patient IDs in clear in every output (default: "
+                                         "keyed pseudonyms); recorded")]
 RunDir = Annotated[Path, typer.Argument(help="Run folder written by `medtl train`")]
 Engine = Annotated[str, typer.Option(help=f"{' | '.join(ENGINES)}: what runs the network (auto: the "
                                           "fastest measured here; an engine is checked against PyTorch first)")]

@@ -23,6 +23,9 @@ def print_metrics(metrics: dict) -> None:
 
     for split, m in metrics["splits"].items():
         print(format_metrics(split, m))
+    by_patient = metrics.get("patient_level") or {}
+    for split, m in (by_patient.get("splits") or {}).items():
+        print(format_metrics(f"{split} per patient ({by_patient['rule']})", m))
 
 
 def list_failures(failed: dict[str, str]) -> None:

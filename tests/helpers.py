@@ -42,6 +42,27 @@ def make_image(kind: int, rng: np.random.Generator, size: int = 40, mode: str = 
     return img if mode == "L" else img.convert(mode)
 
 
+def write_dicom(path: Path, stored: np.ndarray, sop_class: str, **elements) -> None:
+    """A minimal uncompressed DICOM file of 16-bit stored values (12 bits used) with `elements` set on it (e.g.
+    Modality, RescaleSlope, PatientID)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
 TINY = {"backbone": "resnet18", "weights": "none", "strategy": "full", "epochs": 2, "image_size": 32,
         "batch_size": 16}  # a run of a few seconds: medtl.train(data, **TINY)
 

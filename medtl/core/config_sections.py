@@ -114,10 +114,13 @@ class DataConfig(_Checked):
     # a patient proxy when there are no patient IDs), or nothing; manifests with patient IDs group by patient
     group: Literal["content", "near_duplicates", "none"] = "content"
     # where the patient (or study) key of an image comes from, so that carved splits keep a patient together:
-    # auto: a manifest's patient column, else a key the audit finds in the paths with strong evidence (a numbered
+    # auto: a manifest's patient column, else the DICOM headers' PatientID (else StudyInstanceUID), else a key the
+    # audit finds in the paths with strong evidence (a numbered
     # file-name prefix like person12_..., IM-0115-..., 00000001_000, or a patient folder); none: no key (images
     # only); or a regular expression searched in the path relative to the data root, its first group the key
     patient_pattern: str = "auto"
+    # patient keys appear in every output as pseudonyms (an HMAC with the secret in the medtl cache); true: in clear
+    reveal_ids: bool = False
     # manifest columns whose values are subgroups scored apart (sex, site, scanner): None: every extra column with
     # at most 20 values; []: none. A name that is not a column of the manifest is refused when the data are read
     subgroups: tuple[str, ...] | None = None

@@ -61,6 +61,10 @@ class RunFolder:
     def predictions(self, split: str) -> Path:
         return self.path / f"predictions_{split}.csv"
 
+    def patient_predictions(self, split: str) -> Path:
+        """Per patient key (pseudonymised unless revealed): written when the data name patients."""
+        return self.path / f"predictions_{split}_patients.csv"
+
     def export(self, fmt: str) -> Path:
         return self.path / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
 

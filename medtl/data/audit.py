@@ -198,7 +198,7 @@ def audit(splits: DataSplits, perceptual: bool = True, facts: list[Facts] | None
             "unreadable": {f.ref: f.error for f in facts if f.error},
             "exact_duplicates": exact_duplicates(facts, classes),
             "near_duplicates": near_duplicates(facts, classes) if perceptual else [],
-            "shortcuts": shortcuts(facts, classes), "patients": splits.patients()}
+            "shortcuts": shortcuts(facts, classes), "patients": splits.patients() or {"notes": splits.patient_notes()}}
 
 
 def warnings_for(report: dict) -> list[str]:

@@ -188,3 +188,21 @@ def _to_uint8(values: np.ndarray, invert: bool) -> np.ndarray:
     scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
     out = np.round(scaled).astype(np.uint8)
     return 255 - out if invert else out
+
+
+ID_TAGS = ("PatientID", "StudyInstanceUID")  # the patient, then the study: the keys an image is grouped by
+
+
+def header_ids(path: str | Path) -> dict[str, str]:
+    """{tag: value} of ID_TAGS that a DICOM file names (blank values left out), read from its header only;
+    {} for a file pydicom cannot read (its pixels are judged when it is decoded)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(ID_TAGS))
+    except (pydicom.errors.InvalidDicomError, OSError, *MALFORMED):
+        return {}
+    out = {}
+    for tag in ID_TAGS:
+        value = str(ds.get(tag, "") or "").strip()
+        if value:
+            out[tag] = value
+    return out

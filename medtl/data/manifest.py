@@ -183,14 +183,17 @@ def _entries(path: Path, roles: dict[str, str], rows) -> tuple[list[dict], dict[
 
 def _same_or_fail(path: Path, raw: str, first: dict, entry: dict) -> None:
     """A file listed twice must say the same thing twice; name both rows when it does not."""
-    for key in ("label", "split", "patient"):
+    if first["patient"] != entry["patient"]:  # the IDs themselves are never shown: they name people
+        raise MedtlError(f"manifest {path}: '{raw}' is listed twice with different patients (rows {first['row']} "
+                         f"and {entry['row']}); keep one row per image")
+    for key in ("label", "split"):
         if first[key] != entry[key]:
             raise MedtlError(f"manifest {path}: '{raw}' is listed twice with different {key}s (row {first['row']}: "
                              f"'{first[key] or ''}', row {entry['row']}: '{entry[key] or ''}'); keep one row per image")
 
 
 def _check_patients(path: Path, entries: list[dict]) -> None:
-    """Given splits must not share a patient: name the first one that does, with its rows."""
+    """Given splits must not share a patient: name the rows of the first one that does (not its ID)."""
     where = defaultdict(set)
     rows = defaultdict(list)
     for e in entries:
@@ -199,5 +202,5 @@ def _check_patients(path: Path, entries: list[dict]) -> None:
             rows[e["patient"]].append(e["row"])
     for patient, splits in where.items():
         if len(splits) > 1:
-            raise MedtlError(f"manifest {path}: patient '{patient}' is in {', '.join(sorted(splits))} (rows "
-                             f"{', '.join(map(str, rows[patient][:6]))}); a patient's images must stay in one split")
+            raise MedtlError(f"manifest {path}: the patient of rows {', '.join(map(str, rows[patient][:6]))} is in "
+                             f"{', '.join(sorted(splits))}; a patient's images must stay in one split")

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from medtl.data.dicom import ID_TAGS, header_ids, is_dicom
 from medtl.data.images import NPZ_SEP
 
 # (what it reads, pattern over the relative path with '/' separators); first group = the key
@@ -22,6 +23,7 @@ CANDIDATES = (
     ("a numbered file-name prefix (person12_..., IM-0115-..., 00000001_000)",  # then a lower-case word, numbers
      r"^(?:.*/)?([^/]*?\d+)[_-](?:[a-z]+[_-])?\d+(?:[_-]\d+)*\.[^/.]+$"),
 )
+RASTER = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # not opened to look for DICOM
 MATCHED = 0.95  # share of images the pattern must match
 SHARED = 0.2  # share of keys that must hold two or more images
 LARGEST = 0.02  # the largest key's share of images at most (or 20 images, when more)
@@ -76,15 +78,43 @@ def evidence(refs: list[str], keys: dict[str, str]) -> str | None:
 
 def find_keys(refs: list[str], root: str, setting: str) -> PatientKeys | None:
     """The patient keys `data.patient_pattern` gives: none; a pattern as set (every image it matches keyed, the
-    rest each its own key); or auto: the first candidate with strong evidence, else None."""
+    rest each its own key); or auto: the DICOM headers' IDs (`dicom_keys`), else the first path candidate with
+    strong evidence, else None."""
     if setting == "none" or not refs:
         return None
     if setting != "auto":
         return _keyed(refs, keys_by_pattern(refs, root, setting), f"data.patient_pattern {setting!r}")
+    from_headers = dicom_keys(refs)
+    if from_headers is not None:
+        return from_headers
     for what, pattern in CANDIDATES:
         keys = keys_by_pattern(refs, root, pattern)
         if evidence(refs, keys) is None:
             return _keyed(refs, keys, f"found in the paths: {what}")
+    return None
+
+
+def not_found(refs: list[str], root: str) -> str:
+    """The log's (and the audit's) line when auto finds no key: why each path candidate was not taken."""
+    why = "; ".join(f"{what}: {evidence(refs, keys_by_pattern(refs, root, pattern))}"
+                    for what, pattern in CANDIDATES)
+    return (f"patients: no patient key found ({why}); carved splits keep only copies of one image together: give "
+            "a manifest patient column or set data.patient_pattern to the part of the path that names the patient")
+
+
+def dicom_keys(refs: list[str]) -> PatientKeys | None:
+    """Keys from the DICOM headers: PatientID when every DICOM file names one, else StudyInstanceUID when every
+    one names that (a study is a stricter key than none: a patient's studies may then fall apart), else None;
+    also None when the files name one key only (an anonymiser's constant, or one patient: nothing to group).
+    Images that are not DICOM files are each their own key."""
+    files = [r for r in refs if NPZ_SEP not in r and os.path.splitext(r)[1].lower() not in RASTER and is_dicom(r)]
+    if not files:
+        return None
+    ids = {r: header_ids(r) for r in files}
+    for tag in ID_TAGS:
+        keys = {r: found[tag] for r, found in ids.items() if tag in found}
+        if len(keys) == len(files) and len(set(keys.values())) > 1:
+            return _keyed(refs, keys, f"the DICOM headers' {tag}")
     return None
 
 

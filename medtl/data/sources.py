@@ -14,10 +14,12 @@ import numpy as np
 from medtl.core.config import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.groups import content_groups
+from medtl.data.images import NPZ_SEP
 from medtl.data.layout import IMAGE_SUFFIXES, class_name, hidden_folders, image_files, split_folders, subfolders
 from medtl.data.manifest import from_manifest, no_subgroup_columns
 from medtl.data.npz import from_npz
-from medtl.data.patients import PatientKeys, describe, find_keys, shared_keys
+from medtl.data.patients import PatientKeys, describe, find_keys, not_found, shared_keys
+from medtl.data.pseudonyms import pseudonymise
 from medtl.data.splits import SPLITS, DataSplits, carve, need_two_classes, subset
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,10 @@ def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = N
     elif (folders := split_folders(root)) is not None:
         splits = _from_split_tree(root, folders)
     elif whole_tree_as:
-        return _whole_tree(root, whole_tree_as)
+        splits = _whole_tree(root, whole_tree_as)
+        if found := _path_patients(splits, root, cfg.patient_pattern):
+            _note_patients(splits, found, {})
+        return _private(splits, cfg.reveal_ids)
     else:
         splits, one_tree = _from_one_tree(root), True
     if cfg.group != "none":  # once, for every image: carving and the deduplicated test metrics both read it
@@ -63,16 +68,26 @@ def discover(cfg: DataConfig, split_seed: int = 0, whole_tree_as: str | None = N
         subset(splits, cfg.subset_per_class, split_seed)
     if found:
         _note_patients(splits, found, {} if one_tree else published)
+    return _private(splits, cfg.reveal_ids)
+
+
+def _private(splits: DataSplits, reveal: bool) -> DataSplits:
+    """The patient keys as pseudonyms from here on (every output shows these), unless `reveal` (data.reveal_ids)."""
+    splits.groups = pseudonymise(splits.groups, reveal)
+    splits.ids_revealed = reveal
     return splits
 
 
 def _path_patients(splits: DataSplits, base: Path, setting: str) -> PatientKeys | None:
-    """Patient keys from the paths (`data.patient_pattern`) when the data have none from a manifest column."""
+    """Patient keys from the DICOM headers or the paths (`data.patient_pattern`) when the data have none from a
+    manifest column."""
     if splits.groups or setting == "none":
         return None
     found = find_keys(splits.all_refs(), str(base), setting)
     if found:
         splits.groups, splits.patient_source = dict(found.keys), found.source
+    elif setting == "auto" and splits.all_refs() and NPZ_SEP not in splits.all_refs()[0]:
+        splits.notes.append(not_found(splits.all_refs(), str(base)))
     return found
 
 

@@ -13,6 +13,7 @@ from medtl.core.errors import MedtlError
 from medtl.data.images import NPZ_SEP
 
 SPLITS = ("train", "val", "test")
+PSEUDONYMISED = "pseudonymised (HMAC-SHA256 with the secret in the medtl cache)"
 MISSING_VALUE = "(missing)"  # the subgroup of images whose cell is empty (or NaN, NA, ...): named, not dropped
 
 
@@ -28,6 +29,7 @@ class DataSplits:
     rejected: dict[str, str] = field(default_factory=dict)  # manifest rows left out -> why (row number)
     attributes: dict[str, dict[str, str]] = field(default_factory=dict)  # subgroup column -> {ref: value}
     patient_source: str = ""  # where `groups` came from (a manifest column, a path pattern), for the record
+    ids_revealed: bool = False  # `groups` hold the clear keys (data.reveal_ids), not pseudonyms
 
     def keys_per_split(self) -> dict[str, int]:
         """Distinct patient keys in each split."""
@@ -35,11 +37,17 @@ class DataSplits:
 
     def patients(self) -> dict:
         """The record of the patient keys: where they came from and how many keys each split has ({}: none)."""
+        notes = self.patient_notes()
         if not self.groups:
             return {}
         return {"source": self.patient_source or "the manifest's patient column",
+                "ids": "clear (data.reveal_ids)" if self.ids_revealed else PSEUDONYMISED,
                 "keys_per_split": self.keys_per_split(),
-                "notes": [n for n in self.notes if n.startswith("patients:")]}
+                "notes": notes}
+
+    def patient_notes(self) -> list[str]:
+        """The log's lines on the patient keys (also why none was found, when auto looked)."""
+        return [n for n in self.notes if n.startswith("patients:")]
 
     def all_refs(self) -> list[str]:
         return [r for s in SPLITS for r in self.refs.get(s, [])]

@@ -20,6 +20,7 @@ from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
 from medtl.data.image_keys import read_image_keys, without_copies
 from medtl.deploy.evaluation_folder import Evaluation, as_plain, write_folder
+from medtl.deploy.evaluation_patients import patient_level
 from medtl.deploy.evaluation_trust import shift_and_referral
 from medtl.deploy.options import EvaluateOptions
 from medtl.deploy.recalibrate import recalibrate_part
@@ -44,14 +45,15 @@ def evaluate(run_dir: str | Path, data: str | Path, split: str = "test", options
     part, scored before and after."""
     threshold = options.threshold
     folder = RunFolder(run_dir)
-    scored = score_data(folder.path, data, split, options.classes, progress, device)
+    scored = score_data(folder.path, data, split, options.classes, progress, device, options.reveal_ids)
     ckpt = Checkpoint.load(folder.checkpoint)
     resamples, boot_seed = ckpt.config.eval.bootstrap, ckpt.config.train.seed
     if threshold is not None and not scored.binary:
         raise MedtlError(f"--threshold {threshold}: the run has {len(scored.classes)} classes and predicts the most "
                          "probable one; an operating point applies to two-class runs only")
     cut, point = _operating_point(folder, ckpt, scored, threshold, resamples, boot_seed)
-    report = split_report(scored.labels, scored.probs, scored.classes, cut, resamples, boot_seed)
+    report = split_report(scored.labels, scored.probs, scored.classes, cut, resamples, boot_seed,
+                          clusters=scored.clusters())
     copy_rows, copies, without = _copies(folder, scored, cut, resamples, boot_seed)
     recal, parts = None, None
     if options.calibrate_fraction:
@@ -62,7 +64,8 @@ def evaluate(run_dir: str | Path, data: str | Path, split: str = "test", options
                          "(e.g. 0.2), or use `medtl calibrate RUN LOCAL_DATA --temperature`")
     ev = Evaluation(str(folder.path.resolve()), os.path.abspath(str(data)), split, scored.classes, scored.class_map,
                     cut if scored.binary else None, ckpt.temperature, as_plain(report), as_plain(point), copies,
-                    as_plain(without), as_plain(recal), scored.skipped, scored=scored)
+                    as_plain(without), as_plain(recal), scored.skipped, patients=scored.patients, scored=scored)
+    ev.patient_level, ev.by_patient = patient_level(folder, scored, cut, resamples, boot_seed)
     shift_and_referral(ev, folder, (cut, options.coverage), boot_seed)
     if options.output_dir is not None:
         title = f"{folder.path.name} on {Path(str(data)).name} ({split})"

@@ -19,8 +19,10 @@ from medtl.core.io import atomic_write, make_dir, write_json
 from medtl.evaluation.figures import plot_confusions, plot_decision_curve, plot_reliability, plot_roc
 from medtl.evaluation.metrics import class_table, decide
 from medtl.evaluation.operating import DECISION_THRESHOLDS, net_benefit
+from medtl.evaluation.report import write_key_predictions
 
 SCHEMA = "medtl-evaluation/1"
+UNSAVED = ("scored", "folder", "by_patient")  # fields of this pass, not of the record
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class EvaluationFolder:
 
     metrics = property(lambda self: self.path / "metrics.json")  # the whole Evaluation record
     predictions = property(lambda self: self.path / "predictions.csv")  # per image: label, prediction, copy
+    patient_predictions = property(lambda self: self.path / "predictions_patients.csv")  # per patient key
     copies = property(lambda self: self.path / "copies.csv")  # evaluated images with a copy in train or val
     skipped = property(lambda self: self.path / "skipped.csv")  # unreadable images: path, reason
     reliability = property(lambda self: self.path / "reliability.png")
@@ -68,14 +71,17 @@ class Evaluation:
     skipped: dict[str, str] = field(default_factory=dict)
     shift: dict | None = None  # data-set shift against the training images (filled by the shift test)
     referral: dict | None = None  # conformal referral: coverage reached, referral rate
+    patients: dict = field(default_factory=dict)  # where the patient keys came from, pseudonymised or not
+    patient_level: dict | None = None  # per patient key: the run's rule and threshold, metrics over keys
     folder: Path | None = None
     scored: Any = field(default=None, repr=False, compare=False)  # deploy.scoring.Scored of this pass
+    by_patient: Any = field(default=None, repr=False, compare=False)  # patient_level.KeyScores of this pass
 
     def __getitem__(self, key: str) -> Any:
         return self.metrics[key]
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("scored", "folder")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in UNSAVED}
         return {"schema": SCHEMA, **out}
 
     @classmethod
@@ -90,7 +96,7 @@ class Evaluation:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise MedtlError(f"{where.metrics} is not an evaluation record ({SCHEMA}); pass a folder written by "
                              "`medtl evaluate`")
-        known = {f.name for f in fields(cls)} - {"scored", "folder"}
+        known = {f.name for f in fields(cls)} - set(UNSAVED)
         return cls(**{k: v for k, v in data.items() if k in known}, folder=where.path)
 
 
@@ -121,6 +127,8 @@ def _write_files(ev: Evaluation, f: EvaluationFolder, title: str, copy_rows: lis
     s = ev.scored
     shown = {ev.split: ev.metrics, **({f"{ev.split} without copies": ev.without_copies} if ev.without_copies else {})}
     _write_predictions(f.predictions, ev, copy_rows, parts)
+    if ev.by_patient is not None:
+        write_key_predictions(f.patient_predictions, ev.by_patient, ev.classes, ev.patient_level["threshold"])
     if any(r["kind"] for r in copy_rows):
         _write_csv(f.copies, ["path", "copy", "of_split", "hash_bits"],
                    [[ref, r["kind"], r["split"], r["bits"]] for ref, r in zip(s.refs, copy_rows) if r["kind"]])

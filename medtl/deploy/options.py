@@ -20,6 +20,7 @@ class EvaluateOptions:
         temperature: Refit a temperature on the calibration part too.
         seed: Seed of the calibration split.
         coverage: Referral: the conformal prediction sets' coverage, calibrated on the run's validation images.
+        reveal_ids: Patient keys in clear in every file (True), as pseudonyms (False), or as the run did (None).
     """
 
     output_dir: str | Path | None = None
@@ -29,6 +30,7 @@ class EvaluateOptions:
     temperature: bool = False
     seed: int = 0
     coverage: float = 0.9  # evaluation/conformal.py's DEFAULT_COVERAGE
+    reveal_ids: bool | None = None  # patient keys in clear in the folder (None: as the run was trained)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,12 @@ class Scored:
     classes: list[str]  # the run's classes
     class_map: dict[str, str]  # the data's class name -> the run's, for every class found in the data
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable images -> why
-    groups: dict[str, str] = field(default_factory=dict)  # ref -> patient, when the data names patients
+    groups: dict[str, str] = field(default_factory=dict)  # ref -> patient, when the data name patients
+    patients: dict = field(default_factory=dict)  # where the keys came from (`DataSplits.patients`)
+
+    def clusters(self) -> list[str] | None:
+        """Each image's patient key (one without is its own), or None when the data name no patients."""
+        return [self.groups.get(r, r) for r in self.refs] if self.groups else None
 
     @property
     def binary(self) -> bool:
@@ -50,11 +55,12 @@ class Scored:
 
 
 def score_data(run_dir: str | Path, data: str | Path, split: str = "test", classes: str | dict | None = None,
-               progress: bool = True, device: str | None = None) -> Scored:
-    """Score every readable image of `split` of `data` with the run's model, preprocessing and temperature."""
+               progress: bool = True, device: str | None = None, reveal_ids: bool | None = None) -> Scored:
+    """Score every readable image of `split` of `data` with the run's model, preprocessing and temperature;
+    patient keys as pseudonyms unless `reveal_ids` (None: the run's data.reveal_ids)."""
     ckpt = Checkpoint.load(RunFolder(run_dir).require_checkpoint())
     data, cache_dir = str(data), facts_cache.use_cache_root(ckpt.config.cache.dir)
-    splits = find_split(ckpt, data, split)
+    splits = find_split(ckpt, data, split, reveal_ids)
     mapping = map_classes(data, splits.classes, ckpt.classes, parse_class_map(classes))
     index = np.array([ckpt.classes.index(mapping[c]) for c in splits.classes])
     refs, labels = splits.refs[split], index[splits.labels[split]]
@@ -71,7 +77,7 @@ def score_data(run_dir: str | Path, data: str | Path, split: str = "test", class
     if ckpt.temperature != 1.0:  # the threshold was chosen on the calibrated probabilities
         probs = apply_temperature(probs, ckpt.temperature)
     groups = {r: splits.groups[r] for r in refs if r in splits.groups}
-    return Scored(refs, labels, probs, features, list(ckpt.classes), mapping, skipped, groups)
+    return Scored(refs, labels, probs, features, list(ckpt.classes), mapping, skipped, groups, splits.patients())
 
 
 @torch.inference_mode()

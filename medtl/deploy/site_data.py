@@ -46,12 +46,14 @@ def map_classes(data: str, found: list[str], run_classes: list[str], given: dict
     return mapping
 
 
-def find_split(ckpt: Checkpoint, data: str, split: str) -> DataSplits:
-    """The data's splits as training would find them (class-folder trees: every image in `split`)."""
+def find_split(ckpt: Checkpoint, data: str, split: str, reveal_ids: bool | None = None) -> DataSplits:
+    """The data's splits as training would find them (class-folder trees: every image in `split`); patient keys
+    in clear only with `reveal_ids` (None: as the run was trained)."""
     cfg = ckpt.config
+    reveal = cfg.data.reveal_ids if reveal_ids is None else reveal_ids
     data_cfg = from_dict(type(cfg.data), {**to_dict(cfg.data), "path": data, "image_size": ckpt.preprocess.size,
                                           "fast_jpeg": ckpt.preprocess.decoding.fast_jpeg, "subset_per_class": None,
-                                          "group": "none"})
+                                          "group": "none", "reveal_ids": reveal})
     splits = discover(data_cfg, cfg.data.split_seed, whole_tree_as=split)
     if split not in splits.refs:
         raise MedtlError(f"{data} has no '{split}' split; available: {', '.join(splits.refs)}")

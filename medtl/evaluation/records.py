@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 # metrics.json's keys in the order they are written; `REQUIRED` must be there, the others are written when set
 REQUIRED = ("best_epoch", "epochs_run", "train_seconds", "threshold", "threshold_method", "classes", "image_size",
             "split_sizes", "splits", "temperature")
-OPTIONAL = ("uncalibrated", "auto", "tta", "environment", "patients")
+OPTIONAL = ("uncalibrated", "auto", "tta", "environment", "patients", "patient_level")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class RunMetrics:
         tta: Test-time augmentation applied, and why.
         environment: Package versions and medtl's commit when the run was trained.
         patients: Where the patient keys came from and how many keys each split has ({}: no keys).
+        patient_level: Scores per patient key (the aggregation rule and threshold chosen on validation, each
+            split's metrics with intervals over keys); {}: no keys.
         extra: Keys this version of medtl does not know, kept as read.
         schema_version: The file's schema version.
     """
@@ -65,6 +67,7 @@ class RunMetrics:
     tta: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)  # package versions, medtl's commit
     patients: dict[str, Any] = field(default_factory=dict)  # key source, keys per split
+    patient_level: dict[str, Any] = field(default_factory=dict)  # rule, threshold, metrics per split by key
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 

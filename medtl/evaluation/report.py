@@ -37,6 +37,10 @@ def format_metrics(name: str, m: dict) -> str:
     if "calibration" in m:
         cal = m["calibration"] or {}
         line += f", ECE {_number(cal.get('ece'), 4)}, Brier {_number(cal.get('brier'), 4)}"
+    if m.get("interval_unit") == "patient":
+        line += " (intervals resample patients)"
+    if "keys" in m:
+        line += f" ({m['keys']} patient keys, {m['images']} images)"
     if "removed" in m:
         line += f" ({m['removed']} test images with a copy in train left out)"
     if m.get("per_class"):
@@ -49,6 +53,19 @@ def _number(value, digits: int) -> str:
     """`value` with `digits` decimals; 'undefined' for None, NaN or infinity."""
     value = clean(value)
     return "undefined" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
+
+
+def write_key_predictions(path: Path, scores, classes: list[str], threshold: float) -> None:
+    """Per-key results of a split (`patient_level.KeyScores`): the key (a pseudonym unless revealed), its
+    images, its label, the predicted label, one probability column per class."""
+    table = class_table(scores.probs)
+    predicted = decide(table, threshold)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["patient", "images", "label", "predicted", *[f"prob_{c}" for c in classes]])
+    for key, n, y, k, row in zip(scores.keys, scores.images, scores.labels, predicted, table):
+        w.writerow([key, int(n), classes[int(y)], classes[int(k)], *[f"{v:.6f}" for v in row]])
+    atomic_write(path, buf.getvalue())
 
 
 def write_predictions(path: Path, refs: list[str], labels, probs, classes: list[str], threshold: float) -> None:

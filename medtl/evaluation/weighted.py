@@ -11,11 +11,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from medtl.evaluation.uncertainty import _div, _nanmean
 
 BINARY = ("accuracy", "sensitivity", "specificity", "precision", "npv", "auc")
 MULTICLASS = ("accuracy", "sensitivity", "specificity", "precision", "auc")
 CHUNK = 4_000_000  # weights held at once (replicates x rows): about 32 MB per array
+
+
+def div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b, NaN where b is 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def nanmean(rows: list[np.ndarray]) -> np.ndarray:
+    """Mean over the defined values of each column; NaN where none is defined."""
+    stacked = np.stack(rows)
+    defined = np.isfinite(stacked)
+    return div(np.where(defined, stacked, 0).sum(0), defined.sum(0))
 
 
 def class_weights(y: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -48,18 +60,18 @@ def weighted_metrics(w: np.ndarray, y: np.ndarray, table: np.ndarray, pred: np.n
     weights `w` (B, N); NaN where a metric is undefined (e.g. no positive image carries weight)."""
     y, pred = np.asarray(y).astype(int), np.asarray(pred).astype(int)
     if table.shape[1] == 2:
-        out = _one_vs_rest(w, y == 1, pred == 1, table[:, 1])
-        return {"accuracy": _div((w * (pred == y)).sum(1), w.sum(1)), **{m: out[m] for m in BINARY[1:]}}
-    per_class = [_one_vs_rest(w, y == c, pred == c, table[:, c]) for c in range(table.shape[1])]
-    macro = {m: _nanmean([p[m] for p in per_class]) for m in MULTICLASS[1:]}
-    return {"accuracy": _div((w * (pred == y)).sum(1), w.sum(1)), **macro}
+        out = one_vs_rest(w, y == 1, pred == 1, table[:, 1])
+        return {"accuracy": div((w * (pred == y)).sum(1), w.sum(1)), **{m: out[m] for m in BINARY[1:]}}
+    per_class = [one_vs_rest(w, y == c, pred == c, table[:, c]) for c in range(table.shape[1])]
+    macro = {m: nanmean([p[m] for p in per_class]) for m in MULTICLASS[1:]}
+    return {"accuracy": div((w * (pred == y)).sum(1), w.sum(1)), **macro}
 
 
-def _one_vs_rest(w: np.ndarray, positive: np.ndarray, said: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
+def one_vs_rest(w: np.ndarray, positive: np.ndarray, said: np.ndarray, score: np.ndarray) -> dict[str, np.ndarray]:
     tp, fn = (w * (positive & said)).sum(1), (w * (positive & ~said)).sum(1)
     fp, tn = (w * (~positive & said)).sum(1), (w * (~positive & ~said)).sum(1)
-    return {"sensitivity": _div(tp, tp + fn), "specificity": _div(tn, tn + fp), "precision": _div(tp, tp + fp),
-            "npv": _div(tn, tn + fn), "auc": weighted_auc(w, positive, score)}
+    return {"sensitivity": div(tp, tp + fn), "specificity": div(tn, tn + fp), "precision": div(tp, tp + fp),
+            "npv": div(tn, tn + fn), "auc": weighted_auc(w, positive, score)}
 
 
 def weighted_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -74,7 +86,7 @@ def weighted_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.n
     below = np.cumsum(negatives, axis=1) - negatives  # negative weight strictly below each block
     credit = below[:, block] + 0.5 * negatives[:, block]
     w_pos = w * pos
-    return _div((w_pos * credit).sum(1), w_pos.sum(1) * (w * ~pos).sum(1))
+    return div((w_pos * credit).sum(1), w_pos.sum(1) * (w * ~pos).sum(1))
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float] | None:

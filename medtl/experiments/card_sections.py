@@ -151,7 +151,7 @@ def results_sections(f: RunFacts) -> list[Section]:
     for split in [x for x in SPLIT_ORDER if x in splits]:
         r = splits[split]
         s.p(f"{split} ({r.get('n')} images" + (f", {r['removed']} copies of training images removed" if
-                                               r.get("removed") else "") + "):")
+                                               r.get("removed") else "") + f"; {_level(r)}):")
         s.table(["metric", "value", "95 % interval"],
                 [[k, num(r.get(k)), interval((r.get("ci95") or {}).get(k))] for k in METRICS if k in r])
     out = [s]
@@ -164,7 +164,31 @@ def results_sections(f: RunFacts) -> list[Section]:
                                                              ("precision", "recall", "specificity", "f1", "auc")]]
                                      for c, v in table.items()])
         out.append(pc)
-    return out + [_calibration(f), _operating_point(f), *_subgroups(f), *_robustness(f)]
+    return out + [*_per_patient(f), _calibration(f), _operating_point(f), *_subgroups(f), *_robustness(f)]
+
+
+def _level(r: dict) -> str:
+    """Which level a split's numbers are, and what its intervals resample."""
+    if r.get("interval_unit") == "patient":
+        return "per image; intervals resample patients: a cluster bootstrap"
+    return "per image; intervals resample images"
+
+
+def _per_patient(f: RunFacts) -> list[Section]:
+    """Results per patient key, when the data name patients: the rule and threshold chosen on validation."""
+    level = f.metrics.get("patient_level") or {}
+    if not level.get("splits"):
+        return []
+    s = Section("per-patient", "Results per patient").p(
+        f"Each patient key's probability is the {level['rule']} of its images' (rule chosen on {level['chosen_on']}"
+        f"; threshold {num(level.get('threshold'), 4)}); each key counts once, so these intervals resample "
+        "patients. Keys are pseudonymised unless the run revealed them.")
+    for split in [x for x in SPLIT_ORDER if x in level["splits"]]:
+        r = level["splits"][split]
+        s.p(f"{split} ({r.get('keys')} patient keys, {r.get('images')} images; per patient):")
+        s.table(["metric", "value", "95 % interval"],
+                [[k, num(r.get(k)), interval((r.get("ci95") or {}).get(k))] for k in METRICS if k in r])
+    return [s]
 
 
 def _with_ci(values: dict, key: str) -> str:

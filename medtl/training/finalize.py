@@ -12,10 +12,10 @@ from medtl.core.io import write_json
 from medtl.core.runfolder import RunFolder
 from medtl.data.image_keys import write_image_keys
 from medtl.evaluation.records import RunMetrics
-from medtl.evaluation.report import format_metrics, write_history, write_predictions
+from medtl.evaluation.report import format_metrics, write_history, write_key_predictions, write_predictions
 from medtl.models.checkpoint import Checkpoint
 from medtl.training.reference import save_reference
-from medtl.training.run_reports import plot_run, split_reports
+from medtl.training.run_reports import patient_results, plot_run, split_reports
 from medtl.training.scoring import Scored, score
 from medtl.training.train import Trained
 
@@ -44,6 +44,10 @@ def _write(scored: Scored, folder: RunFolder, seconds: float) -> RunMetrics:
         log.info(format_metrics(split, m))
     for split, (pr, y) in scored.scores.items():
         write_predictions(folder.predictions(split), p.splits.refs[split], y, pr, classes, threshold)
+    by_patient, key_scores = patient_results(p, scored)
+    for split, k in key_scores.items():
+        log.info(format_metrics(f"{split} per patient ({by_patient['rule']})", by_patient["splits"][split]))
+        write_key_predictions(folder.patient_predictions(split), k, classes, by_patient["threshold"])
     save_reference(p, model, folder.path, val_probs=scored.scores["val"].probs)  # shift and referral, later
     ckpt = Checkpoint(model.state_dict(), p.cfg, classes, threshold, p.preprocess, p.spec.name, scored.temperature)
     digest = ckpt.save(folder.checkpoint)
@@ -52,7 +56,8 @@ def _write(scored: Scored, folder: RunFolder, seconds: float) -> RunMetrics:
     metrics = RunMetrics(result.best_epoch, len(result.history), seconds, threshold, p.cfg.eval.threshold, classes,
                          p.size, {s: len(r) for s, r in p.splits.refs.items()}, splits, scored.temperature, digest,
                          scored.uncalibrated, scored.trained.auto, scored.tta,
-                         environment("when the run was trained"), patients=p.splits.patients())
+                         environment("when the run was trained"), patients=p.splits.patients(),
+                         patient_level=by_patient)
     metrics.write(folder.metrics)  # last: its presence marks a finished run (studies resume on it)
     log.info("training took %.1f s; best epoch %d; threshold %.4f (chosen on validation by %s)",
              seconds, result.best_epoch, threshold, p.cfg.eval.threshold)
