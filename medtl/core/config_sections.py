@@ -22,10 +22,12 @@ from medtl.core.config_io import show
 from medtl.core.config_renames import upgrade
 from medtl.core.config_values import THRESHOLD_HELP, threshold_spec
 from medtl.core.errors import MedtlError
+from medtl.core.strategies import NAMES as STRATEGY_NAMES
+from medtl.core.strategies import StrategySpec, get_strategy
 from medtl.core.windows import parse_window
 
 # each choice list once: the Literal a field is typed with, and its values for messages and other layers
-Strategy = Literal["auto", "scratch", "linear", "partial", "full"]
+Strategy = Literal[STRATEGY_NAMES]  # the registry's (medtl/core/strategies/): one module per strategy
 STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
 Engine = Literal["auto", "torch", "openvino", "onnxruntime"]
 ENGINES: tuple[str, ...] = typing.get_args(Engine)
@@ -154,6 +156,11 @@ class ModelConfig(_Checked):
     head: Literal["linear", "mlp"] = "linear"  # the new classifier: one linear layer, or a hidden layer first
     hidden: int = field(default=256, metadata=_at_least(1))  # width of the mlp head
     dropout: float = field(default=0.2, metadata={"min": 0, "lt": 1})  # before the mlp head's last layer
+
+    @property
+    def strategy_spec(self) -> StrategySpec:
+        """The record of `strategy` (medtl/core/strategies/): what trains, what is cached, what it costs."""
+        return get_strategy(self.strategy)
 
 
 @dataclass(frozen=True)
@@ -292,7 +299,7 @@ def budget_seconds(text: str) -> float:
 
 def run_budget(cfg: "RunConfig") -> float | None:
     """The run's wall-clock budget in seconds: train.budget, else AUTO_BUDGET for strategy auto, else none."""
-    budget = cfg.train.budget or (AUTO_BUDGET if cfg.model.strategy == "auto" else None)
+    budget = cfg.train.budget or (AUTO_BUDGET if cfg.model.strategy_spec.chooses else None)
     return None if budget is None else budget_seconds(budget)
 
 

@@ -100,7 +100,7 @@ def pretrained(cfg: RunConfig) -> dict:
 
     spec = get_spec(cfg.model.backbone)
     weights = spec.default_weights if cfg.model.weights == "default" else cfg.model.weights
-    if cfg.model.strategy == "scratch" or weights == "none":
+    if not cfg.model.strategy_spec.pretrained or weights == "none":
         return {"source": "none: random initialization (trained from scratch)", "path": None, "sha256": None}
     if weights == "package":
         path = package_weights_path(spec)

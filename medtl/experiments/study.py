@@ -79,7 +79,8 @@ def run_name(point: dict[str, Any]) -> str:
 
 
 def _unavailable(cfg: RunConfig) -> str:
-    if cfg.model.strategy == "scratch" or cfg.model.weights not in ("default", "imagenet", "package"):
+    if not cfg.model.strategy_spec.pretrained or cfg.model.weights not in ("default", "imagenet",
+                                                                                     "package"):
         return ""  # scratch needs no weights; a path is checked when the run starts
     spec = get_spec(cfg.model.backbone)
     if weights_available_offline(spec):

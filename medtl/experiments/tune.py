@@ -38,7 +38,7 @@ SCHEMA_LOCK = 0x6D65_64746C  # PostgreSQL advisory-lock key ("medtl") held while
 
 def suggest(trial: optuna.Trial, base: RunConfig) -> dict[str, object]:
     """The search space: learning rate, head (linear / MLP with dropout), weight decay, batch size, and the
-    number of unfrozen stages when the strategy is `partial`."""
+    number of unfrozen stages when the strategy reads it (`partial`)."""
     params: dict[str, object] = {
         "train.lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
         "train.weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
@@ -47,7 +47,7 @@ def suggest(trial: optuna.Trial, base: RunConfig) -> dict[str, object]:
     }
     if params["model.head"] == "mlp":
         params["model.dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
-    if base.model.strategy == "partial":
+    if base.model.strategy_spec.uses_stages:
         params["model.unfreeze_stages"] = trial.suggest_int("unfreeze_stages", 1, 3)
     return params
 
@@ -82,7 +82,7 @@ def tune(base: RunConfig, trials: int, out: Path, storage: str | None = None, st
     """Run `trials` trials (this process's share when workers share the storage); returns the study."""
     if trials < 1:
         raise MedtlError(f"--trials {trials}: give at least 1")
-    if base.model.strategy == "auto":
+    if base.model.strategy_spec.chooses:
         raise MedtlError("medtl tune searches the settings of one strategy, and the strategy is auto (the default); "
                          "pass --strategy linear, partial or full (auto chooses among them itself)")
     make_dir(out)

@@ -1,10 +1,5 @@
-"""The classifier (backbone + new head) and the transfer strategies that decide what trains.
-
-scratch  random init, everything trains
-linear   pretrained backbone frozen (BatchNorm in eval mode), only the new head trains
-partial  the top N stages of the spec train, the rest is frozen
-full     pretrained init, everything trains
-"""
+"""The classifier (backbone + new head), with what its transfer strategy trains applied: each strategy's record
+and freeze rule are in medtl/core/strategies/ (scratch, linear, partial, full, ...)."""
 
 from __future__ import annotations
 
@@ -14,8 +9,9 @@ import torch
 from torch import nn
 
 from medtl.models.backbones import BackboneSpec, build_backbone, get_spec, resolve_weights
-from medtl.core.config import STRATEGIES, ModelConfig
+from medtl.core.config import ModelConfig
 from medtl.core.errors import MedtlError
+from medtl.core.strategies import get_strategy
 
 
 
@@ -81,41 +77,24 @@ def build_classifier(cfg: ModelConfig, num_outputs: int, in_chans: int = 3,
 
 
 def effective_weights(cfg: ModelConfig) -> str:
-    """Scratch always starts from random weights; other strategies need pretrained ones."""
+    """A strategy that starts from random weights (scratch) gets none; the others need pretrained ones."""
     spec = get_spec(cfg.backbone)
-    if cfg.strategy == "scratch":
+    if not cfg.strategy_spec.pretrained:
         if cfg.weights not in ("default", "none"):
-            raise MedtlError(f"strategy scratch trains from random weights but --weights {cfg.weights} was given; "
-                             "drop --weights or use --strategy full")
+            raise MedtlError(f"strategy {cfg.strategy} trains from random weights but --weights {cfg.weights} was "
+                             "given; drop --weights or use --strategy full")
         return "none"
     return resolve_weights(spec, cfg.weights)
 
 
-def frozen_modules(spec: BackboneSpec, strategy: str, unfreeze_stages: int) -> tuple[str, ...]:
-    """Names of the backbone modules a strategy freezes ('' is the whole backbone)."""
-    if strategy in ("scratch", "full"):
-        return ()
-    if strategy == "linear":
-        return ("",)
-    if strategy == "partial":
-        n = len(spec.stages)
-        if not 1 <= unfreeze_stages < n:
-            raise MedtlError(f"unfreeze_stages={unfreeze_stages} for '{spec.name}': must be 1..{n - 1} "
-                             f"(it has {n} stages); use --strategy full to train all")
-        return tuple(name for stage in spec.stages[: n - unfreeze_stages] for name in stage)
-    raise MedtlError(f"unknown strategy '{strategy}'; valid: {', '.join(STRATEGIES)}")
-
-
 def apply_strategy(model: Classifier, spec: BackboneSpec, strategy: str, unfreeze_stages: int = 2) -> None:
-    """Set requires_grad by module name. In partial, everything the stages do not list trains
-    except the frozen stages (e.g. pooling); the head always trains."""
-    frozen = frozen_modules(spec, strategy, unfreeze_stages)
+    """Every parameter trainable, then the strategy's freeze rule (medtl/core/strategies/); the modules it
+    freezes stay in eval mode (BatchNorm statistics kept); the head always trains."""
     for p in model.parameters():
         p.requires_grad = True
-    for name in frozen:
-        for p in model.backbone.get_submodule(name).parameters():
-            p.requires_grad = False
-    model.frozen = frozen
+    model.frozen = get_strategy(strategy).freeze(model, spec, unfreeze_stages)
+    for p in model.head.parameters():
+        p.requires_grad = True
     model.train(model.training)
 
 

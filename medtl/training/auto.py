@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from medtl.core.config import RunConfig, run_budget
+from medtl.core.strategies import get_strategy
 from medtl.models.strategies import Classifier, build_classifier
 from medtl.training.auto_clock import EpochClock
 from medtl.training.auto_plan import FT_BATCH, MIN_EPOCHS, Costs, fit, mirror_seconds, sizes
@@ -90,7 +91,7 @@ def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: floa
     candidates a killed run left (finished ones kept, the one in progress from its last epoch, the budget
     what was left)."""
     run = _Session(p, train_fn, progress, prepare_seconds)
-    if run.state.current and run.state.current["strategy"] == "linear":
+    if run.state.current and not get_strategy(run.state.current["strategy"]).fine_tunes:  # the probe
         run.resume_current()
     elif not run.tried:
         run.attempt("linear", p.size, p.cfg.train.epochs, run.end, "")
@@ -202,8 +203,9 @@ class _Session:
         if any(c.note.startswith(CONTINUED) for c in self.tried):
             return
         most = self.p.cfg.train.epochs
-        improving = [c for c in self.tried if c.strategy != "linear" and c.image_size and c.epochs_run < most
-                     and c.best_epoch == c.epochs_run and self.keeper.kept(c.strategy, c.image_size)]
+        improving = [c for c in self.tried if get_strategy(c.strategy).fine_tunes and c.image_size
+                     and c.epochs_run < most and c.best_epoch == c.epochs_run
+                     and self.keeper.kept(c.strategy, c.image_size)]
         if not improving:
             return
         cand = improving[0]
@@ -298,8 +300,9 @@ class _Session:
         """The run's Prepared with the candidate's config and its own state file: fine-tuning is LP-FT at batch
         <= FT_BATCH; another size is another decoded store over the same splits (`Prepared.at_size`)."""
         p, tc = self.p, self.p.cfg.train
-        train = dataclasses.replace(tc, epochs=epochs) if strategy == "linear" else dataclasses.replace(
-            tc, epochs=epochs, head_init="probe", batch_size=min(tc.batch_size, FT_BATCH))
+        train = dataclasses.replace(tc, epochs=epochs)
+        if get_strategy(strategy).fine_tunes:
+            train = dataclasses.replace(train, head_init="probe", batch_size=min(tc.batch_size, FT_BATCH))
         data = dataclasses.replace(p.cfg.data, image_size=size)
         cfg = dataclasses.replace(p.cfg, data=data, train=train,
                                   model=dataclasses.replace(p.cfg.model, strategy=strategy))

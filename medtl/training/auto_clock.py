@@ -20,12 +20,13 @@ class EpochClock:
     def __init__(self, run, p: Prepared):
         """`run`: the auto session (training/auto.py) whose costs, progress and re-plans this updates."""
         self.run, self.strategy, self.size = run, p.cfg.model.strategy, p.size
+        self.timed = p.strategy.fine_tunes  # a probe's epochs are not a fine-tuning pace
         self.deadline, self.most = p.deadline, run.p.cfg.train.epochs
 
     def __call__(self, state: FitState) -> None:
         self.run.state.current["epoch"] = state.epoch
         timed = _timed(state.history)
-        if self.strategy == "linear" or not timed:
+        if not self.timed or not timed:
             self.run.save()
             return
         epoch = sum(timed) / len(timed)
@@ -52,7 +53,7 @@ class EpochClock:
     def measure_candidate(self, history: list[dict], seconds: float) -> None:
         """The finished candidate's epochs as training timed them (history `seconds`), and its setup."""
         timed = _timed(history)
-        if self.strategy == "linear" or not timed:
+        if not self.timed or not timed:
             return
         self.run.costs.measured(self.strategy, self.size, sum(timed) / len(timed), seconds - sum(timed))
         self.run.replan(self.strategy, "end", f"{self.strategy} finished after {len(history)} epochs "

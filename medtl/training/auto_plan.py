@@ -3,7 +3,7 @@
 The first fine-tuning candidate's plan starts from one timed step (`step_seconds`); from then on every epoch of
 every candidate measures seconds per training image (its validation pass included) at its size, and the plans
 of the candidates still to run are recomputed from that measure, scaled by the image area between sizes (a
-candidate of the other fine-tuning strategy from it by PARTIAL_COST). A busy machine then gets plans for the
+candidate of another fine-tuning strategy from it by the ratio of their records' `step_cost`). A busy machine then gets plans for the
 speed it actually has, a quiet one the epochs it can afford.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from medtl.core.strategies import get_strategy
 from medtl.models.memory import recomputed, recomputing
 from medtl.models.strategies import build_classifier
 from medtl.training.loop import chunk_count, micro_batch
@@ -23,7 +24,6 @@ from medtl.training.prepared import Prepared
 
 MIN_EPOCHS = 4  # a fine-tuning candidate runs at a size where at least this many epochs fit its share
 FT_BATCH = 32  # fine-tuning batch (memory: full at 224 px, batch 64, reached 8.4 GB on a CPU)
-PARTIAL_COST = 0.5  # a partial step on cached activations against a full step (top stages only)
 SMALLER = (192, 160, 128, 112, 96)  # the sizes a candidate may shrink to, largest first
 
 
@@ -52,13 +52,12 @@ class Costs:
         if strategy in self.per_image:
             seconds, at = self.per_image[strategy]
             return self.n_train * seconds * (size / at) ** 2, "measured"
-        other = "partial" if strategy == "full" else "full"
-        if other in self.per_image:
-            seconds, at = self.per_image[other]
-            ratio = PARTIAL_COST if strategy == "partial" else 1 / PARTIAL_COST
+        cost = get_strategy(strategy).step_cost
+        for other, (seconds, at) in self.per_image.items():  # another fine-tuning candidate's epochs
+            ratio = cost / get_strategy(other).step_cost
             return self.n_train * seconds * ratio * (size / at) ** 2, f"measured on {other}"
         scale = (size / self.native) ** 2
-        train = self.n_train / FT_BATCH * self.step * scale * (PARTIAL_COST if strategy == "partial" else 1)
+        train = self.n_train / FT_BATCH * self.step * scale * cost
         return train + self.n_eval * self._forward(size), "timed step"
 
     def setup_seconds(self, strategy: str, size: int, prepare_seconds: float) -> float:
@@ -67,7 +66,8 @@ class Costs:
             return seconds * (size / at) ** 2
         forward = self._forward(size)
         probe = 0.0 if size == self.native else prepare_seconds + (self.n_train + self.n_eval) * forward
-        return probe + ((self.n_train * (1 + self.views) + self.n_eval) * forward if strategy == "partial" else 0.0)
+        caches = get_strategy(strategy).cached == "activations"  # its setup computes the cached activations
+        return probe + ((self.n_train * (1 + self.views) + self.n_eval) * forward if caches else 0.0)
 
     def _forward(self, size: int) -> float:
         """A gradient-free pass over one image, from the timed step (a third of a step's image)."""

@@ -105,7 +105,7 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
 def backbone_features(p: Prepared, model: Classifier, split: str) -> np.ndarray | None:
     """The pooled backbone features of every image of `split` (split order) from the feature cache, when the
     backbone is the frozen one the cache holds (linear); None otherwise (its trained backbone must run)."""
-    if p.cfg.model.strategy != "linear":
+    if p.strategy.cached != "features":
         return None  # no collective here: under torchrun only rank 0 writes the run's reference and calls this
     return _features(p, FrozenPass(p, model.backbone, images=len(p.splits.refs[split])), split, 0, False)
 
@@ -119,9 +119,10 @@ def scores_from_cache(p: Prepared, model: Classifier, split: str, progress: bool
     for a partial backbone whose prefix cannot be cached): the caller then runs the whole network."""
     mirrored = sum(len(p.splits.refs[s]) for s in ("val", "test") if s in p.splits.refs)
     images = mirrored if mirror else len(p.splits.refs[split])  # what this pass sees, should it miss the cache
-    if p.cfg.model.strategy == "linear":
+    cache = p.strategy.cached
+    if cache == "features":
         frozen, trained, shape = FrozenPass(p, model.backbone, images=images), model.head, None
-    elif p.cfg.model.strategy == "partial" and p.cfg.cache.cache_frozen:
+    elif cache == "activations" and p.cfg.cache.cache_frozen:
         try:
             boundary, top, shape = _prefix_split(p, model)
         except ValueError:

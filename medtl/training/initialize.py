@@ -45,7 +45,7 @@ def start(cfg: RunConfig, progress: bool, resume: bool, device: torch.device, wo
     p.deadline = None if budget is None else started + budget
     prepare_seconds = time.monotonic() - started
     num_out = 1 if p.binary else len(p.splits.classes)
-    auto = cfg.model.strategy == "auto"  # then each candidate builds its own model
+    auto = cfg.model.strategy_spec.chooses  # then each candidate builds its own model
     model = None if auto else build_classifier(cfg.model, num_out, p.in_chans).to(p.device)  # same on every process
     if world.rank:  # other augmentations (and dropout) than rank 0's; rank 0 draws as one process would
         seed_everything(cfg.train.seed + world.rank)

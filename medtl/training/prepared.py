@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medtl.core.config import RunConfig
+from medtl.core.strategies import StrategySpec
 from medtl.data.audit import Facts
 from medtl.data.datasets import StoreDataset
 from medtl.data.images import ImageStore, build_store, check_failures
@@ -40,6 +41,11 @@ class Prepared:
     state_path: Path | None = None  # per-epoch training state, for --resume
     resume: bool = False  # continue from state_path (only when asked: --resume)
     deadline: float | None = None  # time.monotonic() by which training stops (train.budget)
+
+    @property
+    def strategy(self) -> StrategySpec:
+        """The record of the run's strategy (medtl/core/strategies/): what trains, what is cached."""
+        return self.cfg.model.strategy_spec
 
     @property
     def binary(self) -> bool:

@@ -74,7 +74,7 @@ def _guarded(folder: RunFolder, cfg: RunConfig) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        if cfg.model.strategy == "auto":  # training/auto_state.py: finished candidates, the current one's epochs
+        if cfg.model.strategy_spec.chooses:  # training/auto_state.py: finished candidates, the current one's epochs
             kept = "the finished candidates and epochs are kept" if folder.auto_progress.exists() else \
                 "no epoch had finished"
         else:
@@ -94,7 +94,7 @@ def _guarded(folder: RunFolder, cfg: RunConfig) -> Iterator[None]:
 
 def _check_auto(cfg: RunConfig, resume: bool) -> None:
     """Before the data are read: what an auto run cannot do. (It can be resumed: training/auto_state.py.)"""
-    if cfg.model.strategy != "auto":
+    if not cfg.model.strategy_spec.chooses:
         return
     if effective_weights(cfg.model) == "none":
         raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "

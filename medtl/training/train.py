@@ -50,11 +50,11 @@ def train(p: Prepared, model: Classifier, progress: bool, hooks: Sequence[Hook] 
     tc = p.cfg.train
     weights = class_weights(p.splits.labels["train"], len(p.splits.classes)) if tc.class_weights else None
     loss_fn = make_loss(p.binary, weights, tc.label_smoothing)
-    if p.cfg.model.strategy == "linear":
+    if p.strategy.cached == "features":
         return train_head_on_features(p, model, loss_fn, progress, hooks)
     if _lp_ft(p):
         probe_head(p, model, loss_fn, progress)
-    if p.cfg.model.strategy == "partial" and p.cfg.cache.cache_frozen:
+    if p.strategy.cached == "activations" and p.cfg.cache.cache_frozen:
         try:
             return train_top_on_activations(p, model, loss_fn, progress, hooks)
         except ValueError as exc:
@@ -78,9 +78,9 @@ def train(p: Prepared, model: Classifier, progress: bool, hooks: Sequence[Hook] 
 
 
 def _lp_ft(p: Prepared) -> bool:
-    """LP-FT's probe step runs for partial/full from pretrained weights, unless a resumed run's state (which
-    holds the head) is there."""
-    if p.cfg.train.head_init != "probe" or p.cfg.model.strategy not in ("partial", "full"):
+    """LP-FT's probe step runs for the strategies that take it (partial, full) from pretrained weights, unless a
+    resumed run's state (which holds the head) is there."""
+    if p.cfg.train.head_init != "probe" or not p.strategy.probe_first:
         return False
     if p.weights == "none":
         log.info("LP-FT: no pretrained weights to probe; the head starts random")

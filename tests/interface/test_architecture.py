@@ -185,3 +185,27 @@ def test_the_walker_sees_a_violation(tmp_path):
     found = imports_of(pkg / "bad.py", {"medtl.training.run", "medtl.data.bad"})
     assert found == {"medtl.training.run"}
     assert LAYERS.index(layer_of("medtl.training.run")) > LAYERS.index(layer_of("medtl.data.bad"))
+
+
+def _strings(node: ast.AST) -> list[str]:
+    """The string constants of an operand: itself, or the items of a literal tuple, list or set."""
+    items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)]
+
+
+def test_no_strategy_name_is_compared_outside_the_registry():
+    """A strategy is asked for its record (medtl/core/strategies/: `get_strategy(name).cached`, ...), never
+    compared by name: a new strategy is then one module and one registry line."""
+    from medtl.core.strategies import NAMES
+
+    registry = PACKAGE / "core" / "strategies"
+    bad = []
+    for path in sorted(p for p in PACKAGE.rglob("*.py") if registry not in p.parents):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            operands = [node.left, *node.comparators]
+            named = {s for o in operands for s in _strings(o)} & set(NAMES)
+            if named and any("strategy" in ast.unparse(o) for o in operands):
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
+    assert not bad, "\n".join(bad)

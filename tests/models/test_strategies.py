@@ -7,7 +7,9 @@ from torch import nn
 from medtl.models.backbones import get_spec
 from medtl.core.config import ModelConfig
 from medtl.core.errors import MedtlError
-from medtl.models.strategies import build_classifier, param_groups
+from medtl.core.config import STRATEGIES
+from medtl.core.strategies import REGISTRY, get_strategy
+from medtl.models.strategies import build_classifier, effective_weights, param_groups
 
 
 def _trainable_modules(model, spec):
@@ -131,3 +133,43 @@ def test_label_smoothing_moves_the_training_targets_towards_uniform():
     multi = torch.tensor([[3.0, 0.0, -1.0]])
     assert make_loss(False, None, 0.3)(multi, torch.tensor([0])) == pytest.approx(
         nn.functional.cross_entropy(multi, torch.tensor([0]), label_smoothing=0.3).item())
+
+
+FITTING = [s for s in REGISTRY.values() if not s.chooses]  # every registered strategy that builds a model
+
+
+@pytest.mark.parametrize("strategy", FITTING, ids=lambda s: s.name)
+def test_every_registered_strategy_keeps_its_record(strategy):
+    """The contract of a strategy record: one training step moves exactly what its record says trains, the
+    modules it freezes keep their BatchNorm statistics, the head always trains, and a strategy that caches
+    features trains no backbone weight."""
+    torch.manual_seed(0)
+    assert strategy.summary and strategy.name in STRATEGIES and 0 < strategy.step_cost <= 1
+    model = build_classifier(ModelConfig(backbone="resnet18", strategy=strategy.name, weights="none"), 1)
+    assert all(p.requires_grad for p in model.head.parameters())
+    if strategy.cached == "features":
+        assert model.frozen == ("",) and not any(p.requires_grad for p in model.backbone.parameters())
+    if strategy.cached is not None or not strategy.fine_tunes:
+        assert model.frozen  # what is cached is a frozen part
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = {n: m.running_mean.clone() for n, m in model.backbone.named_modules() if n in model.frozen
+             and isinstance(m, nn.BatchNorm2d)}
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model(torch.randn(4, 3, 32, 32) * 3 + 1).sum().backward()
+    opt.step()
+    for name, p in model.named_parameters():
+        moved = not torch.equal(p.detach(), before[name])
+        assert moved == p.requires_grad or (p.requires_grad and p.grad is not None and not p.grad.any()), name
+    for name, mean in stats.items():
+        torch.testing.assert_close(model.backbone.get_submodule(name).running_mean, mean)
+    weights = effective_weights(ModelConfig(backbone="resnet18", strategy=strategy.name))
+    assert (weights == "none") == (not strategy.pretrained)
+
+
+def test_auto_is_a_strategy_that_builds_no_model_and_names_are_checked():
+    assert get_strategy("auto").chooses
+    with pytest.raises(MedtlError, match="strategy auto builds no model of its own"):
+        build_classifier(ModelConfig(backbone="resnet18", strategy="auto", weights="none"), 1)
+    with pytest.raises(MedtlError, match="unknown strategy 'lora'; valid: auto, scratch"):
+        get_strategy("lora")
