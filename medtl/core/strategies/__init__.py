@@ -7,7 +7,7 @@ Adding one is a module with its `SPEC` and a line below; code elsewhere asks the
 from __future__ import annotations
 
 from medtl.core.errors import MedtlError
-from medtl.core.strategies import auto, full, linear, partial, scratch
+from medtl.core.strategies import auto, bitfit, full, linear, partial, scratch
 from medtl.core.strategies.spec import StrategySpec
 
 REGISTRY: dict[str, StrategySpec] = {s.name: s for s in (
@@ -16,6 +16,7 @@ REGISTRY: dict[str, StrategySpec] = {s.name: s for s in (
     linear.SPEC,
     partial.SPEC,
     full.SPEC,
+    bitfit.SPEC,
 )}
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 
