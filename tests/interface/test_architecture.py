@@ -209,3 +209,14 @@ def test_no_strategy_name_is_compared_outside_the_registry():
             if named and any("strategy" in ast.unparse(o) for o in operands):
                 bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_config_and_the_strategy_registry_load_without_torch():
+    """The command line reads and checks its config before torch is loaded (a memory limit, `--help`, a bad
+    setting: one line, no wait); a strategy's module imports torch only where its rule runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, medtl.core.config, medtl.core.strategies; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

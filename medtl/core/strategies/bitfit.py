@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from medtl.core.strategies.spec import StrategySpec
-
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def _freeze(model: Any, spec: Any, unfreeze_stages: int) -> tuple[str, ...]:
     """Every backbone weight off but the biases and the normalisation layers' own parameters; no module is
     held in eval mode (the statistics adapt)."""
+    from torch import nn  # here, not at import: the config (and so the command line) loads without torch
+
+    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
     for module in model.backbone.modules():
-        norm = isinstance(module, NORMS)
+        norm = isinstance(module, norms)
         for name, p in module.named_parameters(recurse=False):
             p.requires_grad = norm or name == "bias"
     return ()
