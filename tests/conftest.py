@@ -1,5 +1,6 @@
 """Shared fixtures: tiny generated image folders, a cache folder, a small real X-ray run. Helpers the tests import
-are in tests/helpers.py; each layer's folder (tests/core, tests/data, ...) marks its tests with the layer's name."""
+are in tests/helpers.py. Every test is marked with the name of its folder (tests/core, tests/data, ...), the layer
+it tests: `pytest -m data` runs one layer, `pytest -m "data and not slow"` its fast tier (the edit loop)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ from pathlib import Path
 import pytest
 
 from helpers import TINY, kermany_links, write_tree
+
+TESTS = Path(__file__).resolve().parent
+# each folder of tests/ and its marker (pyproject.toml's markers): the layer of medtl its tests cover
+LAYERS = ("core", "data", "models", "evaluation", "training", "deploy", "experiments", "interface")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        parts = Path(item.path).resolve().relative_to(TESTS).parts
+        if len(parts) > 1 and parts[0] in LAYERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Helpers the tests import (`from helpers import make_image`): generated images, the real shared data, process
-trees, the CLI run in-process. Fixtures are in tests/conftest.py; each layer's folder has its own conftest."""
+trees, the CLI run in-process. Fixtures (and the marker of each test's folder) are in tests/conftest.py."""
 
 from __future__ import annotations
 
