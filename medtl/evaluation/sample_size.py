@@ -65,7 +65,7 @@ def sample_size_report(n_pos: int, n_neg: int, auc: float | None = None, target_
         entry = {"value": p, "assumed": value is None or math.isnan(value), "width": wilson_width(p, count),
                  "method": "Wilson score interval"}
         if target_width:
-            cases = _smallest(lambda k: wilson_width(p, k), target_width)
+            cases = _smallest(lambda k, p=p: wilson_width(p, k), target_width)
             entry["needed_cases"] = cases
             entry["needed_images"] = math.ceil(cases / share) if cases and share > 0 else None
         out[name] = entry

@@ -7,7 +7,6 @@ scored on validation AUC only: the test split is never looked at to choose.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re

@@ -164,8 +164,8 @@ def test_browser_page_shows_unlike_and_refer(referenced):
             for path, unlike in ((image, "yes"), (sorted((root / "test" / "NORMAL").iterdir())[0], None)):
                 page.set_input_files("#file", str(path))
                 page.click("#submit")
-                page.wait_for_function(f"document.getElementById('predicted').textContent && "
-                                       f"!document.getElementById('result').hidden", timeout=60_000)
+                page.wait_for_function("document.getElementById('predicted').textContent && "
+                                       "!document.getElementById('result').hidden", timeout=60_000)
                 if unlike:
                     assert page.inner_text("#unlike").startswith("Unlike the training images: yes")
                     assert page.inner_text("#referral").startswith("Refer: not sure at 90% coverage")

@@ -22,7 +22,6 @@ from medtl.evaluation.study_report import pooled_columns
 from medtl.evaluation.subgroups import subgroup_report
 
 
-
 def _manifest(path: Path, files: list[tuple[Path, str]], columns: dict[str, list[str]]) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -110,7 +109,7 @@ def test_binary_ppv_npv_and_multiclass_per_class_intervals():
     y3 = rng.integers(0, 3, 300)
     p3 = rng.dirichlet([1, 1, 1], 300) + np.eye(3)[y3] * 0.5
     m3 = split_report(y3, p3 / p3.sum(1, keepdims=True), ["a", "b", "c"], 0.5, 300)
-    for c, d in m3["per_class"].items():
+    for d in m3["per_class"].values():
         assert set(d["ci95"]) == {"precision", "npv", "recall", "specificity", "f1", "auc"}
         assert d["ci95"]["precision"][0] <= d["precision"] <= d["ci95"]["precision"][1]
 
