@@ -67,7 +67,7 @@ def list_backbones() -> list[BackboneInfo]:
     from medtl.models.backbones import BACKBONES, offline_sources
 
     return [BackboneInfo(s.name, s.family, s.input_size, s.feature_dim, s.default_weights,
-                         tuple(offline_sources(s))) for s in BACKBONES.values()]
+                         offline_sources=tuple(offline_sources(s))) for s in BACKBONES.values()]
 
 
 def train(data: PathLike | None = None, backbone: str | None = None, strategy: str | None = None, *,

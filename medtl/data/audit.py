@@ -84,8 +84,8 @@ def _read(ref: str, split: str, label: int, perceptual: bool,
         return f, None
     if not stamp.settled(read_at):
         return f, None
-    return f, FileFacts(stamp, bytes.fromhex(f.sha1), f.phash if perceptual else None, f.format, f.mode, f.bits,
-                        f.width, f.height)
+    return f, FileFacts(stamp, bytes.fromhex(f.sha1), f.phash if perceptual else None, f.format, f.mode, bits=f.bits,
+                        width=f.width, height=f.height)
 
 
 def _open_raw(ref: str, load: bool = True) -> tuple[Image.Image, str]:

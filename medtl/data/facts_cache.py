@@ -159,7 +159,8 @@ def _parsed(row: tuple) -> FileFacts | None:
     try:
         if not isinstance(sha1, bytes) or len(sha1) != SHA1_BYTES:
             return None
-        facts = FileFacts(stamp, sha1, None if phash is None else int(phash, 16), fmt, mode, bits, width, height)
+        facts = FileFacts(stamp, sha1, None if phash is None else int(phash, 16), fmt, mode, bits=bits, width=width,
+                          height=height)
     except (TypeError, ValueError):
         return None
     typed = all(isinstance(v, int) for v in (bits, width, height)) and all(isinstance(v, str) for v in (fmt, mode))

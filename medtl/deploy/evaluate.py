@@ -63,8 +63,10 @@ def evaluate(run_dir: str | Path, data: str | Path, split: str = "test", options
         raise MedtlError("--temperature refits a temperature on a calibration part: give --calibrate-fraction too "
                          "(e.g. 0.2), or use `medtl calibrate RUN LOCAL_DATA --temperature`")
     ev = Evaluation(str(folder.path.resolve()), os.path.abspath(str(data)), split, scored.classes, scored.class_map,
-                    cut if scored.binary else None, ckpt.temperature, as_plain(report), as_plain(point), copies,
-                    as_plain(without), as_plain(recal), scored.skipped, patients=scored.patients, scored=scored)
+                    threshold=cut if scored.binary else None, temperature=ckpt.temperature, metrics=as_plain(report),
+                    operating_point=as_plain(point), copies=copies, without_copies=as_plain(without),
+                    recalibration=as_plain(recal), skipped=scored.skipped,
+                    patients=scored.patients, scored=scored)
     ev.patient_level, ev.by_patient = patient_level(folder, scored, cut, resamples, boot_seed)
     shift_and_referral(ev, folder, (cut, options.coverage), boot_seed)
     if options.output_dir is not None:

@@ -77,7 +77,8 @@ def score_data(run_dir: str | Path, data: str | Path, split: str = "test", class
     if ckpt.temperature != 1.0:  # the threshold was chosen on the calibrated probabilities
         probs = apply_temperature(probs, ckpt.temperature)
     groups = {r: splits.groups[r] for r in refs if r in splits.groups}
-    return Scored(refs, labels, probs, features, list(ckpt.classes), mapping, skipped, groups, splits.patients())
+    return Scored(refs, labels, probs, features, list(ckpt.classes), class_map=mapping, skipped=skipped, groups=groups,
+                  patients=splits.patients())
 
 
 @torch.inference_mode()

@@ -72,9 +72,10 @@ def _load_run(folder: RunFolder, group, seed: int) -> Run:
     classes = metrics.classes
     index = {c: i for i, c in enumerate(classes)}
     probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
-    return Run(folder.path, group, seed, metrics.splits["test"], metrics.train_seconds, history,
-               np.array([index[r["label"]] for r in rows]), probs, np.array([index[r["predicted"]] for r in rows]),
-               classes, metrics.splits.get("val") or {})
+    return Run(folder.path, group, seed, metrics.splits["test"], metrics.train_seconds, history=history,
+               labels=np.array([index[r["label"]] for r in rows]), probs=probs,
+               predicted=np.array([index[r["predicted"]] for r in rows]),
+               classes=classes, val=metrics.splits.get("val") or {})
 
 
 def summarize(runs: list[Run]) -> list[dict]:

@@ -49,8 +49,9 @@ def run_facts(run_dir: str | Path, evaluations: list[str | Path] = (), rescan: b
                          "(or a study folder written by `medtl study`)")
     metrics = read_metrics(folder)
     cfg = load_config(folder.config)
-    facts = RunFacts(folder, cfg, metrics, _json(folder.auto), _audit_lines(folder), _skipped(folder),
-                     _preprocess(folder, cfg), pretrained(cfg), metrics.get("environment") or environment("when the card was written"))
+    facts = RunFacts(folder, cfg, metrics, _json(folder.auto), _audit_lines(folder), skipped=_skipped(folder),
+                     preprocess=_preprocess(folder, cfg), pretrained=pretrained(cfg),
+                     environment=metrics.get("environment") or environment("when the card was written"))
     facts.evaluations = [(Path(d), evaluation_metrics(d)) for d in [*evaluations, *recorded_evaluations(folder)]]
     if rescan:
         facts.data, facts.data_note = data_facts(cfg, metrics)

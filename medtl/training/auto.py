@@ -246,8 +246,8 @@ class _Session:
         hook = EpochClock(self, cand_p)
         result = self.train_fn(cand_p, model, self.progress, [hook])
         row = result.best
-        cand = Candidate(strategy, size, epochs, len(result.history), result.best_epoch, float(row["val_auc"]),
-                         float(row["val_loss"]), time.monotonic() - start, note)
+        cand = Candidate(strategy, size, epochs, len(result.history), result.best_epoch, val_auc=float(row["val_auc"]),
+                         val_loss=float(row["val_loss"]), seconds=time.monotonic() - start, note=note)
         log.info("auto: %s val AUC %.4f, val loss %.4f (best epoch %d of %d) in %.0f s", strategy, cand.val_auc,
                  cand.val_loss, cand.best_epoch, cand.epochs_run, cand.seconds)
         hook.measure_candidate(result.history, cand.seconds)

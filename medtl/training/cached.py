@@ -56,8 +56,9 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
 
 def _plan(p: Prepared, loss_fn, groups: list[dict] | None = None, micro: int | None = None) -> FitPlan:
     """The run's fit: its settings, budget and resume file."""
-    return FitPlan(p.cfg.train, loss_fn, p.device, p.splits.classes, groups, micro, p.deadline, p.state_path,
-                   p.resume)
+    return FitPlan(p.cfg.train, loss_fn, p.device, p.splits.classes, groups, micro=micro, deadline=p.deadline,
+                   state_path=p.state_path,
+                   resume=p.resume)
 
 
 def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:

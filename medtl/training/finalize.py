@@ -49,14 +49,17 @@ def _write(scored: Scored, folder: RunFolder, seconds: float) -> RunMetrics:
         log.info(format_metrics(f"{split} per patient ({by_patient['rule']})", by_patient["splits"][split]))
         write_key_predictions(folder.patient_predictions(split), k, classes, by_patient["threshold"])
     save_reference(p, model, folder.path, val_probs=scored.scores["val"].probs)  # shift and referral, later
-    ckpt = Checkpoint(model.state_dict(), p.cfg, classes, threshold, p.preprocess, p.spec.name, scored.temperature)
+    ckpt = Checkpoint(model.state_dict(), p.cfg, classes, threshold, p.preprocess, backbone=p.spec.name,
+                      temperature=scored.temperature)
     digest = ckpt.save(folder.checkpoint)
     write_history(folder.history, result.history)
     plot_run(folder, result.history, splits, f"{p.spec.name} {p.cfg.model.strategy}", classes)
-    metrics = RunMetrics(result.best_epoch, len(result.history), seconds, threshold, p.cfg.eval.threshold, classes,
-                         p.size, {s: len(r) for s, r in p.splits.refs.items()}, splits, scored.temperature, digest,
-                         scored.uncalibrated, scored.trained.auto, scored.tta,
-                         environment("when the run was trained"), patients=p.splits.patients(),
+    metrics = RunMetrics(result.best_epoch, len(result.history), seconds, threshold, p.cfg.eval.threshold,
+                         classes=classes, image_size=p.size, split_sizes={s: len(r) for s, r in p.splits.refs.items()},
+                         splits=splits,
+                         temperature=scored.temperature, weights_sha256=digest,
+                         uncalibrated=scored.uncalibrated, auto=scored.trained.auto, tta=scored.tta,
+                         environment=environment("when the run was trained"), patients=p.splits.patients(),
                          patient_level=by_patient)
     metrics.write(folder.metrics)  # last: its presence marks a finished run (studies resume on it)
     log.info("training took %.1f s; best epoch %d; threshold %.4f (chosen on validation by %s)",

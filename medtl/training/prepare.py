@@ -57,7 +57,8 @@ def prepare(cfg: RunConfig, progress: bool = True, device: torch.device | None =
     notes = warnings_for(audit(splits, perceptual=True, facts=facts)) if cfg.data.audit else []
     for note in notes:
         log.warning("audit: %s", note)
-    return Prepared(cfg, spec, weights, splits, store, pre, device, cache_dir, notes, {f.ref: f for f in facts})
+    return Prepared(cfg, spec, weights, splits, store, preprocess=pre, device=device, cache_dir=cache_dir,
+                    audit_notes=notes, facts={f.ref: f for f in facts})
 
 
 def _log_counts(splits) -> None:

@@ -47,7 +47,7 @@ def score(trained: Trained, progress: bool) -> Scored:
     val_p, val_y = scores["val"]
     threshold = operating.choose(val_y, val_p, p.cfg.eval.threshold, "eval.threshold") if p.binary else 0.5
     chosen = Trained(p, trained.model, trained.result, trained.auto)
-    return Scored(chosen, scores, temperature, before, threshold, tta)
+    return Scored(chosen, scores, temperature, before, threshold, tta=tta)
 
 
 def _calibrate(p: Prepared, scores: dict[str, SplitScores]) -> tuple[dict[str, SplitScores], float, dict]:

@@ -66,7 +66,8 @@ def train(p: Prepared, model: Classifier, progress: bool, hooks: Sequence[Hook] 
     batches = p.loader("train", True, tc.batch_size, transform)
     val = p.loader("val", False, tc.batch_size)
     plan = FitPlan(tc, loss_fn, p.device, p.splits.classes, param_groups(model, tc.lr, tc.backbone_lr_scale),
-                   micro_batch(p.cfg.runtime, p.size, p.device), p.deadline, p.state_path, p.resume)
+                   micro=micro_batch(p.cfg.runtime, p.size, p.device), deadline=p.deadline, state_path=p.state_path,
+                   resume=p.resume)
     rc = p.cfg.runtime
     stages = () if rc.sync_bn else recomputed(p.cfg.model.backbone, rc.recompute, p.device)  # SyncBN: untried
     with recomputing(model.backbone, stages) as names:

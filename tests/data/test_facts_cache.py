@@ -110,17 +110,18 @@ def test_a_file_that_is_not_a_database_is_set_aside_and_rebuilt(tmp_path, one_im
     with caplog.at_level(logging.WARNING):
         cache = FactsCache(folder)
     assert "not a readable database" in caplog.text and (folder / f"{FILE}.unreadable").is_file()
-    cache.put([(one_image, FileFacts(STAMP, b"x" * 20, 5, "PNG", "L", 8, 4, 4))])
+    cache.put([(one_image, FileFacts(STAMP, b"x" * 20, 5, "PNG", "L", bits=8, width=4, height=4))])
     assert cache.get(one_image, STAMP).phash == 5
     cache.close()
 
 
 def test_a_failed_write_keeps_earlier_rows_and_adds_none(tmp_path):
     cache = FactsCache(tmp_path)
-    good = FileFacts(STAMP, b"x" * 20, 5, "PNG", "L", 8, 4, 4)
+    good = FileFacts(STAMP, b"x" * 20, 5, "PNG", "L", bits=8, width=4, height=4)
     cache.put([("a", good)])
     with pytest.raises(OverflowError):  # the second row cannot be stored: the whole write is undone
-        cache.put([("b", good), ("c", FileFacts(Stamp(1 << 70, 2, 3, 4), b"x" * 20, 5, "PNG", "L", 8, 4, 4))])
+        cache.put([("b", good),
+                   ("c", FileFacts(Stamp(1 << 70, 2, 3, 4), b"x" * 20, 5, "PNG", "L", bits=8, width=4, height=4))])
     assert cache.get("a", STAMP) == good and cache.get("b", STAMP) is None
     cache.close()
 

@@ -48,7 +48,7 @@ def pred() -> Predictor:
     model = build_classifier(ModelConfig(backbone="resnet18", weights="none", strategy="full"), 1, 3,
                              load_weights=False).eval()
     return Predictor(model, ["neg", "pos"], 0.5, Preprocess(32, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-                     "resnet18", torch.device("cpu"))
+                     "resnet18", device=torch.device("cpu"))
 
 
 def _png(size: int) -> bytes:

@@ -180,7 +180,7 @@ def test_local_recalibration_fits_on_the_calibration_part_only(trained, tmp_path
     assert part["sick_0.png"] == part["sick_0_again.png"]  # two copies of one image stay on one side
     s = ev.scored
     held = np.array([part[Path(ref).name] == "heldout" for ref in s.refs])
-    swapped = Scored(s.refs, np.where(held, 1 - s.labels, s.labels), s.probs, s.features, s.classes, s.class_map)
+    swapped = Scored(s.refs, np.where(held, 1 - s.labels, s.labels), s.probs, s.features, s.classes, class_map=s.class_map)
     same_parts = (np.flatnonzero(~held), np.flatnonzero(held), "as before")
     fit = EvaluateOptions(calibrate_fraction=0.5, temperature=True, seed=3)
     again, _ = recalibrate_part(swapped, ev.threshold, "youden", fit, 200, 0, same_parts)

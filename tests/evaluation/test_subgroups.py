@@ -121,7 +121,8 @@ def _fake_run(folder: Path, refs: list[str], y: np.ndarray, p: np.ndarray) -> Ru
         w.writerow(["path", "label", "predicted", "prob_a", "prob_b"])
         w.writerows([r, "ab"[t], "ab"[int(q >= 0.5)], 1 - q, q] for r, t, q in zip(refs, y, p))
     table = np.stack([1 - p, p], 1)
-    return Run(folder, (("model.strategy", "full"),), 0, {}, 1.0, [], y, table, (p >= 0.5).astype(int), ["a", "b"])
+    return Run(folder, (("model.strategy", "full"),), 0, {}, 1.0, history=[], labels=y, probs=table,
+               predicted=(p >= 0.5).astype(int), classes=["a", "b"])
 
 
 def test_study_intervals_pool_the_seeds_by_image(tmp_path):
@@ -204,11 +205,13 @@ def test_the_study_report_lists_each_runs_subgroups_and_names_the_small_ones():
     probs = np.clip(y * 0.6 + rng.normal(0.2, 0.2, len(y)), 0, 1)
     site = ["a"] * 40 + ["b"] * 34 + ["c"] * 6
     report = subgroup_report(y, probs, ["neg", "pos"], 0.5, {"site": site}, 200, 0)
-    run = Run(Path("r"), (("model.strategy", "linear"),), 0, report, 1.0, [], y, np.stack([1 - probs, probs], 1),
-              (probs >= 0.5).astype(int), ["neg", "pos"])
+    run = Run(Path("r"), (("model.strategy", "linear"),), 0, report, 1.0, history=[], labels=y,
+              probs=np.stack([1 - probs, probs], 1),
+              predicted=(probs >= 0.5).astype(int), classes=["neg", "pos"])
     head, body = subgroup_table([run])
     rows = {row[3][0]: [cell for cell, _ in row] for row in body}
     assert set(rows) == {"a", "b", "c"} and head[:4] == ["configuration", "seed", "column", "value"]
     assert rows["a"][5].count("[") == 1 and rows["a"][8].startswith(("+", "-")) and "vs" in rows["a"][8]
     assert "too few to score" in rows["c"][5]
-    assert subgroup_table([Run(Path("r"), (), 0, {}, 1.0, [], y, probs, y, ["neg", "pos"])]) is None
+    assert subgroup_table([Run(Path("r"), (), 0, {}, 1.0, history=[], labels=y, probs=probs, predicted=y,
+                               classes=["neg", "pos"])]) is None

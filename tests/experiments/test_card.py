@@ -158,7 +158,8 @@ def test_limitations_and_sample_size_give_one_figure_for_the_test_size_needed(tm
 
     test = {"n": 100, "auc": 0.9, "sensitivity": 0.8, "specificity": 0.7, "confusion_matrix": [[35, 15], [10, 40]],
             "ci95": {"sensitivity": [0.68, 0.9], "auc": [0.84, 0.96], "accuracy": [0.66, 0.84]}}
-    facts = RunFacts(RunFolder(tmp_path), RunConfig(), {"splits": {"test": test}}, None, [], 0, {}, {}, {})
+    facts = RunFacts(RunFolder(tmp_path), RunConfig(), {"splits": {"test": test}}, None, [], skipped=0, preprocess={},
+                     pretrained={}, environment={})
     rows = {metric: need for metric, _, _, need in wide_intervals(facts, 0.05)}
     report = sample_size_report(50, 50, 0.9, 0.05, 0.8, 0.7)
     assert rows["sensitivity"] == report["sensitivity"]["needed_images"]

@@ -120,8 +120,8 @@ def test_report_renders_in_headless_chromium(tiny_report):
 def _run(strategy: str, seed: int, predicted, labels, p1) -> Run:
     probs = np.stack([1 - np.asarray(p1, float), np.asarray(p1, float)], 1)
     group = (("model.backbone", "b"), ("model.strategy", strategy))
-    return Run(Path(f"/{strategy}{seed}"), group, seed, {}, 0.0, [], np.asarray(labels), probs,
-               np.asarray(predicted), ["neg", "pos"])
+    return Run(Path(f"/{strategy}{seed}"), group, seed, {}, 0.0, history=[], labels=np.asarray(labels), probs=probs,
+               predicted=np.asarray(predicted), classes=["neg", "pos"])
 
 
 def test_mcnemar_and_bootstrap_interval_on_known_pairs():
@@ -144,8 +144,9 @@ def test_a_named_reference_pairs_each_configuration_with_it():
     def run(strategy, head, seed, p1):
         group = (("model.strategy", strategy), ("train.head_init", head))
         predicted = (np.asarray(p1) > 0.5).astype(int)
-        return Run(Path(f"/{strategy}{head}{seed}"), group, seed, {}, 0.0, [], labels,
-                   np.stack([1 - np.asarray(p1, float), np.asarray(p1, float)], 1), predicted, ["neg", "pos"])
+        return Run(Path(f"/{strategy}{head}{seed}"), group, seed, {}, 0.0, history=[], labels=labels,
+                   probs=np.stack([1 - np.asarray(p1, float), np.asarray(p1, float)], 1), predicted=predicted,
+                   classes=["neg", "pos"])
     runs = [run("auto", "probe", s, labels * 0.8 + 0.1) for s in (0, 1)]
     runs += [run("full", "random", s, np.full(40, 0.5) + 0.1 * (s - 0.5) * labels) for s in (0, 1)]
     runs += [run("linear", "random", 0, labels * 0.6 + 0.2)]

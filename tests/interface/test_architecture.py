@@ -220,3 +220,28 @@ def test_the_config_and_the_strategy_registry_load_without_torch():
     code = "import sys, medtl.core.config, medtl.core.strategies; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def _records() -> set[str]:
+    """The names of medtl's dataclasses (its records)."""
+    names = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    "dataclass" in ast.unparse(d) for d in node.decorator_list):
+                names.add(node.name)
+    return names
+
+
+MAX_POSITIONAL = 5  # a record built with more positional arguments than this is read by counting commas
+
+
+def test_no_record_is_built_with_more_than_five_positional_arguments():
+    records, bad = _records(), []
+    for path in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "tests").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and len(node.args) > MAX_POSITIONAL:
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in records:
+                    bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {name} with {len(node.args)}")
+    assert not bad, "name the fields past the fifth:\n" + "\n".join(bad)
