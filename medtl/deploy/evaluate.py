@@ -120,8 +120,10 @@ def _copies(folder: RunFolder, scored: Scored, cut: float, resamples: int, seed:
     record = {"checked": True, "against": keys.splits, **counts}
     without = None
     if 0 < len(keep) < len(rows):
-        without = {**split_report(scored.labels[keep], scored.probs[keep], scored.classes, cut, resamples, seed),
-                   "removed": int(len(rows) - len(keep))}
+        clusters = scored.clusters()
+        kept = None if clusters is None else [clusters[i] for i in keep]
+        without = {**split_report(scored.labels[keep], scored.probs[keep], scored.classes, cut, resamples, seed,
+                                  clusters=kept), "removed": int(len(rows) - len(keep))}
     if record["copies"]:
         log.warning("%d evaluated image(s) are copies of the run's training or validation images (%s); the metrics "
                     "without them are reported too", record["copies"],
