@@ -27,23 +27,33 @@ def secret(folder: Path | None = None) -> bytes:
     make it at once agree on the first one written."""
     folder = Path(folder) if folder is not None else cache_root()
     path = folder / FILE
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{FILE}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(SECRET_HEX // 2) + "\n")
-        try:
-            os.link(tmp, path)  # fails when another process made it first: theirs is kept
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-    text = path.read_text().strip()
+    try:
+        if not path.exists():
+            _make(folder, path)
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MedtlError(f"{path}: the pseudonym secret cannot be kept there ({type(exc).__name__}: "
+                         f"{getattr(exc, 'strerror', None) or exc}); point MEDTL_CACHE at a folder you can write, or "
+                         "pass --reveal-ids to write the keys in clear") from exc
     if len(text) != SECRET_HEX or any(c not in "0123456789abcdef" for c in text):
         raise MedtlError(f"{path} is not a medtl pseudonym secret ({SECRET_HEX} hex digits); delete it to make a new "
                          "one (pseudonyms of earlier runs will then differ from new ones)")
     return bytes.fromhex(text)
+
+
+def _make(folder: Path, path: Path) -> None:
+    """A new secret at `path`, readable by its owner only; another process's, made first, is kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(SECRET_HEX // 2) + "\n")
+    try:
+        os.link(tmp, path)  # fails when another process made it first: theirs is kept
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def pseudonym(key: str, key_secret: bytes) -> str:

@@ -124,3 +124,10 @@ def test_pseudonyms_agree_across_runs_of_one_cache_and_differ_under_another(tmp_
     (tmp_path / "one" / "pseudonym.key").write_text("not a secret\n")
     with pytest.raises(medtl.MedtlError, match="pseudonym.key is not a medtl pseudonym secret.*delete it"):
         secret(tmp_path / "one")
+    (tmp_path / "three" / "pseudonym.key").mkdir(parents=True)  # a folder where the file should be
+    with pytest.raises(medtl.MedtlError, match="pseudonym secret cannot be kept there .*IsADirectoryError.*MEDTL_CACHE"):
+        pseudonymise(keys, False, tmp_path / "three")
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache folder should be
+    with pytest.raises(medtl.MedtlError, match="cannot be kept there"):
+        secret(blocked / "cache")
