@@ -77,29 +77,31 @@ def evidence(refs: list[str], keys: dict[str, str]) -> str | None:
 
 
 def find_keys(refs: list[str], root: str, setting: str) -> PatientKeys | None:
-    """The patient keys `data.patient_pattern` gives: none; a pattern as set (every image it matches keyed, the
-    rest each its own key); or auto: the DICOM headers' IDs (`dicom_keys`), else the first path candidate with
-    strong evidence, else None."""
+    """The patient keys `data.patient_pattern` gives (`search`), or None."""
+    return search(refs, root, setting)[0]
+
+
+def search(refs: list[str], root: str, setting: str) -> tuple[PatientKeys | None, str]:
+    """(the patient keys `data.patient_pattern` gives, or None; the log's line on why auto found none, else '').
+    none: no keys; a pattern as set: every image it matches keyed, the rest each its own key; auto: the DICOM
+    headers' IDs (`dicom_keys`), else the first path candidate with strong evidence."""
     if setting == "none" or not refs:
-        return None
+        return None, ""
     if setting != "auto":
-        return _keyed(refs, keys_by_pattern(refs, root, setting), f"data.patient_pattern {setting!r}")
+        return _keyed(refs, keys_by_pattern(refs, root, setting), f"data.patient_pattern {setting!r}"), ""
     from_headers = dicom_keys(refs)
     if from_headers is not None:
-        return from_headers
+        return from_headers, ""
+    why = []
     for what, pattern in CANDIDATES:
         keys = keys_by_pattern(refs, root, pattern)
-        if evidence(refs, keys) is None:
-            return _keyed(refs, keys, f"found in the paths: {what}")
-    return None
-
-
-def not_found(refs: list[str], root: str) -> str:
-    """The log's (and the audit's) line when auto finds no key: why each path candidate was not taken."""
-    why = "; ".join(f"{what}: {evidence(refs, keys_by_pattern(refs, root, pattern))}"
-                    for what, pattern in CANDIDATES)
-    return (f"patients: no patient key found ({why}); carved splits keep only copies of one image together: give "
-            "a manifest patient column or set data.patient_pattern to the part of the path that names the patient")
+        weak = evidence(refs, keys)
+        if weak is None:
+            return _keyed(refs, keys, f"found in the paths: {what}"), ""
+        why.append(f"{what}: {weak}")
+    return None, (f"patients: no patient key found ({'; '.join(why)}); carved splits keep only copies of one image "
+                  "together: give a manifest patient column or set data.patient_pattern to the part of the path that "
+                  "names the patient")
 
 
 def dicom_keys(refs: list[str]) -> PatientKeys | None:

@@ -18,7 +18,7 @@ from medtl.data.images import NPZ_SEP
 from medtl.data.layout import IMAGE_SUFFIXES, class_name, hidden_folders, image_files, split_folders, subfolders
 from medtl.data.manifest import from_manifest, no_subgroup_columns
 from medtl.data.npz import from_npz
-from medtl.data.patients import PatientKeys, describe, find_keys, not_found, shared_keys
+from medtl.data.patients import PatientKeys, describe, search, shared_keys
 from medtl.data.pseudonyms import pseudonymise
 from medtl.data.splits import SPLITS, DataSplits, carve, need_two_classes, subset
 
@@ -83,11 +83,12 @@ def _path_patients(splits: DataSplits, base: Path, setting: str) -> PatientKeys 
     manifest column."""
     if splits.groups or setting == "none":
         return None
-    found = find_keys(splits.all_refs(), str(base), setting)
+    refs = splits.all_refs()
+    found, none_found = search(refs, str(base), setting)
     if found:
         splits.groups, splits.patient_source = dict(found.keys), found.source
-    elif setting == "auto" and splits.all_refs() and NPZ_SEP not in splits.all_refs()[0]:
-        splits.notes.append(not_found(splits.all_refs(), str(base)))
+    elif none_found and NPZ_SEP not in refs[0]:  # a MedMNIST .npz has no paths to read keys from
+        splits.notes.append(none_found)
     return found
 
 

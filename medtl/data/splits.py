@@ -37,13 +37,11 @@ class DataSplits:
 
     def patients(self) -> dict:
         """The record of the patient keys: where they came from and how many keys each split has ({}: none)."""
-        notes = self.patient_notes()
         if not self.groups:
             return {}
         return {"source": self.patient_source or "the manifest's patient column",
                 "ids": "clear (data.reveal_ids)" if self.ids_revealed else PSEUDONYMISED,
-                "keys_per_split": self.keys_per_split(),
-                "notes": notes}
+                "keys_per_split": self.keys_per_split(), "notes": self.patient_notes()}
 
     def patient_notes(self) -> list[str]:
         """The log's lines on the patient keys (also why none was found, when auto looked)."""

@@ -66,10 +66,13 @@ def log_loss(scores: KeyScores) -> float:
     return float(-np.mean(np.log(np.clip(table[np.arange(len(scores.labels)), scores.labels], 1e-12, 1))))
 
 
-def choose_rule(keys: list[str], y: np.ndarray, probs: np.ndarray) -> tuple[str, dict[str, float]]:
-    """(the rule with the lowest key-level log loss on these (validation) images, {rule: loss})."""
-    losses = {rule: log_loss(aggregate(keys, y, probs, rule)) for rule in RULES}
-    return min(RULES, key=lambda r: (losses[r], RULES.index(r))), losses
+def choose_rule(keys: list[str], y: np.ndarray, probs: np.ndarray) -> tuple[str, dict[str, float], KeyScores]:
+    """(the rule with the lowest key-level log loss on these (validation) images, {rule: loss}, the keys' scores
+    by that rule)."""
+    scores = {rule: aggregate(keys, y, probs, rule) for rule in RULES}
+    losses = {rule: log_loss(s) for rule, s in scores.items()}
+    rule = min(RULES, key=lambda r: (losses[r], RULES.index(r)))
+    return rule, losses, scores[rule]
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,8 @@ class KeyRule:
 
 def fit_rule(keys: list[str], y: np.ndarray, probs: np.ndarray, spec: str, binary: bool) -> KeyRule:
     """The rule and (binary) the threshold by `spec` (eval.threshold), both on validation keys."""
-    rule, losses = choose_rule(keys, y, probs)
-    cut = 0.5
-    if binary:
-        val = aggregate(keys, y, probs, rule)
-        cut = operating.choose(val.labels, val.probs, spec, "eval.threshold")
+    rule, losses, val = choose_rule(keys, y, probs)
+    cut = operating.choose(val.labels, val.probs, spec, "eval.threshold") if binary else 0.5
     return KeyRule(rule, float(cut), f"{CHOSEN_ON}; threshold by eval.threshold {spec!r} on validation keys", losses)
 
 
