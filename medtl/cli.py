@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 FLAGS = {"backbone": "model.backbone", "strategy": "model.strategy", "weights": "model.weights",
          "epochs": "train.epochs", "image_size": "data.image_size", "channels": "data.channels",
          "seed": "train.seed", "budget": "train.budget", "output_dir": "out", "name": "name", "strict": "data.strict",
-         "reveal_ids": "data.reveal_ids"}
+         "reveal_ids": "data.reveal_ids", "track": "runtime.track"}
 
 
 def _settings(flags: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
@@ -86,6 +86,9 @@ def train(
     name: Optional[str] = typer.Option(None, help="Run folder name (default backbone-strategy-time)"),
     strict: bool = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping it"),
     reveal_ids: RevealIds = False,
+    track: Optional[list[str]] = typer.Option(None, "--track", help="Also log to mlflow[:DIR|URI] or "
+                                              "tensorboard[:DIR] (repeatable; default a store beside the run "
+                                              "folders; needs pip install -e \".[track]\")"),
     quiet: Quiet = False,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a killed run from its last epoch"),
     out: OldOut = None,
@@ -102,7 +105,7 @@ def train(
     flags = _settings({"backbone": backbone, "strategy": strategy, "weights": weights, "epochs": epochs,
                        "image_size": image_size, "channels": channels, "seed": seed, "budget": budget,
                        "output_dir": output_dir, "name": name, "strict": True if strict else None,
-                       "reveal_ids": True if reveal_ids else None}, set_)
+                       "reveal_ids": True if reveal_ids else None, "track": track or None}, set_)
     with redirect_bars():
         result = api.train(data, config=config, resume=resume, progress=not quiet, **flags)
     if main_process:

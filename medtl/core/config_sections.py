@@ -35,6 +35,7 @@ Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 Tta = Literal["auto", "none", "hflip"]
 TTA_CHOICES: tuple[str, ...] = typing.get_args(Tta)
+TRACKERS = ("mlflow", "tensorboard")  # runtime.track's kinds (medtl/training/tracking/)
 
 
 def _at_least(lo: float) -> dict:
@@ -235,6 +236,22 @@ class RuntimeConfig(_Checked):
     sync_bn: bool = False  # torchrun on GPUs: batch-norm statistics over the global batch (SyncBatchNorm)
     # frozen passes (linear features, partial prefix): auto = the fastest measured, checked against torch
     engine: Engine = "auto"
+    # experiment trackers the run also logs to (--track): mlflow[:DIR|URI], tensorboard[:DIR]; without a target
+    # a local store beside the run folders (<out>/mlflow, <out>/tensorboard); nothing is sent unless a server
+    # URI is named. pip install -e ".[track]"
+    track: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        kinds = [t.partition(":")[0] for t in self.track]
+        for item, kind in zip(self.track, kinds):
+            if kind not in TRACKERS:
+                raise MedtlError(f"runtime.track={item} is not a tracker; valid: mlflow[:DIR|URI], "
+                                 "tensorboard[:DIR]")
+            if kind == "tensorboard" and "://" in item:
+                raise MedtlError(f"runtime.track={item}: TensorBoard writes event files to a folder; give "
+                                 "tensorboard:DIR (or mlflow:URI for a server)")
+        if len(set(kinds)) < len(kinds):
+            raise MedtlError(f"runtime.track names a tracker twice ({', '.join(self.track)}); give each once")
 
 
 @dataclass(frozen=True)

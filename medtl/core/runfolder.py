@@ -43,6 +43,7 @@ class RunFolder:
     # strategy auto, while it runs (for --resume): the budget used, the finished candidates, the one in progress
     auto_progress = property(lambda self: self.path / "auto-progress.json")
     auto_best = property(lambda self: self.path / "auto-best.pt")  # the best candidate so far: weights, scores
+    tracking = property(lambda self: self.path / "tracking.json")  # runtime.track: where each tracker logged the run
 
     def candidate_state(self, strategy: str, size: int) -> Path:
         """Per-epoch training state of one auto candidate, for --resume."""

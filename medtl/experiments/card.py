@@ -13,6 +13,7 @@ from pathlib import Path
 
 from medtl.core.errors import MedtlError
 from medtl.core.io import atomic_write, make_dir
+from medtl.training import tracking
 from medtl.core.runfolder import RunFolder, StudyFolder
 from medtl.experiments.card_checklists import checklists_section, write_checklists
 from medtl.experiments.card_facts import RunFacts, read_metrics, run_facts
@@ -56,6 +57,8 @@ def write_card(folder: str | Path, intended: str | Path | None = None, evaluatio
                "card_html": atomic_write(out / f"{CARD}.html", html_page(title, intro, sections))}
     for path in write_checklists(out, sections, f"{CARD}.md"):
         written[path.stem + path.suffix.replace(".", "_")] = path
+    if isinstance(target, RunFolder) and target.tracking.is_file():  # a --track run: the card goes there too
+        tracking.attach(target, list(written.values()), "card")
     return written
 
 

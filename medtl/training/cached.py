@@ -49,16 +49,15 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
     train = p.batches(train_ds, tc.batch_size, train=True)
     def to_dev(x):
         return x.to(p.device)
-    state = fit(model.head, train, val, to_dev, _plan(p, loss_fn), hooks, progress)
+    state = fit(model.head, train, val, to_dev, fit_plan(p, loss_fn), hooks, progress)
     scores = SplitScores(*predict(model.head, val, to_dev, p.device))
     return TrainResult(state.history, state.best_epoch, {"val": scores})
 
 
-def _plan(p: Prepared, loss_fn, groups: list[dict] | None = None, micro: int | None = None) -> FitPlan:
-    """The run's fit: its settings, budget and resume file."""
+def fit_plan(p: Prepared, loss_fn, groups: list[dict] | None = None, micro: int | None = None) -> FitPlan:
+    """The run's fit (every strategy's, built here only): its settings, budget, resume file and label."""
     return FitPlan(p.cfg.train, loss_fn, p.device, p.splits.classes, groups, micro=micro, deadline=p.deadline,
-                   state_path=p.state_path,
-                   resume=p.resume)
+                   state_path=p.state_path, resume=p.resume, label=f"{p.cfg.model.strategy} {p.size} px")
 
 
 def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:
@@ -95,7 +94,7 @@ def train_top_on_activations(p: Prepared, model: Classifier, loss_fn, progress: 
         net = distributed.sync_batch_norm(net, p.device)
     def to_dev(x):
         return x.to(p.device).contiguous(memory_format=torch.channels_last)
-    state = fit(net, train, val, to_dev, _plan(p, loss_fn, param_groups(net, tc.lr, tc.backbone_lr_scale)), hooks,
+    state = fit(net, train, val, to_dev, fit_plan(p, loss_fn, param_groups(net, tc.lr, tc.backbone_lr_scale)), hooks,
                 progress)
     result = model.backbone.load_state_dict(top.state_dict(), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # top holds a subset of the backbone's modules

@@ -1,9 +1,13 @@
-"""What `fit` runs (`FitPlan`), where it stands (`FitState`), and the hooks called after each epoch.
+"""What `fit` runs (`FitPlan`), where it stands (`FitState`), and the hooks its events call.
 
-A hook is a callable that receives the `FitState` after an epoch (its history row recorded, its best weights
-kept); it may set `state.stopped` to end training there, or raise (hyperparameter search prunes that way).
-`fit` calls the caller's hooks first, then its own: early stopping, the state saved for `--resume`, the
-deadline (train.budget).
+`fit` has four events: before the fit (`before_fit(plan, state)`), after every optimizer step
+(`after_batch(state, batch)`), after every epoch (`after_epoch(state)`: its history row recorded, its best
+weights kept) and after the fit (`after_fit(state)`: the best weights loaded). A hook is a `FitHook` (override
+the events it needs) or a plain callable, which is called after every epoch. After a batch a hook may set
+`state.end_epoch` to end the pass there; after an epoch, `state.stopped` to end training, or raise
+(hyperparameter search prunes that way). `fit` calls the caller's hooks first, then its own: early stopping,
+the state saved for `--resume`, the deadline (train.budget). Hooks keep their own state: the `FitState` stays
+the one record that `--resume` saves.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -42,6 +46,7 @@ class FitPlan:
         deadline: `time.monotonic()` by which training stops (train.budget); None: no limit.
         state_path: Where the training state is saved after every epoch (for `--resume`); None: not saved.
         resume: Continue from `state_path` when it is there.
+        label: What the fit trains, for hooks that report it (auto's candidates: "full 128 px").
     """
 
     cfg: TrainConfig
@@ -53,6 +58,7 @@ class FitPlan:
     deadline: float | None = None
     state_path: Path | None = None
     resume: bool = False
+    label: str = ""
 
 
 @dataclass
@@ -71,6 +77,7 @@ class FitState:
             fits a candidate's epochs to its deadline: the cosine schedule then follows the new length).
         val: The last epoch's validation metrics (not saved).
         epoch_began: `time.perf_counter()` when the last epoch began (not saved).
+        end_epoch: A hook ended the epoch in progress after its last batch (not saved).
     """
 
     epoch: int = 0
@@ -82,6 +89,7 @@ class FitState:
     planned: int = 0
     val: dict = field(default_factory=dict, repr=False)
     epoch_began: float = 0.0
+    end_epoch: bool = False
 
     def keep_if_best(self, key: tuple[float, float], epoch: int, model: torch.nn.Module) -> None:
         """Keep the model's weights when `key` beats the best so far (the first epoch always does). The copy is
@@ -103,7 +111,70 @@ class FitState:
         return cls(**{k: saved[k] for k in SAVED if k in saved} | {"best": tuple(saved.get("best", cls.best))})
 
 
-Hook = Callable[[FitState], None]
+@dataclass(frozen=True)
+class BatchEnd:
+    """What `after_batch` receives besides the state: the epoch, the batch's index in it (0-based), its rows
+    (this process's) and their mean training loss."""
+
+    epoch: int
+    index: int
+    rows: int
+    loss: float
+
+
+class FitHook:
+    """A hook over `fit`'s events; each does nothing unless overridden."""
+
+    def before_fit(self, plan: FitPlan, state: FitState) -> None:
+        """Before the first epoch (of a resumed fit: before the next one)."""
+
+    def after_batch(self, state: FitState, batch: BatchEnd) -> None:
+        """After every optimizer step."""
+
+    def after_epoch(self, state: FitState) -> None:
+        """After every epoch, its history row recorded."""
+
+    def after_fit(self, state: FitState) -> None:
+        """After the last epoch, the model holding the best epoch's weights."""
+
+
+Hook = FitHook | Callable[[FitState], None]
+
+
+class _EveryEpoch(FitHook):
+    """A plain callable called after every epoch."""
+
+    def __init__(self, call: Callable[[FitState], None]):
+        self.call = call
+
+    def after_epoch(self, state: FitState) -> None:
+        self.call(state)
+
+
+class Events:
+    """The hooks of one fit, in order, each event called on all of them."""
+
+    def __init__(self, hooks: Sequence[Hook] = ()):
+        self.hooks = [h if isinstance(h, FitHook) else _EveryEpoch(h) for h in hooks]
+
+    def __add__(self, other: "Events") -> "Events":
+        return Events([*self.hooks, *other.hooks])
+
+    def before_fit(self, plan: FitPlan, state: FitState) -> None:
+        for hook in self.hooks:
+            hook.before_fit(plan, state)
+
+    def after_batch(self, state: FitState, batch: BatchEnd) -> None:
+        for hook in self.hooks:
+            hook.after_batch(state, batch)
+
+    def after_epoch(self, state: FitState) -> None:
+        for hook in self.hooks:
+            hook.after_epoch(state)
+
+    def after_fit(self, state: FitState) -> None:
+        for hook in self.hooks:
+            hook.after_fit(state)
 
 
 def calling(on_epoch: EpochHook) -> Hook:
@@ -123,15 +194,28 @@ def early_stop(cfg: TrainConfig) -> Hook:
     return hook
 
 
-def deadline(at: float | None, world: distributed.World) -> Hook:
-    """Stop when another epoch as long as the last would end past `at` (a `time.monotonic()` value, from
-    train.budget); rank 0 decides for every process. Not recorded in the saved state: a resumed run goes on."""
-    def hook(state: FitState) -> None:
+class Deadline(FitHook):
+    """train.budget's time limit, `at` (a `time.monotonic()` value; None: no limit). Past it, the epoch in
+    progress ends after its batch: an epoch far slower than planned (a busy machine) cannot overrun the budget
+    by more than a batch and the validation pass. After an epoch, training stops when another as long would
+    end past it. Rank 0 decides for every process, so all stop at one batch (no collective without a
+    deadline). Not recorded in the saved state: a resumed run goes on."""
+
+    def __init__(self, at: float | None, world: distributed.World):
+        self.at, self.world = at, world
+
+    def after_batch(self, state: FitState, batch: BatchEnd) -> None:
+        if self.at is None:
+            return
+        if bool(distributed.broadcast(time.monotonic() > self.at, self.world)):
+            log.info("budget: the deadline has passed; the epoch ends after batch %d", batch.index + 1)
+            state.end_epoch = True
+
+    def after_epoch(self, state: FitState) -> None:
         if state.stopped:  # decided already (the same on every process): no collective
             return
         seconds = time.perf_counter() - state.epoch_began
-        late = at is not None and time.monotonic() + seconds > at
-        if bool(distributed.broadcast(late, world)):
+        late = self.at is not None and time.monotonic() + seconds > self.at
+        if bool(distributed.broadcast(late, self.world)):
             log.info("budget: stopping after epoch %d (another would end past the budget)", state.epoch)
             state.stopped = True
-    return hook

@@ -21,7 +21,8 @@ from medtl.core.config import RunConfig, dump_yaml, run_budget
 from medtl.core.errors import MedtlError
 from medtl.core.io import atomic_write, cannot_write, make_dir
 from medtl.core.runfolder import RunFolder
-from medtl.models.strategies import Classifier, build_classifier
+from medtl.models.strategies import Classifier, build_classifier, effective_weights
+from medtl.training import tracking
 from medtl.training.loop import seed_everything
 from medtl.training.prepare import Prepared, prepare
 
@@ -34,6 +35,16 @@ class Started:
     p: Prepared
     model: Classifier | None
     prepare_seconds: float
+
+
+def check_early(cfg: RunConfig) -> None:
+    """Before the data are read: what the config asks that cannot run here. Strategy auto chooses among ways
+    to transfer pretrained weights (it can be resumed: training/auto_state.py); every tracker named must be
+    installed."""
+    if cfg.model.strategy_spec.chooses and effective_weights(cfg.model) == "none":
+        raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "
+                         "none; pass --weights default (or a file), or --strategy scratch")
+    tracking.require(cfg)
 
 
 def start(cfg: RunConfig, progress: bool, resume: bool, device: torch.device, world: distributed.World) -> Started:

@@ -14,7 +14,7 @@ import os
 import random
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -30,8 +30,10 @@ from medtl.core.logs import length, progress as progress_of
 from medtl.data.datasets import in_background
 from medtl.evaluation.metrics import score
 from medtl.models.strategies import to_probs
-from medtl.training.fitstate import EpochHook, FitPlan, FitState, Hook, deadline, early_stop  # noqa: F401
+from medtl.training.fitstate import (  # noqa: F401  (FitPlan, EpochHook: imported from here by callers)
+    BatchEnd, Deadline, EpochHook, Events, FitPlan, FitState, Hook, early_stop)
 from medtl.training.resume import load_state, rng_state, save_state, set_rng_state
+from medtl.training.step import Prepare, autocast, chunk_count, train_step  # noqa: F401  (imported from here)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,6 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 # images per forward/backward pass at 224 px on a CPU (bench/memory.py: Lite0 full fine-tuning at batch 32 peaks
 # at ~4.4 GiB RSS in one pass, ~2.5 GiB in two of 16, for ~8 % fewer images/s)
 MICRO_AT_224 = 16
-Prepare = Callable[[torch.Tensor], torch.Tensor]
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
@@ -100,12 +101,6 @@ def deterministic(on: bool):
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.benchmark = before[1]
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA only: on this class of CPU (AVX2, no AMX) bf16 is far slower than fp32."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
 
 
 def make_loss(binary: bool, weights: torch.Tensor | None, smoothing: float = 0.0) -> Callable:
@@ -174,27 +169,29 @@ def monitor_key(val: dict, monitor: str) -> tuple[float, float]:
 def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare, plan: FitPlan,
         hooks: Sequence[Hook] = (), progress: bool = True) -> FitState:
     """Train per `plan`, scoring validation after every epoch; returns the final `FitState`, the model holding
-    its best epoch's weights. After each epoch `hooks` run, then early stopping, the state saved for
-    `--resume` (with `plan.state_path`, by rank 0) and the deadline (see fitstate.py); any of them can stop
-    training. With `plan.resume` and the state file there, training continues exactly where it stopped. Under
-    torchrun the model trains wrapped in DDP on sharded batches; every process sees the same validation
-    metrics, so all stop together."""
+    its best epoch's weights. `hooks` (see fitstate.py) are called at every event, then fit's own: after each
+    epoch early stopping, the state saved for `--resume` (with `plan.state_path`, by rank 0) and the deadline,
+    after each batch the deadline; any of them can stop training. With `plan.resume` and the state file there,
+    training continues exactly where it stopped. Under torchrun the model trains wrapped in DDP on sharded
+    batches; every process sees the same validation metrics, so all stop together."""
     cfg, world = plan.cfg, distributed.current()
     opt = make_optimizer(plan.groups or [{"params": [p for p in model.parameters() if p.requires_grad]}], cfg)
     sched = make_scheduler(opt, cfg)
     state = FitState()
     if plan.resume and plan.state_path is not None and plan.state_path.is_file():
         state = _resume(plan.state_path, model, opt, sched, world)
-    own = [early_stop(cfg), *([_saving(plan.state_path, model, opt, sched, world)] if plan.state_path else []),
-           deadline(plan.deadline, world)]
+    theirs = Events(hooks)
+    own = Events([early_stop(cfg), *([_saving(plan.state_path, model, opt, sched, world)] if plan.state_path else []),
+                  Deadline(plan.deadline, world)])
     net = distributed.wrap(model, plan.device, world)
     if sched is not None and state.planned and state.planned != cfg.epochs:
         stretch(sched, cfg.epochs)  # resumed for more (or fewer) epochs than it was saved with: auto continues one
     state.planned = cfg.epochs
+    (theirs + own).before_fit(plan, state)
     for epoch in progress_of(_epochs(state), "epochs", progress, total=state.planned, unit="epoch"):
         state.epoch_began = time.perf_counter()
         distributed.set_epoch(train_batches, epoch)
-        train_loss = _train_epoch(net, train_batches, prepare, opt, plan, progress)
+        train_loss = _train_epoch(net, train_batches, prepare, opt, plan, theirs + own, state, progress)
         if not math.isfinite(train_loss):
             raise MedtlError(f"training diverged in epoch {epoch} (training loss {train_loss}); lower the learning "
                              f"rate (train.lr={cfg.lr:g}) and start again; epochs 1..{epoch - 1} are kept in the "
@@ -207,19 +204,18 @@ def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepar
             sched.step()
         state.keep_if_best(monitor_key(state.val, cfg.monitor), epoch, model)
         state.epoch = epoch
-        _after_epoch(state, hooks, sched, world)
-        for hook in own:
-            hook(state)
+        _after_epoch(state, theirs, sched, world)
+        own.after_epoch(state)
     model.load_state_dict(state.best_state)
+    (theirs + own).after_fit(state)
     return state
 
 
-def _after_epoch(state: FitState, hooks: Sequence[Hook], sched, world: distributed.World) -> None:
+def _after_epoch(state: FitState, hooks: Events, sched, world: distributed.World) -> None:
     """The caller's hooks; when one changed the planned epochs (rank 0's decision holds on every process), the
     schedule follows before the state is saved."""
     planned = state.planned
-    for hook in hooks:
-        hook(state)
+    hooks.after_epoch(state)
     state.planned = int(distributed.broadcast(state.planned, world))
     if state.planned != planned and sched is not None:
         stretch(sched, state.planned)
@@ -295,57 +291,19 @@ def micro_batch(cfg: RuntimeConfig, size: int, device: torch.device) -> int | No
     return max(1, int(MICRO_AT_224 * (224 / size) ** 2)) if device.type == "cpu" else None
 
 
-def chunk_count(rows: int, micro: int | None) -> int:
-    """The fewest equal chunks of at most `micro` rows (32 rows at micro 31: 2 of 16, not 31 + 1)."""
-    return -(-rows // micro) if micro else 1
-
-
 def _train_epoch(model: nn.Module, batches: Iterable, prepare: Prepare, opt: torch.optim.Optimizer, plan: FitPlan,
-                 progress: bool = False) -> float:
-    """One pass; returns the mean training loss (over all processes' rows). A batch larger than `plan.micro`
-    runs forward and backward in the fewest equal chunks of at most `micro` rows, gradients summed (each
-    chunk's mean loss weighted by its share of the batch), then one optimizer step: the memory of a chunk, the
-    update of the batch. Past `plan.deadline` (train.budget) the pass ends after the batch in progress: an
-    epoch far slower than planned (a busy machine) cannot overrun the budget by more than a batch and the
-    validation pass."""
+                 events: Events, state: FitState, progress: bool = False) -> float:
+    """One pass, one `train_step` per batch, `events.after_batch` after each (a hook may end the pass there,
+    before the next batch is used: the deadline does); returns the mean training loss (over all processes' rows)."""
     model.train()
     world = distributed.current()
     total, count = 0.0, 0
-    for x, y in progress_of(batches, "train", progress, unit="batch"):
-        if count and _past(plan.deadline, world):
-            log.info("budget: the epoch ends early, after %d images (the deadline has passed)", count)
+    state.end_epoch = False
+    for index, (x, y) in enumerate(progress_of(batches, "train", progress, unit="batch")):
+        if state.end_epoch:  # a hook said so after the last batch (before this one was used)
             break
-        y = torch.as_tensor(y).to(plan.device, non_blocking=True)
-        share = _share(len(y), plan.device, world)
-        parts = chunk_count(len(y), plan.micro)
-        chunks = list(zip(x.tensor_split(parts), y.tensor_split(parts)))
-        opt.zero_grad(set_to_none=True)
-        for i, (xc, yc) in enumerate(chunks):
-            last = i == len(chunks) - 1
-            with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():  # DDP: one all-reduce
-                with autocast(plan.device):
-                    logits = model(prepare(xc))
-                loss = plan.loss_fn(logits, yc)
-                (loss * (share * len(yc) / len(y))).backward()
-            total += loss.detach().item() * len(yc)
-        opt.step()
-        count += len(y)
+        loss, rows = train_step(model, x, y, prepare, opt, plan)
+        total, count = total + loss, count + rows
+        events.after_batch(state, BatchEnd(state.epoch + 1, index, rows, loss / max(rows, 1)))
     total, count = distributed.all_sum([total, count], plan.device, world)
     return total / max(count, 1)
-
-
-def _past(deadline: float | None, world: distributed.World) -> bool:
-    """Whether `deadline` (time.monotonic()) has passed; rank 0 decides for every process, so all stop at one
-    batch (no collective without a deadline)."""
-    if deadline is None:
-        return False
-    return bool(distributed.broadcast(time.monotonic() > deadline, world))
-
-
-def _share(rows: int, device: torch.device, world: distributed.World) -> float:
-    """The factor that turns this process's mean loss into its part of the global batch's mean loss, times
-    the number of processes (DDP averages gradients over processes): 1 for a single process."""
-    if not world.active:
-        return 1.0
-    total = distributed.all_sum([float(rows)], device, world)[0]
-    return rows * world.size / total

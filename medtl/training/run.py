@@ -24,9 +24,9 @@ from medtl.core.device import pick_device
 from medtl.core.errors import Interrupted, MedtlError
 from medtl.core.faults import memory_advice, out_of_memory
 from medtl.core.runfolder import RunFolder
-from medtl.models.strategies import effective_weights
+from medtl.training import tracking
 from medtl.training.finalize import finalize
-from medtl.training.initialize import claim, start, write_inputs
+from medtl.training.initialize import check_early, claim, start, write_inputs
 from medtl.training.loop import EpochHook, deterministic, seed_everything
 from medtl.training.train import run_strategy
 
@@ -45,7 +45,7 @@ def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None
 def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: bool, device: torch.device,
          world: distributed.World) -> Path:
     seed_everything(cfg.train.seed)
-    _check_auto(cfg, resume)
+    check_early(cfg)
     started = start(cfg, progress, resume, device, world)  # initialize: nothing written before it passes
     p = started.p
     with ExitStack() as held:
@@ -60,10 +60,13 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
             log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s%s", folder,
                      p.spec.name, p.weights, cfg.model.strategy, p.size, p.device,
                      f", {world.size} processes (DDP)" if world.active else "")
-            began = time.perf_counter()
-            trained = run_strategy(p, started.model, progress, on_epoch, started.prepare_seconds)
-            finalize(trained, folder, progress, began)
-            folder.remove_run_state()  # the run is complete: the checkpoint holds its result
+            with tracking.tracked(cfg, folder, resume) as trackers:
+                began = time.perf_counter()
+                trained = run_strategy(p, started.model, progress, on_epoch, started.prepare_seconds,
+                                       [trackers] if trackers else [])
+                metrics = finalize(trained, folder, progress, began)
+                folder.remove_run_state()  # the run is complete: the checkpoint holds its result
+                trackers.after_run(folder, metrics)
     return folder.path
 
 
@@ -90,12 +93,3 @@ def _guarded(folder: RunFolder, cfg: RunConfig) -> Iterator[None]:
             raise MedtlError(f"out of memory while training; the run in {folder} did not finish: "
                              f"{memory_advice()}, and start it again with another --name") from exc
         raise
-
-
-def _check_auto(cfg: RunConfig, resume: bool) -> None:
-    """Before the data are read: what an auto run cannot do. (It can be resumed: training/auto_state.py.)"""
-    if not cfg.model.strategy_spec.chooses:
-        return
-    if effective_weights(cfg.model) == "none":
-        raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "
-                         "none; pass --weights default (or a file), or --strategy scratch")

@@ -14,8 +14,8 @@ from medtl.data.datasets import class_weights, train_transform
 from medtl.models.memory import recomputed, recomputing
 from medtl.models.strategies import Classifier, param_groups
 from medtl.training.auto import choose
-from medtl.training.cached import probe_head, train_head_on_features, train_top_on_activations
-from medtl.training.fitstate import EpochHook, FitPlan, Hook, calling
+from medtl.training.cached import fit_plan, probe_head, train_head_on_features, train_top_on_activations
+from medtl.training.fitstate import EpochHook, Hook, calling
 from medtl.training.loop import fit, make_loss, micro_batch, predict
 from medtl.training.prepare import Prepared
 from medtl.training.results import SplitScores, TrainResult
@@ -35,13 +35,22 @@ class Trained:
 
 
 def run_strategy(p: Prepared, model: Classifier | None, progress: bool, on_epoch: EpochHook | None,
-                 prepare_seconds: float) -> Trained:
+                 prepare_seconds: float, hooks: Sequence[Hook] = ()) -> Trained:
     """The strategy's training; with `model` None (strategy auto) auto's choice among candidates, each with its
-    own Prepared and model (`on_epoch` is not called then)."""
+    own Prepared and model (`on_epoch` is not called then). `hooks` (the run's trackers) are called at the
+    events of every fit: each candidate's too."""
     if model is not None:
-        return Trained(p, model, train(p, model, progress, [calling(on_epoch)] if on_epoch is not None else []))
-    outcome = choose(p, train, progress, prepare_seconds)
+        own = [calling(on_epoch)] if on_epoch is not None else []
+        return Trained(p, model, train(p, model, progress, [*hooks, *own]))
+    outcome = choose(p, _with(hooks), progress, prepare_seconds)
     return Trained(outcome.p, outcome.model, outcome.result, outcome.record)
+
+
+def _with(run_hooks: Sequence[Hook]):
+    """`train` with the run's hooks before each fit's own."""
+    def train_with(p: Prepared, model: Classifier, progress: bool, hooks: Sequence[Hook] = ()) -> TrainResult:
+        return train(p, model, progress, [*run_hooks, *hooks])
+    return train_with
 
 
 def train(p: Prepared, model: Classifier, progress: bool, hooks: Sequence[Hook] = ()) -> TrainResult:
@@ -65,9 +74,8 @@ def train(p: Prepared, model: Classifier, progress: bool, hooks: Sequence[Hook] 
     transform = train_transform(p.size, p.cfg.data.hflip) if p.cfg.data.augment else None
     batches = p.loader("train", True, tc.batch_size, transform)
     val = p.loader("val", False, tc.batch_size)
-    plan = FitPlan(tc, loss_fn, p.device, p.splits.classes, param_groups(model, tc.lr, tc.backbone_lr_scale),
-                   micro=micro_batch(p.cfg.runtime, p.size, p.device), deadline=p.deadline, state_path=p.state_path,
-                   resume=p.resume)
+    plan = fit_plan(p, loss_fn, param_groups(model, tc.lr, tc.backbone_lr_scale),
+                    micro_batch(p.cfg.runtime, p.size, p.device))
     rc = p.cfg.runtime
     stages = () if rc.sync_bn else recomputed(p.cfg.model.backbone, rc.recompute, p.device)  # SyncBN: untried
     with recomputing(model.backbone, stages) as names:

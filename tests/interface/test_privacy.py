@@ -26,8 +26,9 @@ import medtl.models.engine as engine
 engine.EXPORT_WORTH_S = 0  # a tiny pass: export anyway, so auto loads and times every installed engine
 import medtl
 medtl.train({data!r}, out={out!r}, name="r", backbone="resnet18", weights="none", strategy="linear", epochs=2,
-            image_size=32, batch_size=16)
+            image_size=32, batch_size=16, track={track!r})
 """
+TRACKERS = [k for k in ("mlflow", "tensorboard") if __import__("importlib").util.find_spec(k)]  # the track extra
 
 
 def strace_works() -> bool:
@@ -65,8 +66,10 @@ def test_no_telemetry_files_and_no_outside_connection(image_tree, tmp_path):
         traces.append(tmp_path / f"{name}.strace")
         return traces[-1] if traced else None
 
-    done = run([sys.executable, "-c", TRAIN.format(data=str(image_tree), out=str(out))], env, trace("train"))
+    done = run([sys.executable, "-c", TRAIN.format(data=str(image_tree), out=str(out), track=TRACKERS)], env,
+               trace("train"))
     assert done.returncode == 0, done.stderr
+    assert all((out / kind).is_dir() for kind in TRACKERS)  # the trackers logged, beside the run folders
     [choice] = (cache / "engines").glob("*.choice.json")  # auto loaded and timed both engines
     assert set(json.loads(choice.read_text())["images_per_s"]) == {"torch", "onnxruntime", "openvino"}
     for engine in ENGINES:

@@ -68,7 +68,7 @@ def test_micro_batches_give_the_whole_batchs_update():
     """Chunks of 3 rows, gradients summed with each chunk's mean loss weighted by its share: the same step as
     one pass over the 8 rows (class-weighted BCE, no batch norm), and the same mean loss."""
     from medtl.core.config import TrainConfig
-    from medtl.training.loop import FitPlan, _train_epoch, make_loss, make_optimizer
+    from medtl.training.loop import Events, FitPlan, FitState, _train_epoch, make_loss, make_optimizer
 
     def one_step(micro):
         torch.manual_seed(0)
@@ -78,7 +78,7 @@ def test_micro_batches_give_the_whole_batchs_update():
         sizes = []
         net.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
         plan = FitPlan(TrainConfig(), make_loss(True, torch.tensor([2.0, 0.5])), torch.device("cpu"), micro=micro)
-        loss = _train_epoch(net, [(x, y)], lambda t: t, opt, plan, False)
+        loss = _train_epoch(net, [(x, y)], lambda t: t, opt, plan, Events(), FitState())
         assert sizes == {None: [8], 3: [3, 3, 2], 7: [4, 4]}[micro]  # the fewest equal chunks, never 7 + 1
         return loss, [p.detach().clone() for p in net.parameters()]
     whole = one_step(None)

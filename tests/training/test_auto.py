@@ -191,7 +191,8 @@ def test_an_epoch_past_the_deadline_ends_after_the_batch_in_progress():
     """A busy machine can make one epoch far longer than planned: past the budget's deadline the pass stops
     after its current batch (the first batch always trains), instead of running the whole epoch over it."""
     from medtl.core.config import TrainConfig
-    from medtl.training.loop import FitPlan, _train_epoch, make_loss, make_optimizer
+    from medtl.training.distributed import SINGLE
+    from medtl.training.loop import Deadline, Events, FitPlan, FitState, _train_epoch, make_loss, make_optimizer
 
     def epoch(deadline):
         torch.manual_seed(0)
@@ -204,7 +205,8 @@ def test_an_epoch_past_the_deadline_ends_after_the_batch_in_progress():
                 fetched.append(i)
                 yield torch.randn(8, 4), torch.tensor([0, 1] * 4)
         plan = FitPlan(TrainConfig(), make_loss(True, None), torch.device("cpu"), deadline=deadline)
-        loss = _train_epoch(net, batches(), lambda t: t, opt, plan, False)
+        events = Events([Deadline(deadline, SINGLE)])
+        loss = _train_epoch(net, batches(), lambda t: t, opt, plan, events, FitState())
         return len(fetched), loss
 
     assert epoch(None)[0] == 20 and epoch(time.monotonic() + 3600)[0] == 20
