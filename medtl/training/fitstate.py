@@ -151,8 +151,8 @@ class _EveryEpoch(FitHook):
         self.call(state)
 
 
-class Events:
-    """The hooks of one fit, in order, each event called on all of them."""
+class Events(FitHook):
+    """The hooks of one fit, in order, each event called on all of them (itself a hook: groups nest)."""
 
     def __init__(self, hooks: Sequence[Hook] = ()):
         self.hooks = [h if isinstance(h, FitHook) else _EveryEpoch(h) for h in hooks]

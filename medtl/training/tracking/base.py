@@ -9,7 +9,7 @@ from pathlib import Path
 from medtl.core.config import RunConfig, to_dict
 from medtl.core.runfolder import RunFolder
 from medtl.evaluation.records import RunMetrics
-from medtl.training.fitstate import FitHook, FitState
+from medtl.training.fitstate import Events, FitHook, FitState
 
 FIGURES = ("curves", "reliability", "confusion")  # the run folder's figures, by RunFolder property
 
@@ -34,29 +34,17 @@ class Tracker(FitHook):
         """The run ended: FINISHED, FAILED or KILLED."""
 
 
-class Trackers(FitHook):
-    """The trackers of one run, each event passed to every one."""
+class Trackers(Events):
+    """The trackers of one run: each fit event passed to every one (`Events`), and the run's end."""
 
     def __init__(self, trackers: list[Tracker]):
-        self.trackers = trackers
+        super().__init__(trackers)
 
     def __bool__(self) -> bool:
-        return bool(self.trackers)
-
-    def before_fit(self, plan, state: FitState) -> None:
-        for t in self.trackers:
-            t.before_fit(plan, state)
-
-    def after_epoch(self, state: FitState) -> None:
-        for t in self.trackers:
-            t.after_epoch(state)
-
-    def after_fit(self, state: FitState) -> None:
-        for t in self.trackers:
-            t.after_fit(state)
+        return bool(self.hooks)
 
     def after_run(self, folder: RunFolder, metrics: RunMetrics) -> None:
-        for t in self.trackers:
+        for t in self.hooks:
             t.after_run(folder, metrics)
 
 
