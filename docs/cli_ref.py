@@ -1,6 +1,6 @@
 """The command-line reference, generated from the typer app: each command's help, usage, example and options.
 
-Read from the app itself (not written by hand), so an option added, renamed or removed in `medtl/cli.py`
+Read from the app itself (not written by hand), so an option added, renamed or removed in `medtl/cli/`
 shows here at the next `mkdocs build`. Only the attributes click's parameters have had for years are used
 (`opts`, `help`, `default`, `hidden`, ...), with typer's type name where it offers one.
 """

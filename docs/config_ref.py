@@ -1,6 +1,6 @@
-"""The settings reference, generated from the config's sections (`medtl/core/config_sections.py`): every key, its
+"""The settings reference, generated from the config's sections (`medtl/core/config/sections.py`): every key, its
 type, default, range and the comment beside it in the code, so the page lists exactly the keys the code accepts;
-then the renamed keys of older configs (`medtl/core/config_renames.py`)."""
+then the renamed keys of older configs (`medtl/core/config/renames.py`)."""
 
 from __future__ import annotations
 

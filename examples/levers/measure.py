@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from medtl.core.runfolder import RunFolder, StudyFolder
-from medtl.evaluation.compare import dotted_value
+from medtl.experiments.study.compare import dotted_value
 from medtl.deploy.predictor import Predictor
 from medtl.evaluation.metrics import score
 

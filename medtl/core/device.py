@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medtl.core.config_sections import DEVICES
+from medtl.core.config.sections import DEVICES
 from medtl.core.errors import MedtlError
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from medtl.core.config_values import THRESHOLD_HELP, threshold_spec
+from medtl.core.config.values import THRESHOLD_HELP, threshold_spec
 from medtl.core.errors import MedtlError
 from medtl.evaluation.metrics import binary_metrics, choose_threshold
 from medtl.evaluation.uncertainty import intervals

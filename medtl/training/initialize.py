@@ -39,7 +39,7 @@ class Started:
 
 def check_early(cfg: RunConfig) -> None:
     """Before the data are read: what the config asks that cannot run here. Strategy auto chooses among ways
-    to transfer pretrained weights (it can be resumed: training/auto_state.py); every tracker named must be
+    to transfer pretrained weights (it can be resumed: training/auto/state.py); every tracker named must be
     installed."""
     if cfg.model.strategy_spec.chooses and effective_weights(cfg.model) == "none":
         raise MedtlError("strategy auto chooses among ways to transfer pretrained weights, but model.weights is "

@@ -15,7 +15,7 @@ import logging
 
 from medtl.evaluation.metrics import score
 from medtl.models.strategies import Classifier, Mirrored
-from medtl.training.auto import AUC_TIE, beats
+from medtl.training.auto.search import AUC_TIE, beats
 from medtl.training.cached import scores_from_cache
 from medtl.training.loop import predict
 from medtl.training.prepare import Prepared

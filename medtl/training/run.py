@@ -77,7 +77,7 @@ def _guarded(folder: RunFolder, cfg: RunConfig) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        if cfg.model.strategy_spec.chooses:  # training/auto_state.py: finished candidates, the current one's epochs
+        if cfg.model.strategy_spec.chooses:  # training/auto/state.py: finished candidates, the current one's epochs
             kept = "the finished candidates and epochs are kept" if folder.auto_progress.exists() else \
                 "no epoch had finished"
         else:

@@ -13,7 +13,7 @@ import medtl.training.distributed as distributed
 from medtl.data.datasets import class_weights, train_transform
 from medtl.models.memory import recomputed, recomputing
 from medtl.models.strategies import Classifier, param_groups
-from medtl.training.auto import choose
+from medtl.training.auto.search import choose
 from medtl.training.cached import fit_plan, probe_head, train_head_on_features, train_top_on_activations
 from medtl.training.fitstate import EpochHook, Hook, calling
 from medtl.training.loop import fit, make_loss, micro_batch, predict

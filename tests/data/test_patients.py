@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import make_image
 
-from medtl.core.config_sections import DataConfig
+from medtl.core.config.sections import DataConfig
 from medtl.core.errors import MedtlError
 from medtl.data.patients import CANDIDATES, find_keys
 from medtl.data.sources import discover

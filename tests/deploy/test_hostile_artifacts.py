@@ -158,7 +158,7 @@ grid: {{backbone: [resnet18], strategy: [scratch], seed: [0, 1]}}
     (b"\xff\xfe name", "is not a UTF-8 text file"),
 ])
 def test_report_on_a_damaged_study_yaml_is_one_line(tmp_path, monkeypatch, capsys, damage, message):
-    from medtl.experiments.study import load_study, load_written, write_spec
+    from medtl.experiments.study.grid import load_study, load_written, write_spec
 
     (tmp_path / "data").mkdir()
     config = tmp_path / "tiny.yaml"

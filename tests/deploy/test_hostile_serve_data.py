@@ -33,7 +33,7 @@ from medtl.data.preprocess import Preprocess
 from medtl.data.sources import discover
 from medtl.deploy.predictor import Predictor
 from medtl.deploy.serve import ENVELOPE, check_address, create_app
-from medtl.experiments.study import load_study
+from medtl.experiments.study.grid import load_study
 from medtl.models.strategies import build_classifier
 
 LIMIT = 200_000  # --max-mb of the served apps here, in bytes

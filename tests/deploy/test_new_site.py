@@ -224,7 +224,7 @@ def test_kermany_model_on_pneumoniamnist(xray_run, tmp_path, monkeypatch):
     assert ev.copies["checked"] and ev.copies["exact_train"] == 0  # other bytes than the Kermany JPEGs
     r = ev.recalibration  # near-duplicate clusters kept together: about four fifths held out
     assert 480 <= r["split"]["heldout_n"] <= 520 and r["after"]["ci95"]["accuracy"] and r["before"]["ci95"]["accuracy"]
-    from medtl.cli_evaluate import summary
+    from medtl.cli.evaluate import summary
     print("\n".join(summary(ev)))
     assert Evaluation.load(tmp_path / "e").metrics["auc"] == pytest.approx(ev["auc"])
 

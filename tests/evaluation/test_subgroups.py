@@ -15,10 +15,10 @@ from helpers import TINY, cli_in_process, shared_path
 from medtl.core.config import DataConfig
 from medtl.core.io import write_json
 from medtl.data.sources import discover
-from medtl.evaluation.compare import Run
+from medtl.experiments.study.compare import Run
 from medtl.evaluation.sample_size import auc_width, sample_size_report, wilson_width
 from medtl.evaluation.splits_report import split_report
-from medtl.evaluation.study_report import pooled_columns
+from medtl.experiments.study.report import pooled_columns
 from medtl.evaluation.subgroups import subgroup_report
 
 
@@ -198,7 +198,7 @@ def test_subgroups_on_brain_mri_with_a_synthetic_site_column(tmp_path, cache_dir
 def test_the_study_report_lists_each_runs_subgroups_and_names_the_small_ones():
     """A study report's subgroup table: every scored value with its interval, the largest gap with its paired
     interval, and a value too small to score named with the reason (here a site of 6 images)."""
-    from medtl.evaluation.study_subgroups import subgroup_table
+    from medtl.experiments.study.subgroups import subgroup_table
 
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 40)

@@ -12,7 +12,7 @@ import yaml
 
 import medtl
 from helpers import cli_in_process
-from medtl.experiments.card_checklists import AUTHORS, CHECKLISTS, load_checklist
+from medtl.experiments.card.checklists import AUTHORS, CHECKLISTS, load_checklist
 
 COUNTS = {"claim": 44, "tripod_ai": 52}  # CLAIM 2024: 44 items; TRIPOD+AI: 27 items, 52 rows with sub-items
 
@@ -153,8 +153,8 @@ def test_limitations_and_sample_size_give_one_figure_for_the_test_size_needed(tm
     from medtl.core.config import RunConfig
     from medtl.core.runfolder import RunFolder
     from medtl.evaluation.sample_size import sample_size_report
-    from medtl.experiments.card_facts import RunFacts
-    from medtl.experiments.card_text import needed, wide_intervals
+    from medtl.experiments.card.facts import RunFacts
+    from medtl.experiments.card.text import needed, wide_intervals
 
     test = {"n": 100, "auc": 0.9, "sensitivity": 0.8, "specificity": 0.7, "confusion_matrix": [[35, 15], [10, 40]],
             "ci95": {"sensitivity": [0.68, 0.9], "auc": [0.84, 0.96], "accuracy": [0.66, 0.84]}}

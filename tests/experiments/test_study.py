@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medtl.evaluation.compare import Run, _mcnemar, paired_tests
+from medtl.experiments.study.compare import Run, _mcnemar, paired_tests
 from medtl.core.errors import MedtlError
-from medtl.experiments.study import load_study
+from medtl.experiments.study.grid import load_study
 
 STUDY = """name: tiny
 out: {out}

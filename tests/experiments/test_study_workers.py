@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from medtl.core.errors import MedtlError
-from medtl.experiments.study import load_study, run_study
-from medtl.experiments.study_queue import LocalQueue, masked
+from medtl.experiments.study.grid import load_study, run_study
+from medtl.experiments.study.queue import LocalQueue, masked
 from test_tune_postgres import postgres_url  # noqa: F401  (the module-scoped server fixture)
 
 GRID = """name: {name}
@@ -119,7 +119,7 @@ def test_local_queue_skips_points_finished_meanwhile(tmp_path):
 
 
 def test_storage_urls_and_leases_are_refused_in_one_line(tmp_path):
-    from medtl.experiments.study_pg import PostgresQueue
+    from medtl.experiments.study.postgres import PostgresQueue
 
     with pytest.raises(MedtlError, match=r"^--storage sqlite://\.\.\.: a study's queue needs PostgreSQL"):
         PostgresQueue("sqlite:///x.db", "s")

@@ -11,7 +11,8 @@ import urllib.error
 import pytest
 
 from helpers import kermany_links
-from medtl import cli, cli_output
+from medtl import cli
+from medtl.cli import output as cli_output
 from medtl.models import backbones
 
 

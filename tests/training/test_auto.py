@@ -11,7 +11,7 @@ import torch
 from medtl.core.config import RunConfig, apply_overrides, budget_seconds
 from medtl.core.errors import MedtlError
 from medtl.models.checkpoint import Checkpoint
-from medtl.training import auto
+from medtl.training.auto import search as auto
 from medtl.training import scoring
 from medtl.training.results import SplitScores, TrainResult
 from medtl.training.train import Trained

@@ -17,7 +17,7 @@ import pytest
 
 from medtl.core.config import RunConfig, apply_overrides
 from medtl.core.runfolder import RunFolder
-from medtl.training import auto
+from medtl.training.auto import search as auto
 from medtl.training.fitstate import FitState
 from medtl.training.prepare import prepare
 from medtl.training.results import SplitScores, TrainResult
@@ -208,7 +208,7 @@ def test_a_candidates_epochs_follow_its_pace_without_swinging():
     pace, so the plan stays (a 10 % margin alone would have said 4, then 5 again, swinging the schedule); it
     shrinks only when the planned epochs do not fit at the pace measured, and grows when more fit with margin."""
     from types import SimpleNamespace
-    from medtl.training.auto_clock import EpochClock
+    from medtl.training.auto.clock import EpochClock
     fitted = EpochClock.fitted
     clock = SimpleNamespace(most=20)
     assert fitted(clock, FitState(epoch=1, planned=5), 107.4, 448.0) == 5
@@ -255,7 +255,7 @@ def test_time_left_when_the_last_candidate_stops_early_continues_the_one_still_i
     folder = tmp_path / "runs" / "r"
     folder.mkdir(parents=True)
     clock = [1000.0]
-    from medtl.training import auto_clock
+    from medtl.training.auto import clock as auto_clock
     for module in (auto, auto_clock):
         monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     p.state_path, p.deadline = folder / "state.pt", clock[0] + 300

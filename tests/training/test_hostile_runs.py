@@ -68,7 +68,7 @@ def test_ctrl_c_in_an_auto_run_prints_a_command_that_works(image_tree, tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    again = f"medtl train --resume {folder}"  # issue 25: an auto run resumes (training/auto_state.py)
+    again = f"medtl train --resume {folder}"  # issue 25: an auto run resumes (training/auto/state.py)
     assert lines == [f"error: interrupted: the finished candidates and epochs are kept; continue with `{again}`"]
     assert "no epoch had finished" not in err
     assert not folder.finished and not folder.checkpoint.exists() and _leftovers(folder.path) == []
@@ -90,12 +90,12 @@ def test_ctrl_c_in_an_auto_run_prints_a_command_that_works(image_tree, tmp_path)
 def test_resuming_an_auto_run_is_not_refused(image_tree, tmp_path):
     """Issue 25: an auto run resumes (tests/training/test_auto_resume.py kills one and resumes it); what auto cannot do
     is still refused before anything is written."""
-    from medtl.training.run import _check_auto
+    from medtl.training.initialize import check_early
     cfg = _cfg(image_tree, tmp_path / "runs", "a", **{"model.strategy": "auto", "model.weights": "package",
                                                        "model.backbone": "efficientnet_lite0"})
-    _check_auto(cfg, resume=True)  # no refusal
+    check_early(cfg)  # no refusal
     with pytest.raises(MedtlError, match="strategy scratch"):
-        _check_auto(_cfg(image_tree, tmp_path / "runs", "a", **{"model.strategy": "auto"}), resume=True)
+        check_early(_cfg(image_tree, tmp_path / "runs", "a", **{"model.strategy": "auto"}))
     assert not (tmp_path / "runs" / "a").exists()
 
 

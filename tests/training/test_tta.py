@@ -60,7 +60,7 @@ def test_auto_keeps_the_mirror_only_when_validation_gains(image_tree, cache_dir,
     and the checkpoint (what predict follows) holds the resolved choice."""
     import medtl
     from medtl.models.checkpoint import Checkpoint
-    from medtl.training.auto import beats as _helps
+    from medtl.training.auto.search import beats as _helps
     run_dir = medtl.train(image_tree, "efficientnet_lite0", "full", epochs=1, image_size=32, out=tmp_path / "runs",
                           name="auto_tta", tta="auto").path
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -76,7 +76,7 @@ def test_auto_keeps_the_mirror_only_when_validation_gains(image_tree, cache_dir,
 
 
 def test_the_rule_ties_close_aucs_to_the_lower_loss():
-    from medtl.training.auto import beats as _helps
+    from medtl.training.auto.search import beats as _helps
     assert _helps({"auc": 0.9500, "loss": 0.20}, {"auc": 0.9510, "loss": 0.25}, "auc")  # tie: lower loss
     assert not _helps({"auc": 0.9500, "loss": 0.20}, {"auc": 0.9600, "loss": 0.25}, "auc")  # clearly lower AUC
     assert _helps({"auc": 0.9300, "loss": 0.20}, {"auc": 0.9600, "loss": 0.25}, "loss")

@@ -1,4 +1,4 @@
-"""auto: chooses among the other strategies on validation, within the run's budget (training/auto.py): a
+"""auto: chooses among the other strategies on validation, within the run's budget (training/auto/search.py): a
 linear probe first, then fine-tuning candidates by data size and similarity to ImageNet."""
 
 from __future__ import annotations

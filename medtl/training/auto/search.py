@@ -6,15 +6,15 @@ many. `linear` runs first: its features are cached and cheap, and how well it se
 the similarity. The fine-tuning candidates then run in the rule's order (LP-FT: each head starts from the
 linear probe), each in its share of the time left, at the largest image size that fits `MIN_EPOCHS`; the
 other strategies follow in the time the rule's candidates left. Plans come from measured seconds
-(training/auto_plan.py): after every epoch of every candidate the plans still to run are recomputed, and
+(training/auto/plan.py): after every epoch of every candidate the plans still to run are recomputed, and
 each re-plan is recorded; the running candidate's own epochs are fitted to its deadline after each of them
-(training/auto_clock.py), so its share is used. When no candidate fits its share, the cheapest one that can finish an
+(training/auto/clock.py), so its share is used. When no candidate fits its share, the cheapest one that can finish an
 epoch in all the time left runs, stopped by the deadline (by the estimate or, within TRY_FACTOR of it, to
 measure instead). Time left when every candidate has run goes to the one still improving when its time ran
 out (`continue_improving`). The candidate with the best validation score is kept; test
 is never looked at here (the run's finalize phase scores it once, for the chosen model). Every candidate,
 its score, its time, the re-plans, the choice and why go to the run folder (auto.json, and metrics.json's
-"auto"); a killed run continues with `medtl train --resume` (training/auto_state.py).
+"auto"); a killed run continues with `medtl train --resume` (training/auto/state.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Callable
 from medtl.core.config import RunConfig, run_budget
 from medtl.core.strategies import get_strategy
 from medtl.models.strategies import Classifier, build_classifier
-from medtl.training.auto_clock import EpochClock
-from medtl.training.auto_plan import FT_BATCH, MIN_EPOCHS, Costs, fit, mirror_seconds, sizes
-from medtl.training.auto_plan import step_seconds as _step_seconds
-from medtl.training.auto_state import Keeper, Progress
+from medtl.training.auto.clock import EpochClock
+from medtl.training.auto.plan import FT_BATCH, MIN_EPOCHS, Costs, fit, mirror_seconds, sizes
+from medtl.training.auto.plan import step_seconds as _step_seconds
+from medtl.training.auto.state import Keeper, Progress
 from medtl.training.loop import monitor_key, release_memory, seed_everything
 from medtl.training.prepared import Prepared
 from medtl.training.results import TrainResult
@@ -347,7 +347,7 @@ def beats(a: dict, b: dict, monitor: str) -> bool:
 
 
 def _fit(p: Prepared, strategy: str, seconds: float, prepare_seconds: float, step: float) -> tuple[int, int, str]:
-    """`auto_plan.fit` for `p` from one timed full step (`step` seconds at the run's size)."""
+    """`plan.fit` for `p` from one timed full step (`step` seconds at the run's size)."""
     return fit(Costs.of(p, step), strategy, seconds, prepare_seconds, p.cfg.train.epochs)
 
 

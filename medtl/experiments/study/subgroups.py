@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from medtl.evaluation.compare import Run, label
+from medtl.experiments.study.compare import Run, label
 
 GAP_METRICS = ("auc", "sensitivity", "specificity")
 

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from medtl import cli_output
-from medtl.cli_options import Coverage, Engine, OldOut, Quiet, RunDir
-from medtl.cli_options import renamed as _renamed
-from medtl.cli_options import setup_logging as _setup_logging
+from medtl.cli import output as cli_output
+from medtl.cli.options import Coverage, Engine, OldOut, Quiet, RunDir
+from medtl.cli.options import renamed as _renamed
+from medtl.cli.options import setup_logging as _setup_logging
 from medtl.core.errors import MedtlError
 
 

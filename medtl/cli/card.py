@@ -26,7 +26,7 @@ def card(
 ) -> None:
     """Write model_card.md/.html and the CLAIM 2024 and TRIPOD+AI checklists (Markdown and CSV)."""
     from medtl import api
-    from medtl import cli_output
+    from medtl.cli import output as cli_output
 
     if template:
         cli_output.say(f"template: {api.card_template(folder)} (fill it in, then pass --intended-use)")

@@ -10,8 +10,8 @@ Settings are keyword arguments: a flag name (`epochs`, `image_size`, `lr`, `seed
 in one config section only (`batch_size`, `val_fraction`, ...), or a dotted key (`**{"train.lr": 0.01}`).
 Every value is checked when the config is made, before anything is written.
 
-`Run` and `Predictions` live in medtl/api_run.py and medtl/api_model.py, studies, tune, audit and cards in
-medtl/api_studies.py; all are imported from here.
+`Run` and `Predictions` live in medtl/api/run.py and medtl/api/model.py, studies, tune, audit and cards in
+medtl/api/research.py; all are imported from here.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medtl.api_model import Predictions
-from medtl.api_run import Run
-from medtl.api_studies import audit, card, card_template, report, study, tune
+from medtl.api.model import Predictions
+from medtl.api.run import Run
+from medtl.api.research import audit, card, card_template, report, study, tune
 from medtl.core.config import RunConfig, apply_overrides, load_config, make_config, overrides_of
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder

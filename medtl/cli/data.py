@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
-from medtl import cli_output
-from medtl.cli_options import Sets
-from medtl.cli_options import setup_logging as _setup_logging
+from medtl.cli import output as cli_output
+from medtl.cli.options import Sets
+from medtl.cli.options import setup_logging as _setup_logging
 
 
 def register(app: typer.Typer) -> None:

@@ -16,14 +16,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from medtl.evaluation.compare import (BOOTSTRAP, METRICS, SCRATCH, Run, best_marks, by_group, is_reference, label, load_runs,  # noqa: E402
+from medtl.experiments.study.compare import (BOOTSTRAP, METRICS, SCRATCH, Run, best_marks, by_group, is_reference, label, load_runs,  # noqa: E402
                                      paired_tests, summarize)
 from medtl.core.errors import MedtlError  # noqa: E402
 from medtl.core.io import atomic_write, make_dir  # noqa: E402
 from medtl.core.runfolder import RunFolder, StudyFolder  # noqa: E402
 from medtl.evaluation.figures import save_figure  # noqa: E402
 from medtl.evaluation.weighted import over_replicates, percentile_interval, weighted_metrics  # noqa: E402
-from medtl.evaluation.study_subgroups import subgroup_table  # noqa: E402
+from medtl.experiments.study.subgroups import subgroup_table  # noqa: E402
 
 POOLED = ("accuracy", "sensitivity", "specificity", "precision", "auc")  # intervals over all seeds' predictions
 HEADLINE = ("accuracy", "precision", "sensitivity", "f1", "gmean", "auc")

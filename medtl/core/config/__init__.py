@@ -1,9 +1,9 @@
 """Typed run configuration: frozen dataclasses, loaded from YAML, overridden by dotted keys.
 
 The resolved config is written to every run folder and into every checkpoint, so a run can be
-reproduced from its folder alone. The sections are in config_sections.py, the renamed keys of older configs
-in config_renames.py, reading values in config_values.py and config_io.py; this module puts them together.
-The command line's flag names are its own (medtl/cli.py); here a setting is a dotted key or a field name.
+reproduced from its folder alone. The sections are in sections.py, the renamed keys of older configs
+in renames.py, reading values in values.py and yaml_io.py; this package's front puts them together.
+The command line's flag names are its own (medtl/cli/train.py); here a setting is a dotted key or a field name.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any
 import yaml
 
 # the sections and the value readers are imported from here as before
-from medtl.core.config_io import parse_set, read_yaml, show  # noqa: F401 (re-exported)
-from medtl.core.config_renames import RENAMES, old_bare_names, renamed_key  # noqa: F401 (RENAMES re-exported)
-from medtl.core.config_sections import (  # noqa: F401 (re-exported)
+from medtl.core.config.yaml_io import parse_set, read_yaml, show  # noqa: F401 (re-exported)
+from medtl.core.config.renames import RENAMES, old_bare_names, renamed_key  # noqa: F401 (RENAMES re-exported)
+from medtl.core.config.sections import (  # noqa: F401 (re-exported)
     AUTO_BUDGET, DEVICES, ENGINES, SECTIONS, STRATEGIES, TTA_CHOICES, CacheConfig, DataConfig, EvalConfig,
     ModelConfig, RunConfig, RuntimeConfig, Strategy, TrainConfig, budget_seconds, run_budget, section_fields)
-from medtl.core.config_values import from_dict, to_dict  # noqa: F401 (re-exported)
+from medtl.core.config.values import from_dict, to_dict  # noqa: F401 (re-exported)
 from medtl.core.errors import MedtlError
 
 TOP_LEVEL = ("out", "name")  # the settings outside the sections
@@ -72,7 +72,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 def load_config(path: str | Path | None) -> RunConfig:
     """Read a YAML config file (any subset of sections); defaults fill the rest. Refuses in one line a folder,
-    a file that is not UTF-8 YAML, aliases and tags (config_io.read_yaml), and values of the wrong type."""
+    a file that is not UTF-8 YAML, aliases and tags (yaml_io.read_yaml), and values of the wrong type."""
     if path is None:
         return RunConfig()
     data = read_yaml(path, "config file", example="config.yaml")

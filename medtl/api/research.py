@@ -18,7 +18,7 @@ def study(spec: PathLike, progress: bool = False, storage: str | None = None, le
     (postgresql://...), this process is one of any number of workers sharing the grid through the database;
     the worker that finishes the last run writes the report. `lease_seconds`: how long a silent worker's run
     waits before another worker takes it over."""
-    from medtl.experiments.study import load_study, run_and_report
+    from medtl.experiments.study.grid import load_study, run_and_report
 
     loaded = load_study(spec)
     return run_and_report(loaded, f"medtl study {spec}", progress, storage, lease_seconds)
@@ -26,8 +26,8 @@ def study(spec: PathLike, progress: bool = False, storage: str | None = None, le
 
 def report(study_dir: PathLike) -> Path:
     """(Re)write a study's report from its finished runs; returns report.html."""
-    from medtl.evaluation.study_report import write_report
-    from medtl.experiments.study import load_written
+    from medtl.experiments.study.report import write_report
+    from medtl.experiments.study.grid import load_written
 
     folder = StudyFolder(study_dir)
     if not folder.spec.is_file():
@@ -85,13 +85,13 @@ def card(run_or_study: PathLike, intended_use: PathLike | None = None, evaluatio
     Returns:
         {"card_md", "card_html", "checklist_claim_md", ...: path}.
     """
-    from medtl.experiments.card import write_card
+    from medtl.experiments.card.write import write_card
 
     return write_card(run_or_study, intended_use, list(evaluations), output_dir, rescan, target_width)
 
 
 def card_template(run_or_study: PathLike, output: PathLike | None = None) -> Path:
     """card.yaml to fill in (in the run or study folder unless `output`); an existing file is kept."""
-    from medtl.experiments.card import write_template
+    from medtl.experiments.card.write import write_template
 
     return write_template(run_or_study, output)

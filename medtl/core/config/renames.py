@@ -58,7 +58,7 @@ def upgrade(data: Any, where: str, fields: dict[str, set[str]]) -> Any:
     Args:
         data: The mapping as read (a config.yaml, a checkpoint's config); anything else is returned as is.
         where: The file, for the messages ('' for none).
-        fields: Each section's setting names (config_sections.section_fields).
+        fields: Each section's setting names (sections.section_fields).
     """
     if not isinstance(data, dict):
         return data

@@ -3,7 +3,7 @@
 `RunConfig` holds `data`, `model`, `train` (optimisation), `eval` (how validation and test are scored),
 `runtime` (where and how fast it runs) and `cache` (what is kept between runs). Keys of older configs (every
 training, scoring and runtime setting under `train`, and `data.cache_dir`) are renamed on the way in by the
-one table in config_renames.py.
+one table in renames.py.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medtl.core.config_io import show
-from medtl.core.config_renames import upgrade
-from medtl.core.config_values import THRESHOLD_HELP, threshold_spec
+from medtl.core.config.yaml_io import show
+from medtl.core.config.renames import upgrade
+from medtl.core.config.values import THRESHOLD_HELP, threshold_spec
 from medtl.core.errors import MedtlError
 from medtl.core.strategies import NAMES as STRATEGY_NAMES
 from medtl.core.strategies import StrategySpec, get_strategy
@@ -282,7 +282,7 @@ class RunConfig(_Checked):
 
     @classmethod
     def upgrade(cls, data: Any, where: str) -> Any:
-        """`data` (a parsed config mapping) with older keys renamed, each logged once (config_renames.py)."""
+        """`data` (a parsed config mapping) with older keys renamed, each logged once (renames.py)."""
         return upgrade(data, where, section_fields())
 
     def check(self) -> None:

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from medtl.core.config_io import parse_flow_list, show
+from medtl.core.config.yaml_io import parse_flow_list, show
 from medtl.core.errors import MedtlError
 
 MAX_INT = 2**63  # no count, size or seed is larger; a larger one is a typo or a hostile file
@@ -39,7 +39,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     `where.key` (`key` alone when `where` is empty)."""
     if not isinstance(data, dict):
         raise MedtlError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    upgrade = getattr(cls, "upgrade", None)  # RunConfig: older keys renamed (config_renames.py)
+    upgrade = getattr(cls, "upgrade", None)  # RunConfig: older keys renamed (renames.py)
     if upgrade is not None:
         data = upgrade(data, where)
     hints = typing.get_type_hints(cls)

@@ -18,7 +18,7 @@ class EpochClock:
     run; the progress is kept."""
 
     def __init__(self, run, p: Prepared):
-        """`run`: the auto session (training/auto.py) whose costs, progress and re-plans this updates."""
+        """`run`: the auto session (training/auto/search.py) whose costs, progress and re-plans this updates."""
         self.run, self.strategy, self.size = run, p.cfg.model.strategy, p.size
         self.timed = p.strategy.fine_tunes  # a probe's epochs are not a fine-tuning pace
         self.deadline, self.most = p.deadline, run.p.cfg.train.epochs

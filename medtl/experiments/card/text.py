@@ -8,12 +8,12 @@ import shlex
 from pathlib import Path
 
 from medtl.core.config import dump_yaml
-from medtl.core.config_io import read_yaml
+from medtl.core.config.yaml_io import read_yaml
 from medtl.core.errors import MedtlError
 from medtl.evaluation.sample_size import sample_size_report
-from medtl.experiments.card_facts import RunFacts
-from medtl.experiments.card_render import Section
-from medtl.experiments.card_sections import interval, num
+from medtl.experiments.card.facts import RunFacts
+from medtl.experiments.card.render import Section
+from medtl.experiments.card.sections import interval, num
 
 # the intended-use file: key -> (card section anchor, title, what the authors write there)
 FIELDS = {

@@ -15,11 +15,11 @@ from medtl.core.errors import MedtlError
 from medtl.core.io import atomic_write, make_dir
 from medtl.training import tracking
 from medtl.core.runfolder import RunFolder, StudyFolder
-from medtl.experiments.card_checklists import checklists_section, write_checklists
-from medtl.experiments.card_facts import RunFacts, read_metrics, run_facts
-from medtl.experiments.card_render import Section, html_page, markdown
-from medtl.experiments.card_sections import data_sections, model_sections, num, results_sections
-from medtl.experiments.card_text import (DEFAULT_WIDTH, TEMPLATE, external_sections, intended_sections,
+from medtl.experiments.card.checklists import checklists_section, write_checklists
+from medtl.experiments.card.facts import RunFacts, read_metrics, run_facts
+from medtl.experiments.card.render import Section, html_page, markdown
+from medtl.experiments.card.sections import data_sections, model_sections, num, results_sections
+from medtl.experiments.card.text import (DEFAULT_WIDTH, TEMPLATE, external_sections, intended_sections,
                                          limitations, load_intended, reproduce, sample_size)
 
 CARD = "model_card"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medtl.cli_options import Coverage, Quiet, RevealIds, RunDir
+from medtl.cli.options import Coverage, Quiet, RevealIds, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def evaluate(
 ) -> None:
     """Score a trained run on labelled data from anywhere; write an evaluation folder (metrics with intervals,
     calibration, figures, per-image predictions, copies of its training images)."""
-    from medtl import api, cli_output
+    from medtl import api
+    from medtl.cli import output as cli_output
     from medtl.core.io import write_json
     from medtl.core.logs import console
 
@@ -120,7 +121,8 @@ def calibrate(
 ) -> None:
     """Refit a run's threshold (and with --temperature its temperature) on labelled local images; writes a new
     run folder with the same weights and a record of where it came from."""
-    from medtl import api, cli_output
+    from medtl import api
+    from medtl.cli import output as cli_output
     from medtl.core.logs import console
 
     console(quiet)

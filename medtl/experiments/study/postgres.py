@@ -1,4 +1,4 @@
-"""A study's queue in PostgreSQL (`medtl study SPEC --storage postgresql://...`): see study_queue for the rules.
+"""A study's queue in PostgreSQL (`medtl study SPEC --storage postgresql://...`): see queue.py for the rules.
 
 Tables (made on first use): `medtl_study` (one row per study name, with the digest of its base, grid and
 exclude) and `medtl_study_point` (one row per grid point: state pending / running / done / failed, the worker,
@@ -18,7 +18,7 @@ import sqlalchemy
 from sqlalchemy import text
 
 from medtl.core.errors import MedtlError
-from medtl.experiments.study_queue import PENDING, RUNNING, SCHEMA_LOCK, Claim, masked, worker_id
+from medtl.experiments.study.queue import PENDING, RUNNING, SCHEMA_LOCK, Claim, masked, worker_id
 
 log = logging.getLogger(__name__)
 

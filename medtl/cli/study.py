@@ -1,4 +1,5 @@
-"""`medtl study`: run a study's grid on this worker, alone or with others (lock files, or PostgreSQL)."""
+"""`medtl study`: run a study's grid on this worker, alone or with others (lock files, or PostgreSQL); `medtl
+report`: write a study's report again from its finished runs."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ from typing import Optional
 
 import typer
 
-from medtl import cli_output
+from medtl.cli import output as cli_output
+from medtl.cli.options import setup_logging
 
 
 def register(app: typer.Typer) -> None:
     app.command(name="study", epilog="Example: medtl study examples/kermany_seed_protocol.yaml --storage "
                 "postgresql://medtl@db.hospital.lan/medtl_studies (on as many machines as you have)")(study)
+    app.command(epilog="Example: medtl report studies/kermany_seed_protocol")(report)
 
 
 def study(
@@ -31,3 +34,11 @@ def study(
 
     console(quiet)
     cli_output.say(f"report: {api.study(config, progress=not quiet, storage=storage, lease_seconds=lease_seconds)}")
+
+
+def report(study_dir: Path = typer.Argument(..., help="A study folder (<out>/<name>)")) -> None:
+    """(Re)write a study's report from its finished runs."""
+    from medtl import api
+
+    setup_logging(False)
+    cli_output.say(f"report: {api.report(study_dir)}")

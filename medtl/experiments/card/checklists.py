@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from medtl.core.io import atomic_write
-from medtl.experiments.card_render import Section
+from medtl.experiments.card.render import Section
 
 CHECKLISTS = {"claim": "claim_2024.yaml", "tripod_ai": "tripod_ai.yaml"}
 AUTHORS = "for the authors"
@@ -30,7 +30,7 @@ class Item:
 
 def load_checklist(key: str) -> tuple[dict, list[Item]]:
     """(header {name, reference}, items) of a checklist shipped with medtl."""
-    text = resources.files("medtl.experiments").joinpath("checklists", CHECKLISTS[key]).read_text(encoding="utf-8")
+    text = resources.files("medtl.experiments.card").joinpath("forms", CHECKLISTS[key]).read_text(encoding="utf-8")
     data = yaml.safe_load(text)
     items = [Item(str(i["id"]), i["section"], i["text"], i.get("card")) for i in data["items"]]
     return {"name": data["name"], "reference": data["reference"]}, items

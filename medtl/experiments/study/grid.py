@@ -3,7 +3,7 @@
 Each run is a normal run folder under `<out>/<name>/runs/<run>`; a run counts as done when its
 `metrics.json` exists (written last), so a killed study restarts where it stopped: finished runs are kept,
 an unfinished folder is removed and its run redone from the start. Workers take grid points from a queue
-(study_queue: lock files in the study folder, or PostgreSQL), and only the worker holding a point's claim
+(queue.py: lock files in the study folder, or PostgreSQL), and only the worker holding a point's claim
 clears and runs its folder.
 """
 
@@ -22,12 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from medtl.models.backbones import get_spec, weights_available_offline
 from medtl.core.config import RunConfig, apply_overrides, dotted_key, run_config_from, to_dict
-from medtl.core.config_io import parse_yaml
+from medtl.core.config.yaml_io import parse_yaml
 from medtl.core.errors import Interrupted, MedtlError
 from medtl.core.io import atomic_write
 from medtl.core.logs import on_terminal
 from medtl.core.runfolder import StudyFolder
-from medtl.experiments.study_queue import (DONE, FAILED, LEASE_SECONDS, PENDING, Claim, LocalQueue, Queue, digest,
+from medtl.experiments.study.queue import (DONE, FAILED, LEASE_SECONDS, PENDING, Claim, LocalQueue, Queue, digest,
                                            worker_id)
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ def open_queue(root: Path, name: str, storage: str | None, lease_seconds: float 
     """Lock files in the study folder, or the study's rows in the database at `storage`."""
     if storage is None:
         return LocalQueue(root)
-    from medtl.experiments.study_pg import PostgresQueue  # SQLAlchemy only when a database is named
+    from medtl.experiments.study.postgres import PostgresQueue  # SQLAlchemy only when a database is named
 
     return PostgresQueue(storage, name, lease_seconds)
 
@@ -310,7 +310,7 @@ def run_and_report(study: Study, command: str = "", progress: bool = True, stora
                    lease_seconds: float = LEASE_SECONDS) -> Path:
     """This worker's share of the study, then the report if it is this worker's to write (locally: every
     worker's, when it leaves; with `storage`: the worker that finished the last point); returns report.html."""
-    from medtl.evaluation.study_report import write_report
+    from medtl.experiments.study.report import write_report
 
     queue = open_queue(study.root, study.name, storage, lease_seconds)
     run_study(study, progress, queue)

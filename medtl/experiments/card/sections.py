@@ -1,11 +1,11 @@
-"""The card's data, model and results sections, each written from a run's facts (`card_facts.RunFacts`)."""
+"""The card's data, model and results sections, each written from a run's facts (`facts.RunFacts`)."""
 
 from __future__ import annotations
 
 import math
 
-from medtl.experiments.card_facts import RunFacts
-from medtl.experiments.card_render import Section
+from medtl.experiments.card.facts import RunFacts
+from medtl.experiments.card.render import Section
 
 METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "gmean", "auc", "loss")
 SPLIT_ORDER = ("train", "val", "test", "test_deduplicated")

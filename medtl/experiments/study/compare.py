@@ -18,8 +18,8 @@ from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
 from medtl.core.config import RunConfig
-from medtl.core.config_io import parse_yaml
-from medtl.core.config_renames import renamed_key
+from medtl.core.config.yaml_io import parse_yaml
+from medtl.core.config.renames import renamed_key
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder, StudyFolder
 from medtl.evaluation.records import RunMetrics

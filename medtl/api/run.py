@@ -1,5 +1,5 @@
 """`medtl.Run`: a run folder written by `medtl train`, what it recorded, and what can be done with its model:
-predict, explain and export (medtl/api_model.py), re-score on data from anywhere and recalibrate
+predict, explain and export (medtl/api/model.py), re-score on data from anywhere and recalibrate
 (deploy/evaluate.py, deploy/calibrated_run.py), and its model card. Re-exported by `medtl.api`."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from medtl import api_model
-from medtl.api_model import Predictions
-from medtl.api_studies import card
+from medtl.api import model as api_model
+from medtl.api.model import Predictions
+from medtl.api.research import card
 from medtl.core.config import RunConfig, load_config
 from medtl.core.runfolder import RunFolder
 

@@ -1,6 +1,6 @@
 """The model of a run used on new images from Python: prediction rows (`Predictions`), Grad-CAM overlays and
 exports, and the engine that runs the network. `medtl.Run`'s `predictor_on`, `predict`, `explain`, `cam_grid` and
-`export` (medtl/api_run.py, where they are documented) call these with the run."""
+`export` (medtl/api/run.py, where they are documented) call these with the run."""
 
 from __future__ import annotations
 
