@@ -1,13 +1,17 @@
 """The model of a run used on new images from Python: prediction rows (`Predictions`), Grad-CAM overlays and
 exports, and the engine that runs the network. `medtl.Run`'s `predictor_on`, `predict`, `explain`, `cam_grid` and
-`export` (medtl/api/run.py, where they are documented) call these with the run."""
+`export` (medtl/api/run.py, where they are documented) call these with the run's predictor or folder; nothing
+here knows `Run`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from medtl.core.errors import MedtlError
+
+if TYPE_CHECKING:
+    from medtl.deploy.predictor import Predictor
 
 PathLike = str | Path
 
@@ -26,19 +30,23 @@ class Predictions(list):
         return Path(path)
 
 
-def predictor_on(run: Any, engine: str):
-    """`run.predictor`, its network run by `engine` from the next batch (checked before the model loads)."""
+def check_engine(engine: str) -> str:
+    """`engine`, when it is one medtl can run a network with (checked before the model loads)."""
     from medtl.models.engine import ENGINES
 
     if engine not in ENGINES:
         raise MedtlError(f"engine {engine!r}; valid: {', '.join(ENGINES)}")
-    pred = run.predictor
+    return engine
+
+
+def with_engine(pred: "Predictor", engine: str) -> "Predictor":
+    """`pred`, its network run by `engine` from the next batch."""
     if pred.engine != engine:
         pred.engine, pred.runner = engine, None
     return pred
 
 
-def predict(run: Any, images: Sequence[PathLike] | PathLike, batch_size: int, progress: bool, engine: str,
+def predict(pred: "Predictor", images: Sequence[PathLike] | PathLike, batch_size: int, progress: bool,
             coverage: float) -> Predictions:
     """`medtl.Run.predict`: rows of the readable images (with the shift and referral fields when the run kept
     its feature reference), the unreadable ones in `.failed`."""
@@ -46,7 +54,6 @@ def predict(run: Any, images: Sequence[PathLike] | PathLike, batch_size: int, pr
     from medtl.deploy.predictions import EXTRA, predict_files, write_predictions
     from medtl.evaluation.conformal import check_coverage
 
-    pred = predictor_on(run, engine)
     pred.coverage = check_coverage(coverage)
     found, failed = predict_files(pred, expand_inputs(as_list(images)), batch_size, progress)
     rows = [{"path": r["path"], "predicted": r["predicted"],
@@ -55,12 +62,12 @@ def predict(run: Any, images: Sequence[PathLike] | PathLike, batch_size: int, pr
     return Predictions(rows, failed, lambda path: write_predictions(path, pred, found, failed))
 
 
-def explain(run: Any, images: Sequence[PathLike] | PathLike, out: PathLike, method: str):
+def explain(pred: "Predictor", images: Sequence[PathLike] | PathLike, out: PathLike, method: str):
     """`medtl.Run.explain`: (written overlay PNGs, {unreadable path: reason})."""
     from medtl.data.sources import expand_inputs
     from medtl.deploy.explain import explain_files
 
-    return explain_files(run.predictor, expand_inputs(as_list(images)), Path(out), method)
+    return explain_files(pred, expand_inputs(as_list(images)), Path(out), method)
 
 
 def cam_grid(run_dir: Path, method: str) -> Path:

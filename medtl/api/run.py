@@ -65,7 +65,8 @@ class Run:
 
     def predictor_on(self, engine: str):
         """`predictor`, its network run by `engine` (auto | torch | openvino | onnxruntime) from the next batch."""
-        return api_model.predictor_on(self, engine)
+        engine = api_model.check_engine(engine)  # before the model loads
+        return api_model.with_engine(self.predictor, engine)
 
     def predict(self, images: Sequence[PathLike] | PathLike, batch_size: int = 32,
                 progress: bool = False, engine: str = "auto", coverage: float = 0.9) -> Predictions:
@@ -86,12 +87,12 @@ class Run:
             kept its feature reference); unreadable files, with the reason, in `.failed`; `.to_csv(path)` writes
             them all.
         """
-        return api_model.predict(self, images, batch_size, progress, engine, coverage)
+        return api_model.predict(self.predictor_on(engine), images, batch_size, progress, coverage)
 
     def explain(self, images: Sequence[PathLike] | PathLike, out: PathLike = "explain",
                 method: str = "gradcam") -> tuple[list[Path], dict[str, str]]:
         """Grad-CAM overlay PNGs in `out`; returns (written files, {unreadable path: reason})."""
-        return api_model.explain(self, images, out, method)
+        return api_model.explain(self.predictor, images, out, method)
 
     def cam_grid(self, method: str = "gradcam") -> Path:
         """cam_grid.png in the run folder: CAM overlays of test true/false positives and false negatives."""

@@ -110,6 +110,7 @@ class StudyFolder:
     spec = property(lambda self: self.path / "study.yaml")
     runs = property(lambda self: self.path / "runs")
     figures = property(lambda self: self.path / "figures")
+    tracking = property(lambda self: self.path / "tracking.json")  # the study's tracker run (MLflow's), by kind
 
     def run(self, name: str) -> RunFolder:
         return RunFolder(self.runs / name)

@@ -13,7 +13,7 @@ import logging
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 
@@ -33,17 +33,19 @@ from medtl.training.train import run_strategy
 log = logging.getLogger(__name__)
 
 
-def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None, resume: bool = False) -> Path:
+def run(cfg: RunConfig, progress: bool = True, on_epoch: EpochHook | None = None, resume: bool = False,
+        parents: Mapping[str, str] = {}) -> Path:
     """Train and evaluate per `cfg`; returns the run folder. `on_epoch(epoch, val_metrics)` is called after
-    each epoch (hyperparameter search reports and prunes through it). Under torchrun every process calls
-    this; they train together and rank 0 writes the run folder."""
+    each epoch (hyperparameter search reports and prunes through it); `parents`: the tracker run each kind
+    nests this run under (a study's, `tracking.open_study`). Under torchrun every process calls this; they
+    train together and rank 0 writes the run folder."""
     with distributed.session(pick_device(cfg.runtime.device)) as device, deterministic(cfg.runtime.deterministic):
         world = distributed.current()
-        return _run(cfg, progress and world.main, on_epoch, resume, device, world)
+        return _run(cfg, progress and world.main, on_epoch, resume, device, world, parents)
 
 
 def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: bool, device: torch.device,
-         world: distributed.World) -> Path:
+         world: distributed.World, parents: Mapping[str, str]) -> Path:
     seed_everything(cfg.train.seed)
     check_early(cfg)
     started = start(cfg, progress, resume, device, world)  # initialize: nothing written before it passes
@@ -60,7 +62,7 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
             log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s%s", folder,
                      p.spec.name, p.weights, cfg.model.strategy, p.size, p.device,
                      f", {world.size} processes (DDP)" if world.active else "")
-            with tracking.tracked(cfg, folder, resume) as trackers:
+            with tracking.tracked(cfg, folder, resume, parents) as trackers:
                 began = time.perf_counter()
                 trained = run_strategy(p, started.model, progress, on_epoch, started.prepare_seconds,
                                        [trackers] if trackers else [])

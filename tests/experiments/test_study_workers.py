@@ -43,7 +43,7 @@ def _spec(tmp_path: Path, data, out: Path, name="shared", epochs=1) -> Path:
 def _stand_in(starts: Path, pause: float):
     """A stand-in for training: notes its start, fails if the folder exists (a point taken twice), waits, ends
     the run as a real one does (metrics.json last)."""
-    def run(cfg, progress=False, on_epoch=None):
+    def run(cfg, progress=False, on_epoch=None, parents=None):  # training.run.run's signature
         folder = Path(cfg.out) / cfg.name
         with open(starts, "a") as fh:
             fh.write(f"{cfg.name} {os.getpid()}\n")

@@ -120,3 +120,32 @@ def test_every_auto_candidate_is_given_the_runs_hooks(monkeypatch):
     monkeypatch.setattr(train_module, "choose", fake_choose)
     train_module.run_strategy(None, None, False, None, 0.0, ["tracker"])
     assert seen == [["tracker", "auto's own"], ["tracker", "auto's own"]]
+
+
+def test_a_study_is_one_mlflow_run_with_its_points_nested_under_it(tmp_path, monkeypatch):
+    """Issue 35: a study's grid points are nested runs of the study's MLflow run, which holds the report; a
+    second worker on the finished study finds the same study run, not a new one."""
+    from helpers import write_tree
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MEDTL_CACHE", str(tmp_path / "cache"))
+    data = write_tree(tmp_path / "data", train=12, test=4)
+    spec = tmp_path / "study.yaml"
+    spec.write_text(f"name: s\nout: {tmp_path / 'out'}\nbase:\n  data: {{path: {data}, image_size: 32}}\n"
+                    "  model: {backbone: resnet18, weights: none, strategy: scratch}\n"
+                    "  train: {epochs: 1, batch_size: 16}\n  runtime: {track: [mlflow]}\ngrid:\n  seed: [0, 1]\n")
+    medtl.study(spec)
+    study = json.loads((tmp_path / "out" / "s" / "tracking.json").read_text())["mlflow"]
+    client = MlflowClient(study["uri"])
+    parent = client.get_run(study["run_id"])
+    assert parent.info.run_name == "study s" and parent.info.status == "FINISHED"
+    assert {"report/report.html", "report/report.csv"} <= {a.path for a in client.list_artifacts(study["run_id"],
+                                                                                               "report")}
+    points = client.search_runs([study["experiment_id"]], f"tags.mlflow.parentRunId = '{study['run_id']}'")
+    folders = sorted((tmp_path / "out" / "s" / "runs").glob("*/tracking.json"))
+    assert len(folders) == 2
+    assert sorted(p.info.run_id for p in points) == sorted(json.loads(f.read_text())["mlflow"]["run_id"]
+                                                            for f in folders)
+    medtl.study(spec)  # nothing left to run: the same study run, no second one
+    again = client.search_runs([study["experiment_id"]], "tags.`medtl.study` != ''")
+    assert [r.info.run_id for r in again] == [study["run_id"]]

@@ -10,10 +10,12 @@ clears and runs its folder.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from medtl.models.backbones import get_spec, weights_available_offline
 from medtl.core.config import RunConfig, apply_overrides, dotted_key, run_config_from, to_dict
 from medtl.core.config.yaml_io import parse_yaml
 from medtl.core.errors import Interrupted, MedtlError
-from medtl.core.io import atomic_write
+from medtl.core.io import atomic_write, write_json
 from medtl.core.logs import on_terminal
 from medtl.core.runfolder import StudyFolder
 from medtl.experiments.study.queue import (DONE, FAILED, LEASE_SECONDS, PENDING, Claim, LocalQueue, Queue, digest,
@@ -255,8 +257,9 @@ def run_study(study: Study, progress: bool = True, queue: Queue | None = None) -
     for line in study.skipped:
         log.warning("study %s: skipped %s", study.name, line)
     configs = dict(planned)
-    queue.register(list(configs), digest({"base": to_dict(study.base), "grid": study.grid, "exclude": study.exclude}),
-                   lambda name: folder.run(name).finished)
+    key = digest({"base": to_dict(study.base), "grid": study.grid, "exclude": study.exclude})
+    queue.register(list(configs), key, lambda name: folder.run(name).finished)
+    parents = _tracker_parents(study, queue, planned, key)
     todo = [n for n in configs if not folder.run(n).finished]
     log.info("study %s: %d runs, %d done, %d to run", study.name, len(planned), len(planned) - len(todo), len(todo))
     columns = [TextColumn("study {task.fields[name]}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -266,11 +269,25 @@ def run_study(study: Study, progress: bool = True, queue: Queue | None = None) -
         try:
             while (claim := queue.next()) is not None:
                 bar.update(task, current=claim.name)
-                _run_point(study, folder, queue, claim, configs[claim.name], run)
+                _run_point(study, folder, queue, claim, configs[claim.name], partial(run, parents=parents))
                 bar.advance(task)
         finally:
             queue.close()
     return [folder.run(n).path for n, _ in planned]
+
+
+def _tracker_parents(study: Study, queue: Queue, planned: list[tuple[str, RunConfig]], key: str) -> dict[str, str]:
+    """The tracker run (MLflow's) each point is nested under, by kind: the study's, found or made by one
+    worker at a time, its record in the study folder's tracking.json."""
+    if not planned or not planned[0][1].runtime.track:
+        return {}
+    from medtl.training import tracking
+
+    with queue.exclusive():
+        records = tracking.open_study(planned[0][1], study.name, key)
+    if records:
+        write_json(StudyFolder(study.root).tracking, records)
+    return {kind: record["run_id"] for kind, record in records.items()}
 
 
 def _run_point(study: Study, folder: StudyFolder, queue: Queue, claim: Claim, cfg: RunConfig, run) -> None:
@@ -320,5 +337,17 @@ def run_and_report(study: Study, command: str = "", progress: bool = True, stora
         log.info("study %s: nothing left for this worker; the worker that finishes the last run writes the report "
                  "(or `medtl report %s`)", study.name, study.root)
         return StudyFolder(study.root).path / "report.html"
-    with queue.reporting():
-        return write_report(study.root, command)
+    with queue.exclusive():
+        report = write_report(study.root, command)
+    _end_tracking(StudyFolder(study.root))
+    return report
+
+
+def _end_tracking(folder: StudyFolder) -> None:
+    """The report added to the study's tracker run (when its points were tracked), which is then finished."""
+    if folder.tracking.is_file():
+        from medtl.training import tracking
+
+        records = json.loads(folder.tracking.read_text())
+        tracking.end_study(records, [p for p in (folder.path / "report.html", folder.path / "report.csv",
+                                                 folder.path / "report.md") if p.is_file()])

@@ -180,7 +180,9 @@ class PostgresQueue:
         return [tuple(r) for r in rows]
 
     @contextmanager
-    def reporting(self) -> Iterator[None]:
+    def exclusive(self) -> Iterator[None]:
+        """No lock: only the worker that finished the last point writes the report (two workers starting at
+        once may each make the study's tracker run; each nests its own points under the one it found)."""
         yield
 
     def close(self) -> None:

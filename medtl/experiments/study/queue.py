@@ -72,7 +72,7 @@ class Queue(Protocol):
     def running(self, claim: Claim) -> ContextManager[None]: ...
     def finish(self, claim: Claim, state: str, error: str = "") -> None: ...
     def failed(self) -> list[tuple[str, str, str]]: ...
-    def reporting(self) -> ContextManager[None]: ...
+    def exclusive(self) -> ContextManager[None]: ...
     def close(self) -> None: ...
 
 
@@ -132,8 +132,8 @@ class LocalQueue:
         return []
 
     @contextmanager
-    def reporting(self) -> Iterator[None]:
-        """One report writer at a time on this study folder."""
+    def exclusive(self) -> Iterator[None]:
+        """One worker at a time on what the study writes once: its report, its tracker run."""
         fh = open(self.dir / "report.lock", "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX)

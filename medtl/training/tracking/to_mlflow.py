@@ -1,5 +1,6 @@
 """MLflow as a tracker: one MLflow run per medtl run (its resolved config as parameters, its final metrics with
-their 95 % intervals, the run folder as artifacts), one nested run per fit (auto's candidates: their epochs).
+their 95 % intervals, the run folder as artifacts), one nested run per fit (auto's candidates: their epochs);
+a study is one MLflow run with each grid point's run nested under it (`study_run`) and its report as artifacts.
 
 Local by default: a SQLite store and an artifact folder beside the run folders (`<out>/mlflow`; `mlflow ui
 --backend-store-uri sqlite:///<out>/mlflow/mlflow.db` shows it). `mlflow:DIR` puts that store in DIR;
@@ -23,11 +24,12 @@ EXPERIMENT = "medtl"
 SKIP = {"run.lock"}  # the run folder's files that are not results
 
 
-def store(target: str, folder: RunFolder) -> tuple[str, str | None]:
-    """The tracking URI and, for a local store, its artifact location."""
+def store(target: str, runs_dir: Path) -> tuple[str, str | None]:
+    """The tracking URI and, for a local store, its artifact location (default: `mlflow/` in `runs_dir`, the
+    folder the run folders are in)."""
     if "://" in target:
         return target, None
-    root = (Path(target) if target else folder.path.parent / "mlflow").resolve()
+    root = (Path(target) if target else runs_dir / "mlflow").resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
 
@@ -35,31 +37,22 @@ def store(target: str, folder: RunFolder) -> tuple[str, str | None]:
 class MlflowTracker(Tracker):
     kind = "mlflow"
 
-    def __init__(self, target: str, cfg: RunConfig, folder: RunFolder, before: dict, reopen: bool = False):
-        os.environ.update(TELEMETRY_OFF)
-        from mlflow.tracking import MlflowClient
-
-        self.uri, artifacts = (target, None) if reopen else store(target, folder)
-        self.client = MlflowClient(self.uri)
+    def __init__(self, target: str, cfg: RunConfig, folder: RunFolder, before: dict, reopen: bool = False,
+                 parent: str | None = None):
+        self.uri, artifacts = (target, None) if reopen else store(target, folder.path.parent)
+        self.client = client(self.uri)
         if before.get("uri") == self.uri and before.get("run_id"):  # resumed (or reopened): the same run
             self.run_id = before["run_id"]
             self.experiment = before["experiment_id"]
             if not reopen:
                 self.client.update_run(self.run_id, status="RUNNING")
         else:
-            self.experiment = self._experiment(artifacts)
-            run = self.client.create_run(self.experiment, run_name=folder.path.name,
-                                         tags={"medtl.backbone": cfg.model.backbone,
-                                               "medtl.strategy": cfg.model.strategy})
-            self.run_id = run.info.run_id
+            self.experiment = experiment(self.client, artifacts)
+            tags = {"medtl.backbone": cfg.model.backbone, "medtl.strategy": cfg.model.strategy,
+                    **({"mlflow.parentRunId": parent} if parent else {})}  # a study's point: nested under it
+            self.run_id = self.client.create_run(self.experiment, run_name=folder.path.name, tags=tags).info.run_id
             self._params(flat_config(cfg))
         self.child: str | None = None
-
-    def _experiment(self, artifacts: str | None) -> str:
-        found = self.client.get_experiment_by_name(EXPERIMENT)
-        if found is not None:
-            return found.experiment_id
-        return self.client.create_experiment(EXPERIMENT, artifact_location=artifacts)
 
     def _params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -112,6 +105,43 @@ class MlflowTracker(Tracker):
             self.client.set_terminated(self.child, status=status if status != "FINISHED" else "FAILED")
             self.child = None
         self.client.set_terminated(self.run_id, status=status)
+
+
+def client(uri: str):
+    """An MLflow client on `uri`, MLflow's usage telemetry switched off before it is imported."""
+    os.environ.update(TELEMETRY_OFF)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def experiment(mlflow_client, artifacts: str | None) -> str:
+    """The id of medtl's experiment in the store, made on first use."""
+    found = mlflow_client.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    return mlflow_client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+
+
+def study_run(target: str, runs_dir: Path, name: str, key: str) -> dict:
+    """The MLflow run of the study `name` (`key`: the digest of its grid), found by its tags in the store or
+    made: every worker of the study nests its points under the same one."""
+    uri, artifacts = store(target, runs_dir)
+    mlflow_client = client(uri)
+    experiment_id = experiment(mlflow_client, artifacts)
+    found = mlflow_client.search_runs([experiment_id], f"tags.`medtl.study` = '{key}'", max_results=1,
+                                      order_by=["attributes.start_time ASC"])
+    run_id = found[0].info.run_id if found else mlflow_client.create_run(
+        experiment_id, run_name=f"study {name}", tags={"medtl.study": key}).info.run_id
+    return {"uri": uri, "experiment_id": experiment_id, "run_id": run_id}
+
+
+def end_study_run(record: dict, files: list[Path]) -> None:
+    """The study's report files added to its MLflow run, which is then finished."""
+    mlflow_client = client(record["uri"])
+    for path in files:
+        mlflow_client.log_artifact(record["run_id"], str(path), "report")
+    mlflow_client.set_terminated(record["run_id"], status="FINISHED")
 
 
 def _now_ms() -> int:

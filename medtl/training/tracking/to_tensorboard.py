@@ -22,7 +22,9 @@ from medtl.training.tracking.base import Tracker, epoch_values, figures, final_v
 class TensorBoardTracker(Tracker):
     kind = "tensorboard"
 
-    def __init__(self, target: str, cfg: RunConfig, folder: RunFolder, before: dict, reopen: bool = False):
+    def __init__(self, target: str, cfg: RunConfig, folder: RunFolder, before: dict, reopen: bool = False,
+                 parent: str | None = None):
+        """`parent` is unused: a study's points are nested by their folder (`<DIR>/<run name>` in one DIR)."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = Path(target) if reopen else (Path(target) if target else folder.path.parent / "tensorboard") \
