@@ -81,7 +81,7 @@ class Checkpoint:
     def build(self) -> Classifier:
         """The classifier with these weights, in eval mode (no pretrained weights are read)."""
         num_out = 1 if self.binary else len(self.classes)
-        model = build_classifier(self.config.model, num_out, self.preprocess.in_chans, load_weights=False)
+        model = build_classifier(self.config.model, num_out, self.preprocess.in_chans, "none")
         try:
             model.load_state_dict(self.weights)
         except RuntimeError as exc:

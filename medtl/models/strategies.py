@@ -65,10 +65,12 @@ def to_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def build_classifier(cfg: ModelConfig, num_outputs: int, in_chans: int = 3,
-                     load_weights: bool = True) -> Classifier:
-    """Backbone with weights per `cfg`, new head, and the strategy's frozen parts applied."""
+                     weights: str | None = None) -> Classifier:
+    """Backbone with `weights`, new head, and the strategy's frozen parts applied. `weights` as resolved
+    (a run resolves them once: `Prepared.weights`; "none": random, as for a checkpoint's network before its
+    state loads); None: resolved here from `cfg` (`effective_weights`)."""
     spec = get_spec(cfg.backbone)
-    weights = effective_weights(cfg) if load_weights else "none"
+    weights = effective_weights(cfg) if weights is None else weights
     backbone = build_backbone(spec, weights, in_chans)
     head = make_head(spec.feature_dim, num_outputs, cfg.head, cfg.hidden, cfg.dropout)
     model = Classifier(backbone, head)

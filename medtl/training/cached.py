@@ -56,8 +56,8 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
 
 def fit_plan(p: Prepared, loss_fn, groups: list[dict] | None = None, micro: int | None = None) -> FitPlan:
     """The run's fit (every strategy's, built here only): its settings, budget, resume file and label."""
-    return FitPlan(p.cfg.train, loss_fn, p.device, p.splits.classes, groups, micro=micro, deadline=p.deadline,
-                   state_path=p.state_path, resume=p.resume, label=f"{p.cfg.model.strategy} {p.size} px")
+    return FitPlan(p.cfg.train, loss_fn, p.device, p.splits.classes, groups, micro=micro,
+                   deadline=p.control.deadline, state_path=p.control.state_path, resume=p.control.resume, label=f"{p.cfg.model.strategy} {p.size} px")
 
 
 def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:
@@ -66,8 +66,8 @@ def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:
     that fits the pretrained features instead of a random one whose gradients distort them first."""
     tc = dataclasses.replace(p.cfg.train, epochs=p.cfg.train.probe_epochs, lr=p.cfg.train.probe_lr)
     views = dataclasses.replace(p.cfg.cache, feature_views=0)  # the clean images' features: no augmented pass
-    probe = dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, train=tc, cache=views), state_path=None,
-                                resume=False)
+    probe = dataclasses.replace(p, cfg=dataclasses.replace(p.cfg, train=tc, cache=views)).with_control(
+        state_path=None, resume=False)
     result = train_head_on_features(probe, model, loss_fn, progress)
     log.info("LP-FT: head trained as a linear probe for %d epochs (best epoch %d, val AUC %.4f, val loss %.4f); "
              "fine-tuning starts from it", len(result.history), result.best_epoch, result.best["val_auc"],

@@ -53,14 +53,13 @@ def start(cfg: RunConfig, progress: bool, resume: bool, device: torch.device, wo
     started = time.monotonic()
     p = prepare(cfg, progress, device)
     budget = run_budget(cfg)
-    p.deadline = None if budget is None else started + budget
     prepare_seconds = time.monotonic() - started
     num_out = 1 if p.binary else len(p.splits.classes)
     auto = cfg.model.strategy_spec.chooses  # then each candidate builds its own model
-    model = None if auto else build_classifier(cfg.model, num_out, p.in_chans).to(p.device)  # same on every process
+    model = None if auto else build_classifier(cfg.model, num_out, p.in_chans, p.weights).to(p.device)  # same on every process
     if world.rank:  # other augmentations (and dropout) than rank 0's; rank 0 draws as one process would
         seed_everything(cfg.train.seed + world.rank)
-    p.resume = resume
+    p = p.with_control(deadline=None if budget is None else started + budget, resume=resume)
     return Started(p, model, prepare_seconds)
 
 

@@ -24,9 +24,25 @@ from medtl.models.backbones import BackboneSpec
 from medtl.training import distributed
 
 
-@dataclass
+@dataclass(frozen=True)
+class RunControl:
+    """How the run around a fit controls it (not what it trains): its time limit and its saved state.
+
+    Attributes:
+        deadline: `time.monotonic()` by which training stops (train.budget); None: no limit.
+        state_path: Where the training state is saved after every epoch (for `--resume`); None: not saved.
+        resume: Continue from `state_path` (only when asked: `--resume`).
+    """
+
+    deadline: float | None = None
+    state_path: Path | None = None
+    resume: bool = False
+
+
+@dataclass(frozen=True)
 class Prepared:
-    """Everything a run needs, validated, before anything is written."""
+    """Everything a run needs, validated, before anything is written; a changed copy (`dataclasses.replace`,
+    `at_size`, `with_control`) for a candidate or another size, never changed in place."""
 
     cfg: RunConfig
     spec: BackboneSpec
@@ -38,9 +54,11 @@ class Prepared:
     cache_dir: Path
     audit_notes: list[str] = field(default_factory=list)
     facts: dict[str, Facts] = field(default_factory=dict)  # the audit's digest and perceptual hash, by ref
-    state_path: Path | None = None  # per-epoch training state, for --resume
-    resume: bool = False  # continue from state_path (only when asked: --resume)
-    deadline: float | None = None  # time.monotonic() by which training stops (train.budget)
+    control: RunControl = RunControl()  # the run's time limit and saved state
+
+    def with_control(self, **changes) -> "Prepared":
+        """This run with its control changed (`deadline`, `state_path`, `resume`)."""
+        return dataclasses.replace(self, control=dataclasses.replace(self.control, **changes))
 
     @property
     def strategy(self) -> StrategySpec:
@@ -93,8 +111,8 @@ class Prepared:
             check_failures(store.failed, cfg.data.strict)
             splits = copy.deepcopy(splits)
             splits.drop(set(store.failed))
-        return dataclasses.replace(self, cfg=cfg, splits=splits, store=store, preprocess=pre, state_path=None,
-                                   resume=False)
+        return dataclasses.replace(self, cfg=cfg, splits=splits, store=store, preprocess=pre,
+                                   control=dataclasses.replace(self.control, state_path=None, resume=False))
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return self.preprocess.normalize(self.to_device(x))

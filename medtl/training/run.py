@@ -52,7 +52,7 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
     p = started.p
     with ExitStack() as held:
         folder = claim(cfg, resume, held, world)
-        p.state_path = folder.state
+        p = p.with_control(state_path=folder.state)
         if not world.main:  # trains its share, and scores its share of test and of the test-time augmentation
             trained = run_strategy(p, started.model, progress, on_epoch, started.prepare_seconds)
             finalize(trained, None, progress, 0.0)

@@ -94,4 +94,5 @@ def _lp_ft(p: Prepared) -> bool:
     if p.weights == "none":
         log.info("LP-FT: no pretrained weights to probe; the head starts random")
         return False
-    return not (p.resume and p.state_path is not None and p.state_path.is_file())
+    control = p.control
+    return not (control.resume and control.state_path is not None and control.state_path.is_file())

@@ -45,8 +45,7 @@ PART = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.png"
 def pred() -> Predictor:
     """An untrained two-class ResNet-18 at 32 px: serving needs a model, not a good one."""
     torch.manual_seed(0)
-    model = build_classifier(ModelConfig(backbone="resnet18", weights="none", strategy="full"), 1, 3,
-                             load_weights=False).eval()
+    model = build_classifier(ModelConfig(backbone="resnet18", weights="none", strategy="full"), 1, 3, "none").eval()
     return Predictor(model, ["neg", "pos"], 0.5, Preprocess(32, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
                      "resnet18", device=torch.device("cpu"))
 

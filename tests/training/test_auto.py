@@ -61,7 +61,7 @@ def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
     """Candidates are compared on validation alone (partial best there); test is scored after, once, for it
     (here, without test-time augmentation; with it, training/mirror.py scores test the way it chooses)."""
     p = prepare(_cfg(image_tree, tmp_path / "runs", **{"eval.tta": "none"}), progress=False)
-    p.deadline = time.monotonic() + 3600
+    p = p.with_control(deadline=time.monotonic() + 3600)
     val_auc = {"linear": 0.80, "partial": 0.95, "full": 0.90}  # few (48) and far (0.80): partial, then full
     seen = []
 
@@ -86,7 +86,7 @@ def test_the_choice_uses_validation_never_test(image_tree, cache_dir, tmp_path):
 
 def test_a_candidate_that_cannot_fit_is_skipped_with_the_reason(image_tree, cache_dir, tmp_path, monkeypatch):
     p = prepare(_cfg(image_tree, tmp_path / "runs"), progress=False)
-    p.deadline = time.monotonic() + 3600
+    p = p.with_control(deadline=time.monotonic() + 3600)
     monkeypatch.setattr(auto, "_step_seconds", lambda p: 1e4)  # one step: hours
 
     def fake_train(cp, model, progress, hooks=()):
@@ -171,7 +171,7 @@ def test_a_busy_machine_still_fine_tunes_for_the_epochs_that_fit(image_tree, cac
 def test_the_other_strategy_runs_in_the_time_the_rule_left(image_tree, cache_dir, tmp_path):
     """Few images close to ImageNet: the rule tries partial alone; full then runs in the time partial left."""
     p = prepare(_cfg(image_tree, tmp_path / "runs", **{"eval.tta": "none"}), progress=False)
-    p.deadline = time.monotonic() + 3600
+    p = p.with_control(deadline=time.monotonic() + 3600)
     val_auc = {"linear": 0.95, "partial": 0.96, "full": 0.99}
     seen = []
 

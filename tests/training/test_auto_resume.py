@@ -107,7 +107,7 @@ def test_plans_follow_the_measured_epochs_not_the_timed_step(image_tree, cache_d
     """The timed step says fine-tuning is slow (40 s a step), the measured epochs say it is fast: the second
     fine-tuning candidate is planned from the first one's measured epochs, and every re-plan is recorded."""
     p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 160}), progress=False)
-    p.deadline = time.monotonic() + 200
+    p = p.with_control(deadline=time.monotonic() + 200)
     monkeypatch.setattr(auto, "_step_seconds", lambda p: 40.0)  # one 32-image step: 40 s at 160 px
     seen = []
     outcome = auto.choose(p, _fake({"linear": 0.0, "partial": 0.01, "full": 0.01}, seen), False, 1.0)
@@ -127,7 +127,7 @@ def test_when_nothing_fits_its_share_the_cheapest_candidate_runs_in_all_the_time
     deadline, instead of every fine-tuning candidate being skipped; its measured epoch then re-plans partial,
     which fits after all."""
     p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 96}), progress=False)
-    p.deadline = time.monotonic() + auto.RESERVE_S + 60
+    p = p.with_control(deadline=time.monotonic() + auto.RESERVE_S + 60)
     # ~41 training images, ~23 evaluated: a full epoch ~43 s, over full's share (0.65 x ~59 s), within ~59 s
     monkeypatch.setattr(auto, "_step_seconds", lambda p: 28.0)
     monkeypatch.setattr(auto, "plan", lambda n, sim: (["full", "partial"], "many (test)"))
@@ -158,7 +158,7 @@ def test_a_candidate_faster_than_planned_is_stretched_to_its_deadline(image_tree
     """The timed step says fine-tuning is slow; the first candidate's measured epochs are fast: after its first
     epoch it is given the epochs that fit its own deadline (up to train.epochs), and the re-plan says so."""
     p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 160}), progress=False)
-    p.deadline = time.monotonic() + 200
+    p = p.with_control(deadline=time.monotonic() + 200)
     monkeypatch.setattr(auto, "_step_seconds", lambda p: 40.0)
     seen = []
     outcome = auto.choose(p, _fake({"linear": 0.0, "partial": 0.01, "full": 0.01}, seen), False, 1.0)
@@ -172,7 +172,7 @@ def test_when_no_candidate_fits_by_the_estimate_the_cheapest_still_runs_to_the_d
     """A busy machine: the timed step says not one epoch fits in all the time left (but within TRY_FACTOR of
     it): the cheapest candidate still runs at the smallest size, stopped by the deadline, instead of none."""
     p = prepare(_cfg(image_tree, tmp_path / "runs", **{"data.image_size": 96}), progress=False)
-    p.deadline = time.monotonic() + auto.RESERVE_S + 60
+    p = p.with_control(deadline=time.monotonic() + auto.RESERVE_S + 60)
     monkeypatch.setattr(auto, "_step_seconds", lambda p: 80.0)  # an epoch of full: ~2 minutes by the estimate
     monkeypatch.setattr(auto, "plan", lambda n, sim: (["full", "partial"], "many (test)"))
     outcome = auto.choose(p, _fake({"linear": 0.0, "partial": 0.01, "full": 0.01}, []), False, 1.0)
@@ -258,16 +258,16 @@ def test_time_left_when_the_last_candidate_stops_early_continues_the_one_still_i
     from medtl.training.auto import clock as auto_clock
     for module in (auto, auto_clock):
         monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    p.state_path, p.deadline = folder / "state.pt", clock[0] + 300
+    p = p.with_control(state_path=folder / "state.pt", deadline=clock[0] + 300)
     monkeypatch.setattr(auto, "_step_seconds", lambda p: 1.0)
     monkeypatch.setattr(auto, "plan", lambda n, sim: (["full", "partial"], "many (test)"))
     seen, saved = [], {}
 
     def train(cp, model, progress, hooks=()):
         s = cp.cfg.model.strategy
-        seen.append((s, cp.cfg.train.epochs, cp.resume))
+        seen.append((s, cp.cfg.train.epochs, cp.control.resume))
         state = FitState(planned=cp.cfg.train.epochs)
-        if cp.resume:  # where the saved state left it
+        if cp.control.resume:  # where the saved state left it
             state = FitState(saved[s].epoch, planned=cp.cfg.train.epochs, history=list(saved[s].history))
         saved[s] = state
         while state.epoch < state.planned and not state.stopped:
@@ -278,8 +278,8 @@ def test_time_left_when_the_last_candidate_stops_early_continues_the_one_still_i
                                   "val_loss": 0.5, "seconds": seconds})
             for hook in hooks:
                 hook(state)
-        if cp.state_path is not None:
-            cp.state_path.write_bytes(b"state")  # what fit's saving hook leaves
+        if cp.control.state_path is not None:
+            cp.control.state_path.write_bytes(b"state")  # what fit's saving hook leaves
         y = np.array([0, 1] * 4)
         return TrainResult(state.history, len(state.history), {"val": SplitScores(y * 0.8 + 0.1, y)})
     outcome = auto.choose(p, train, False, 1.0)

@@ -21,7 +21,7 @@ class EpochClock:
         """`run`: the auto session (training/auto/search.py) whose costs, progress and re-plans this updates."""
         self.run, self.strategy, self.size = run, p.cfg.model.strategy, p.size
         self.timed = p.strategy.fine_tunes  # a probe's epochs are not a fine-tuning pace
-        self.deadline, self.most = p.deadline, run.p.cfg.train.epochs
+        self.deadline, self.most = p.control.deadline, run.p.cfg.train.epochs
 
     def __call__(self, state: FitState) -> None:
         self.run.state.current["epoch"] = state.epoch

@@ -123,7 +123,7 @@ def step_seconds(p: Prepared) -> float:
     """One full fine-tuning step (forward, backward, update) of FT_BATCH images at the run's size, measured
     on random pixels (the cost does not depend on them), on a throwaway model."""
     model_cfg = dataclasses.replace(p.cfg.model, strategy="full")
-    net = build_classifier(model_cfg, 2, p.in_chans, load_weights=False).to(p.device).train()
+    net = build_classifier(model_cfg, 2, p.in_chans, "none").to(p.device).train()
     net.to(memory_format=torch.channels_last)
     x = torch.randn(FT_BATCH, p.in_chans, p.size, p.size, device=p.device).contiguous(
         memory_format=torch.channels_last)

@@ -87,7 +87,7 @@ def plan(n_train: int, similarity: float) -> tuple[list[str], str]:
 
 
 def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: float) -> Outcome:
-    """Run the candidates within `p.deadline` and keep the best on validation; with `p.resume`, continue the
+    """Run the candidates within `p.control.deadline` and keep the best on validation; with `p.control.resume`, continue the
     candidates a killed run left (finished ones kept, the one in progress from its last epoch, the budget
     what was left)."""
     run = _Session(p, train_fn, progress, prepare_seconds)
@@ -118,14 +118,14 @@ class _Session:
 
     def __init__(self, p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: float):
         self.p, self.train_fn, self.progress, self.prepare_seconds = p, train_fn, progress, prepare_seconds
-        self.keeper = Keeper.of(p.state_path)
+        self.keeper = Keeper.of(p.control.state_path)
         budget = run_budget(p.cfg) or 0.0
-        saved = self.keeper.load() if p.resume else None
+        saved = self.keeper.load() if p.control.resume else None
         if saved is None:
             self.keeper.clear()
         self.state = saved or Progress(budget)
-        self.origin = p.deadline - budget - self.state.elapsed  # the budget's start on this process's clock
-        self.end = p.deadline - self.state.elapsed - RESERVE_S
+        self.origin = p.control.deadline - budget - self.state.elapsed  # the budget's start on this process's clock
+        self.end = p.control.deadline - self.state.elapsed - RESERVE_S
         self.costs = Costs.of(p)
         for key, value in self.state.costs.items():
             setattr(self.costs, key, math.nan if value is None else value)  # JSON keeps NaN as null
@@ -236,11 +236,10 @@ class _Session:
         self.state.current = {"strategy": strategy, "image_size": size, "epochs": epochs, "note": note,
                               "until": round(deadline - self.origin, 3), "epoch": 0}
         self.save()
-        cand_p = self._prepared_for(strategy, size, epochs, resume)
-        cand_p.deadline = deadline
+        cand_p = self._prepared_for(strategy, size, epochs, resume).with_control(deadline=deadline)
         seed_everything(self.p.cfg.train.seed)
         model = build_classifier(cand_p.cfg.model, 1 if self.p.binary else len(self.p.splits.classes),
-                                 self.p.in_chans).to(self.p.device)
+                                 self.p.in_chans, self.p.weights).to(self.p.device)  # every candidate transfers
         log.info("auto: trying %s at %d px, up to %d epochs, %.0f s left for it", strategy, size, epochs,
                  deadline - start)
         hook = EpochClock(self, cand_p)
@@ -308,20 +307,20 @@ class _Session:
                                   model=dataclasses.replace(p.cfg.model, strategy=strategy))
         cand = dataclasses.replace(p, cfg=cfg) if size == p.size else p.at_size(size, cfg, self.progress)
         state = self.keeper.state(strategy, size)
-        return dataclasses.replace(cand, state_path=state, resume=resume and state is not None and state.is_file())
+        return cand.with_control(state_path=state, resume=resume and state is not None and state.is_file())
 
     def _restore_best(self) -> tuple[Outcome, Candidate]:
         record, weights, result = self.keeper.load_best()
         cand = _candidate(record)
         cand_p = self._prepared_for(cand.strategy, cand.image_size, cand.epochs, resume=False)
         model = build_classifier(cand_p.cfg.model, 1 if self.p.binary else len(self.p.splits.classes),
-                                 self.p.in_chans, load_weights=False).to(self.p.device)
+                                 self.p.in_chans, "none").to(self.p.device)
         model.load_state_dict(weights)
-        return Outcome(dataclasses.replace(cand_p, state_path=None), model, result, {}), cand
+        return Outcome(cand_p.with_control(state_path=None), model, result, {}), cand
 
     def outcome(self) -> Outcome:
         outcome, chosen = self.best
-        outcome.p = dataclasses.replace(outcome.p, state_path=None, resume=False)
+        outcome.p = outcome.p.with_control(state_path=None, resume=False)
         outcome.record = _record(self.p, self.tried, chosen, self.state)
         log.info("auto: chose %s (%s)", chosen.strategy, outcome.record["reason"])
         return outcome
