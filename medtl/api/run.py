@@ -17,6 +17,7 @@ from medtl.core.runfolder import RunFolder
 
 if TYPE_CHECKING:
     from medtl.deploy.evaluation_folder import Evaluation
+    from medtl.evaluation.records import RunMetrics
 
 PathLike = str | Path
 
@@ -43,12 +44,14 @@ class Run:
         return self.folder.path
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        """metrics.json: per split loss, accuracy, sensitivity, specificity, F1, G-mean, AUC, confusion matrix,
-        and the threshold chosen on validation."""
+    def metrics(self) -> "RunMetrics":
+        """The run's metrics.json as its record: `splits` (per split loss, accuracy, sensitivity, specificity,
+        F1, G-mean, AUC, confusion matrix, 95 % intervals), `threshold` chosen on validation, `classes`,
+        `patient_level`, ... (`RunMetrics`); `metrics["splits"]["test"]["auc"]` reads its JSON keys too, and
+        `metrics.to_dict()` gives the JSON object."""
         from medtl.evaluation.records import RunMetrics
 
-        return RunMetrics.of_run(self.folder).to_dict()
+        return RunMetrics.of_run(self.folder)
 
     @property
     def config(self) -> RunConfig:

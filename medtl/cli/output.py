@@ -4,10 +4,14 @@ they can be copied back), lists of unreadable files on stderr."""
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from medtl.evaluation.records import RunMetrics
 
 console = Console()
 
@@ -17,13 +21,13 @@ def say(text: str) -> None:
     console.print(text, soft_wrap=True, highlight=False)
 
 
-def print_metrics(metrics: dict) -> None:
+def print_metrics(metrics: "RunMetrics") -> None:
     """Each split's metrics, as `medtl train` ends."""
     from medtl.evaluation.report import format_metrics
 
-    for split, m in metrics["splits"].items():
+    for split, m in metrics.splits.items():
         print(format_metrics(split, m))
-    by_patient = metrics.get("patient_level") or {}
+    by_patient = metrics.patient_level or {}
     for split, m in (by_patient.get("splits") or {}).items():
         print(format_metrics(f"{split} per patient ({by_patient['rule']})", m))
 

@@ -5,10 +5,8 @@ record, so no file name is spelled twice."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from medtl.core.errors import MedtlError
 
@@ -82,11 +80,12 @@ class RunFolder:
         """What to do with the unfinished run here (any strategy, auto included): `--resume`."""
         return f"continue it with `medtl train --resume {self.path}`"
 
-    def read_metrics(self) -> dict[str, Any]:
+    def require_finished(self) -> Path:
+        """metrics.json, or one line: the run here did not finish, and how to continue it."""
         if not self.finished:
             raise MedtlError(f"{self.metrics} not found: the run in {self.path} did not finish; "
                              f"{self.how_to_continue()}")
-        return json.loads(self.metrics.read_text())
+        return self.metrics
 
     def require_checkpoint(self) -> Path:
         """checkpoint.pt, or one line: the run here did not finish (and how to go on), or this is no run folder."""

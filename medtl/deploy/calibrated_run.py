@@ -23,6 +23,7 @@ from medtl.evaluation.report import write_predictions
 from medtl.evaluation.splits_report import split_report
 from medtl.evaluation.uncertainty import apply_temperature
 from medtl.models.checkpoint import Checkpoint
+from medtl.evaluation.records import RunMetrics
 
 log = logging.getLogger(__name__)
 NOT_COPIED = {"checkpoint.pt", "metrics.json", "run.lock", "state.pt", "train.log", "model.onnx",
@@ -85,7 +86,7 @@ def _write_run(source: RunFolder, out: RunFolder, ckpt: Checkpoint, scored: Scor
     probs = apply_temperature(scored.probs, factor) if factor != 1.0 else scored.probs
     write_predictions(out.predictions("val"), scored.refs, scored.labels, probs, scored.classes, new.threshold)
     report = split_report(scored.labels, probs, scored.classes, new.threshold, cfg.eval.bootstrap, cfg.train.seed)
-    metrics = {**source.read_metrics(), "threshold": new.threshold, "threshold_method": spec,
+    metrics = {**RunMetrics.of_run(source).to_dict(), "threshold": new.threshold, "threshold_method": spec,
                "temperature": new.temperature, "splits": {"val": report}, "weights_sha256": digest}
     metrics.pop("uncalibrated", None)
     metrics["calibrated_from"] = {

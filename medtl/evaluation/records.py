@@ -120,6 +120,13 @@ class RunMetrics:
     def of_run(cls, folder) -> "RunMetrics":
         """The metrics of the run in `folder` (a `RunFolder`); one line when the run did not finish, and how to
         go on with it."""
-        if not folder.finished:
-            folder.read_metrics()  # raises that line: the run did not finish, and how to continue it
-        return cls.read(folder.metrics)
+        return cls.read(folder.require_finished())
+
+    def __getitem__(self, key: str) -> Any:
+        """`metrics["splits"]["test"]["auc"]`: a key of `metrics.json` (what `to_dict` writes), as the record
+        was read before it was one."""
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A key of `metrics.json`, or `default`."""
+        return self.to_dict().get(key, default)

@@ -37,7 +37,8 @@ def test_metrics_json_has_its_schema(tiny_run):
     assert written["splits"]["test"]["n"] == 16
     record = RunMetrics.read(tiny_run.path / "metrics.json")
     assert record.to_dict() == written and record.best_epoch == written["best_epoch"]
-    assert tiny_run.metrics == written  # the API reads it through the record
+    assert tiny_run.metrics == record and tiny_run.metrics.to_dict() == written  # the API gives the record
+    assert tiny_run.metrics["splits"] == written["splits"]  # and reads its JSON keys as before
 
 
 def test_an_older_metrics_file_reads_as_version_1_and_keeps_unknown_keys(tiny_run, tmp_path):

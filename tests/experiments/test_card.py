@@ -153,12 +153,16 @@ def test_limitations_and_sample_size_give_one_figure_for_the_test_size_needed(tm
     from medtl.core.config import RunConfig
     from medtl.core.runfolder import RunFolder
     from medtl.evaluation.sample_size import sample_size_report
+    from medtl.evaluation.records import RunMetrics
     from medtl.experiments.card.facts import RunFacts
     from medtl.experiments.card.text import needed, wide_intervals
 
     test = {"n": 100, "auc": 0.9, "sensitivity": 0.8, "specificity": 0.7, "confusion_matrix": [[35, 15], [10, 40]],
             "ci95": {"sensitivity": [0.68, 0.9], "auc": [0.84, 0.96], "accuracy": [0.66, 0.84]}}
-    facts = RunFacts(RunFolder(tmp_path), RunConfig(), {"splits": {"test": test}}, None, [], skipped=0, preprocess={},
+    metrics = RunMetrics(best_epoch=1, epochs_run=1, train_seconds=1.0, threshold=0.5, threshold_method="youden",
+                         classes=["neg", "pos"], image_size=32, split_sizes={"test": 100}, splits={"test": test},
+                         temperature=1.0)
+    facts = RunFacts(RunFolder(tmp_path), RunConfig(), metrics, None, [], skipped=0, preprocess={},
                      pretrained={}, environment={})
     rows = {metric: need for metric, _, _, need in wide_intervals(facts, 0.05)}
     report = sample_size_report(50, 50, 0.9, 0.05, 0.8, 0.7)

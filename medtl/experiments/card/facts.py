@@ -16,6 +16,7 @@ from medtl.core.environment import environment
 from medtl.core.config import RunConfig, load_config
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
+from medtl.evaluation.records import RunMetrics
 
 log = logging.getLogger(__name__)
 @dataclass
@@ -24,7 +25,7 @@ class RunFacts:
 
     folder: RunFolder
     cfg: RunConfig
-    metrics: dict
+    metrics: RunMetrics
     auto: dict | None
     audit_lines: list[str]
     skipped: int
@@ -36,22 +37,17 @@ class RunFacts:
     evaluations: list[tuple[Path, dict]] = field(default_factory=list)
 
 
-def read_metrics(folder: RunFolder) -> dict:
-    """The run's metrics.json (the one place the card reads it)."""
-    return folder.read_metrics()
-
-
 def run_facts(run_dir: str | Path, evaluations: list[str | Path] = (), rescan: bool = True) -> RunFacts:
     """Everything the card says about the run in `run_dir`; refused in one line when it is no finished run."""
     folder = RunFolder(run_dir)
     if not folder.config.is_file():
         raise MedtlError(f"{folder.path} has no {folder.config.name}; pass a run folder written by `medtl train` "
                          "(or a study folder written by `medtl study`)")
-    metrics = read_metrics(folder)
+    metrics = RunMetrics.of_run(folder)
     cfg = load_config(folder.config)
     facts = RunFacts(folder, cfg, metrics, _json(folder.auto), _audit_lines(folder), skipped=_skipped(folder),
                      preprocess=_preprocess(folder, cfg), pretrained=pretrained(cfg),
-                     environment=metrics.get("environment") or environment("when the card was written"))
+                     environment=metrics.environment or environment("when the card was written"))
     facts.evaluations = [(Path(d), evaluation_metrics(d)) for d in [*evaluations, *recorded_evaluations(folder)]]
     if rescan:
         facts.data, facts.data_note = data_facts(cfg, metrics)
@@ -134,7 +130,7 @@ def evaluation_metrics(path: str | Path) -> dict:
         raise MedtlError(f"--evaluation {file} is not valid JSON ({exc}); write it again with `medtl evaluate`") from exc
 
 
-def data_facts(cfg: RunConfig, metrics: dict) -> tuple[dict | None, str]:
+def data_facts(cfg: RunConfig, metrics: RunMetrics) -> tuple[dict | None, str]:
     """The data read again with the run's split settings: counts per class and split, patients or groups,
     copies and near copies (the full audit). (None, why) when the data are not there."""
     from medtl.data.audit import audit
@@ -144,7 +140,7 @@ def data_facts(cfg: RunConfig, metrics: dict) -> tuple[dict | None, str]:
         return None, f"the data at {cfg.data.path} are not on this machine: counts come from the run's records"
     splits = discover(cfg.data, cfg.data.split_seed)
     report = audit(splits, perceptual=True)
-    recorded = metrics.get("split_sizes") or {}
+    recorded = metrics.split_sizes or {}
     now = {s: len(r) for s, r in splits.refs.items()}
     changed = {s for s in now if s in recorded and recorded[s] != now[s] - sum(r in report["unreadable"]
                                                                                  for r in splits.refs[s])}

@@ -27,9 +27,9 @@ def class_counts(f: RunFacts) -> dict[str, dict[str, int]]:
     """{split: {class: images}}: from the data read again, else the scored splits' confusion matrices."""
     if f.data is not None:
         return f.data["audit"]["balance"]
-    classes = f.metrics["classes"]
+    classes = f.metrics.classes
     out = {}
-    for split, m in f.metrics.get("splits", {}).items():
+    for split, m in f.metrics.splits.items():
         if split in ("val", "test") and m.get("confusion_matrix"):
             out[split] = {c: int(sum(row)) for c, row in zip(classes, m["confusion_matrix"])}
     return out
@@ -37,16 +37,16 @@ def class_counts(f: RunFacts) -> dict[str, dict[str, int]]:
 
 def data_sections(f: RunFacts) -> list[Section]:
     cfg, m = f.cfg, f.metrics
-    data = Section("data", "Data").p(f"Source: {cfg.data.path}. Classes: {', '.join(m['classes'])}.").p(f.data_note)
+    data = Section("data", "Data").p(f"Source: {cfg.data.path}. Classes: {', '.join(m.classes)}.").p(f.data_note)
     splits = Section("data-splits", "Data: splits and counts")
     counts = class_counts(f)
-    sizes = m.get("split_sizes", {})
+    sizes = m.split_sizes
     rows = []
     for split in [s for s in SPLIT_ORDER if s in sizes or s in counts]:
         per = counts.get(split, {})
         patients = (f.data or {}).get("patients", {}).get(split, "")
-        rows.append([split, sizes.get(split, sum(per.values())), *[per.get(c, "-") for c in m["classes"]], patients])
-    splits.table(["split", "images used", *m["classes"], "patients"], rows)
+        rows.append([split, sizes.get(split, sum(per.values())), *[per.get(c, "-") for c in m.classes], patients])
+    splits.table(["split", "images used", *m.classes, "patients"], rows)
     splits.ul(_split_notes(f))
     return [data, splits, _quality(f)]
 
@@ -96,12 +96,12 @@ def model_sections(f: RunFacts) -> list[Section]:
         ["kind", "deep learning: a convolutional image classifier, transfer learning with medtl"],
         ["backbone", pre["backbone"]], ["strategy", strategy],
         ["head", f"{cfg.model.head} (hidden {cfg.model.hidden}, dropout {cfg.model.dropout})"],
-        ["outputs", "one probability (of " + m["classes"][-1] + ")" if len(m["classes"]) == 2
-         else f"{len(m['classes'])} class probabilities (softmax)"],
+        ["outputs", "one probability (of " + m.classes[-1] + ")" if len(m.classes) == 2
+         else f"{len(m.classes)} class probabilities (softmax)"],
         ["initial weights", f.pretrained["source"]],
         ["initial weights file", f.pretrained["path"] or "-"],
         ["initial weights SHA-256", f.pretrained["sha256"] or "not available here"],
-        ["trained weights SHA-256", m.get("weights_sha256", "-")]])
+        ["trained weights SHA-256", m.weights_sha256 or "-"]])
     prep = Section("preprocessing", "Preprocessing").table(["", ""], [
         ["input size", f"{pre['image_size']} x {pre['image_size']} px (squashed, aspect ratio not kept)"],
         ["channels", f"{pre['in_chans']} ({cfg.data.channels})"],
@@ -117,12 +117,12 @@ def model_sections(f: RunFacts) -> list[Section]:
 def _training(f: RunFacts) -> Section:
     t, m = f.cfg.train, f.metrics
     s = Section("training", "Training").table(["", ""], [
-        ["epochs", f"{m.get('epochs_run')} run of at most {t.epochs} (patience {t.patience}, monitor {t.monitor})"],
+        ["epochs", f"{m.epochs_run} run of at most {t.epochs} (patience {t.patience}, monitor {t.monitor})"],
         ["optimizer", f"{t.optimizer}, lr {t.lr}, weight decay {t.weight_decay}, schedule {t.schedule}"],
         ["batch size", t.batch_size], ["class imbalance", "class-weighted loss" if t.class_weights else "none"],
         ["label smoothing", t.label_smoothing], ["seed", t.seed],
-        ["test-time augmentation", (m.get("tta") or {}).get("applied", f.cfg.eval.tta)],
-        ["ensembling", "none: one model"], ["training time", f"{num(m.get('train_seconds'), 1)} s"]])
+        ["test-time augmentation", (m.tta or {}).get("applied", f.cfg.eval.tta)],
+        ["ensembling", "none: one model"], ["training time", f"{num(m.train_seconds, 1)} s"]])
     if f.auto:
         s.p(f"Strategy auto: {f.auto.get('reason', '')}")
         s.table(["candidate", "validation AUC", "validation loss"],
@@ -134,18 +134,18 @@ def _training(f: RunFacts) -> Section:
 def _selection(f: RunFacts) -> Section:
     m, t = f.metrics, f.cfg.train
     s = Section("selection", "How the final model was chosen")
-    s.p(f"The weights of epoch {m.get('best_epoch')} (best validation {t.monitor}) were kept; the test split was "
+    s.p(f"The weights of epoch {m.best_epoch} (best validation {t.monitor}) were kept; the test split was "
         "scored once, after every choice.")
     if f.auto:
         s.p(f"Strategy: {f.auto.get('chosen')} by validation ({f.auto.get('rule', '')}).")
-    if m.get("tta"):
-        s.p(f"Test-time augmentation: {m['tta'].get('reason', '')}")
+    if m.tta:
+        s.p(f"Test-time augmentation: {m.tta.get('reason', '')}")
     return s
 
 
 def results_sections(f: RunFacts) -> list[Section]:
     m = f.metrics
-    splits = m.get("splits", {})
+    splits = m.splits
     s = Section("results", "Results").p("Each metric with its 95 % bootstrap interval "
                                         f"({f.cfg.eval.bootstrap} resamples); undefined values are not zero.")
     for split in [x for x in SPLIT_ORDER if x in splits]:
@@ -176,7 +176,7 @@ def _level(r: dict) -> str:
 
 def _per_patient(f: RunFacts) -> list[Section]:
     """Results per patient key, when the data name patients: the rule and threshold chosen on validation."""
-    level = f.metrics.get("patient_level") or {}
+    level = f.metrics.patient_level or {}
     if not level.get("splits"):
         return []
     s = Section("per-patient", "Results per patient").p(
@@ -200,9 +200,9 @@ def _calibration(f: RunFacts) -> Section:
     m = f.metrics
     s = Section("calibration", "Calibration")
     rows = [[split, num((r.get("calibration") or {}).get("ece")), num((r.get("calibration") or {}).get("brier"))]
-            for split, r in m.get("splits", {}).items()]
+            for split, r in m.splits.items()]
     s.table(["split", "ECE", "Brier"], rows)
-    t = m.get("temperature", 1.0)
+    t = m.temperature
     s.p(f"Temperature scaling fitted on validation: T = {t:.3f}." if t not in (None, 1.0) else
         "No recalibration (eval.calibrate=none): probabilities are the model's own. See reliability.png.")
     return s
@@ -211,21 +211,21 @@ def _calibration(f: RunFacts) -> Section:
 def _operating_point(f: RunFacts) -> Section:
     m = f.metrics
     s = Section("operating-point", "Operating point")
-    if len(m["classes"]) == 2:
-        s.p(f"A probability of {m['classes'][1]} at or above {num(m.get('threshold'), 4)} is called "
-            f"{m['classes'][1]}; the threshold was chosen on validation by {m.get('threshold_method')} and never "
+    if len(m.classes) == 2:
+        s.p(f"A probability of {m.classes[1]} at or above {num(m.threshold, 4)} is called "
+            f"{m.classes[1]}; the threshold was chosen on validation by {m.threshold_method} and never "
             "looked at test.")
     else:
         s.p("The class with the highest probability is predicted (no threshold).")
-    test = m.get("splits", {}).get("test")
+    test = m.splits.get("test")
     if test and test.get("confusion_matrix"):
         s.p("Test confusion matrix (rows: true class, columns: predicted):")
-        s.table(["", *m["classes"]], [[c, *row] for c, row in zip(m["classes"], test["confusion_matrix"])])
+        s.table(["", *m.classes], [[c, *row] for c, row in zip(m.classes, test["confusion_matrix"])])
     return s
 
 
 def _subgroups(f: RunFacts) -> list[Section]:
-    found = {split: r["subgroups"] for split, r in f.metrics.get("splits", {}).items() if r.get("subgroups")}
+    found = {split: r["subgroups"] for split, r in f.metrics.splits.items() if r.get("subgroups")}
     if not found:
         return []
     s = Section("subgroups", "Results per subgroup")
@@ -243,14 +243,14 @@ def _subgroups(f: RunFacts) -> list[Section]:
 def _robustness(f: RunFacts) -> list[Section]:
     m = f.metrics
     items = []
-    dedup = m.get("splits", {}).get("test_deduplicated")
+    dedup = m.splits.get("test_deduplicated")
     if dedup:
         items.append(f"test without the {dedup.get('removed')} copies of training images: AUC {num(dedup.get('auc'))} "
                      f"{interval((dedup.get('ci95') or {}).get('auc'))}")
-    tta = m.get("tta") or {}
+    tta = m.tta or {}
     if tta.get("plain_val") and tta.get("mirrored_val"):
         items.append(f"validation AUC plain {num(tta['plain_val'].get('auc'))}, mirrored "
                      f"{num(tta['mirrored_val'].get('auc'))}")
-    for split, before in (m.get("uncalibrated") or {}).items():
+    for split, before in (m.uncalibrated or {}).items():
         items.append(f"{split} ECE before temperature scaling {num(before.get('ece'))}")
     return [Section("robustness", "Robustness and sensitivity analyses").ul(items)] if items else []

@@ -76,7 +76,7 @@ def wide_intervals(f: RunFacts, target: float) -> list[tuple[str, float, int, in
     """(metric, width, test n, test images needed) for every test interval wider than `target`: for
     sensitivity, specificity and AUC of two classes the sample-size section's figure (evaluation/sample_size.py),
     for the other metrics the observed width scaled by the square root of the size."""
-    test = f.metrics.get("splits", {}).get("test") or {}
+    test = f.metrics.splits.get("test") or {}
     n = test.get("n") or 0
     report = _report(test, target) or {}
     out = []
@@ -97,7 +97,7 @@ def _report(test: dict, target: float) -> dict | None:
 
 
 def sample_size(f: RunFacts, target: float) -> Section:
-    test = f.metrics.get("splits", {}).get("test") or {}
+    test = f.metrics.splits.get("test") or {}
     s = Section("sample-size", "Sample size")
     if not test:
         return s.p("No test split was scored.")
@@ -160,7 +160,7 @@ def limitations(f: RunFacts, target: float) -> Section:
     items = [f"test {metric} interval is {width:.3f} wide on {n} images (more than {target:g}): "
              + (f"about {need} test images would be needed for that width" if need else
                 "no test size within reach gives that width") for metric, width, n, need in wide_intervals(f, target)]
-    for split, table in ((k, v.get("per_class")) for k, v in f.metrics.get("splits", {}).items() if k == "test"):
+    for split, table in ((k, v.get("per_class")) for k, v in f.metrics.splits.items() if k == "test"):
         for cls, v in (table or {}).items():
             ci = (v.get("ci95") or {}).get("recall")
             if ci and None not in ci and ci[1] - ci[0] > target:
@@ -171,8 +171,8 @@ def limitations(f: RunFacts, target: float) -> Section:
     items += _external_limits(f)
     if f.skipped:
         items.append(f"{f.skipped} unreadable images were left out; a deployed model meets such files too")
-    val = f.metrics.get("splits", {}).get("val") or {}
-    if val.get("n") and val["n"] < 100 and len(f.metrics["classes"]) == 2:
+    val = f.metrics.splits.get("val") or {}
+    if val.get("n") and val["n"] < 100 and len(f.metrics.classes) == 2:
         items.append(f"the threshold was chosen on {val['n']} validation images: it may not hold on new data")
     items.append("only the data named above were used: performance elsewhere (other sites, scanners, populations) "
                  "is not known unless an external evaluation is listed")
@@ -192,7 +192,7 @@ def _copies(f: RunFacts) -> list[str]:
 
 def _external_limits(f: RunFacts) -> list[str]:
     out = []
-    test_ci = ((f.metrics.get("splits", {}).get("test") or {}).get("ci95") or {}).get("auc")
+    test_ci = ((f.metrics.splits.get("test") or {}).get("ci95") or {}).get("auc")
     for path, m in f.evaluations:
         out += [f"{path}: {note}" for note in shift_notes(m)]
         for split, r in _evaluation_splits(m).items():

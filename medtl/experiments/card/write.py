@@ -16,9 +16,10 @@ from medtl.core.io import atomic_write, make_dir
 from medtl.training import tracking
 from medtl.core.runfolder import RunFolder, StudyFolder
 from medtl.experiments.card.checklists import checklists_section, write_checklists
-from medtl.experiments.card.facts import RunFacts, read_metrics, run_facts
+from medtl.experiments.card.facts import RunFacts, run_facts
 from medtl.experiments.card.render import Section, html_page, markdown
 from medtl.experiments.card.sections import data_sections, model_sections, num, results_sections
+from medtl.evaluation.records import RunMetrics
 from medtl.experiments.card.text import (DEFAULT_WIDTH, TEMPLATE, external_sections, intended_sections,
                                          limitations, load_intended, reproduce, sample_size)
 
@@ -109,7 +110,7 @@ def select_run(study: StudyFolder) -> tuple[RunFolder, list[list[str]]]:
     runs = [RunFolder(p) for p in sorted(study.runs.iterdir())] if study.runs.is_dir() else []
     scored = []
     for run in (r for r in runs if r.finished):
-        splits = read_metrics(run).get("splits", {})
+        splits = RunMetrics.of_run(run).splits
         val, test = splits.get("val") or {}, splits.get("test") or {}
         scored.append((run, _num(val.get("auc")), _num(val.get("loss")), test.get("auc")))
     if not scored:
