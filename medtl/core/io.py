@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
+import io
 import json
 import math
 import os
 import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -54,11 +58,54 @@ def sweep_temps(folder: str | Path, name: str | None = None) -> list[Path]:
         match = TEMP.match(entry.name)
         if match and (name is None or match.group(1) == name) and not alive(int(match.group(2))):
             try:
-                os.unlink(entry.path)
+                _remove(Path(entry.path))
                 removed.append(Path(entry.path))
             except FileNotFoundError:
                 pass  # another process swept it first
     return removed
+
+
+def _remove(path: Path) -> None:
+    """A file, or a folder with all it holds (an atomic folder's temporary)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside `path` (`temp_name`) for a writer that takes a path: an exporter writing a file,
+    or a folder filled file by file. When the block ends without an error it replaces `path` (a folder there
+    is removed first); on any error, or when the block raises to refuse the result, it is removed and `path`
+    is untouched. What a killed writer of `path` left is swept first."""
+    path = Path(path)
+    tmp = temp_name(path)
+    sweep_temps(path.parent, path.name)
+    try:
+        yield tmp
+        with cannot_write(path):
+            if path.is_dir() and tmp.is_dir():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> str:
+    """CSV with a header row: every cell quoted when it must be (a file name may hold a comma, a tab or a
+    newline), "\n" line ends; a row is a sequence of cells, or a mapping read by the header's names."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([row.get(h, "") for h in header] if isinstance(row, Mapping) else row for row in rows)
+    return buf.getvalue()
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> Path:
+    """`csv_text` written atomically (`atomic_write`)."""
+    return atomic_write(path, csv_text(header, rows))
 
 
 def atomic_write(path: str | Path, content: str | bytes | Callable[[IO[bytes]], Any], fsync: bool = False) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medtl.core.config import dump_yaml
 from medtl.core.errors import MedtlError
-from medtl.core.io import atomic_write, make_dir, write_json
+from medtl.core.io import atomic_path, atomic_write, make_dir, write_json
 from medtl.core.runfolder import RunFolder
 from medtl.deploy.options import CalibrateOptions
 from medtl.deploy.recalibrate import fit_local, need_something_to_fit
@@ -57,13 +57,8 @@ def calibrate(run_dir: str | Path, data: str | Path, split: str = "test",
     if target.path.exists():
         raise MedtlError(f"{target.path} already exists; pass another --name or --output-dir")
     factor, cut = fit_local(scored.labels, scored.probs, scored.binary, spec, options.temperature)
-    temp = RunFolder(target.path.parent / f".{target.path.name}.tmp-{os.getpid()}")
-    make_dir(temp.path)
-    try:
-        _write_run(source, temp, ckpt, scored, LocalFit(spec, factor, cut, str(data), split))
-        temp.path.rename(target.path)
-    finally:
-        shutil.rmtree(temp.path, ignore_errors=True)
+    with atomic_path(target.path) as temp:  # the new run folder appears whole, or not at all
+        _write_run(source, RunFolder(make_dir(temp)), ckpt, scored, LocalFit(spec, factor, cut, str(data), split))
     log.info("calibrated on %d local images: threshold %.4f -> %.4f, temperature %.3f -> %.3f; new run %s",
              len(scored.refs), ckpt.threshold, cut, ckpt.temperature, ckpt.temperature * factor, target.path)
     return target.path

@@ -3,11 +3,7 @@ Python with `Evaluation.load(folder)`): every file named in one place, as the ru
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
-import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from medtl.core.errors import MedtlError
-from medtl.core.io import atomic_write, make_dir, write_json
+from medtl.core.io import atomic_path, make_dir, write_csv, write_json
 from medtl.evaluation.figures import plot_confusions, plot_decision_curve, plot_reliability, plot_roc
 from medtl.evaluation.metrics import class_table, decide
 from medtl.evaluation.operating import DECISION_THRESHOLDS, net_benefit
@@ -108,16 +104,8 @@ def write_folder(ev: Evaluation, out: str | Path, title: str, copy_rows: list[di
         raise MedtlError(f"--output-dir {target.path} holds other files; pass a new folder (or an earlier "
                          "`medtl evaluate` folder to replace it)")
     make_dir(target.path.parent)
-    temp = EvaluationFolder(target.path.parent / f".{target.path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(temp.path, ignore_errors=True)
-    make_dir(temp.path)
-    try:
-        _write_files(ev, temp, title, copy_rows, parts)
-        if target.path.exists():
-            shutil.rmtree(target.path)
-        temp.path.rename(target.path)
-    finally:
-        shutil.rmtree(temp.path, ignore_errors=True)
+    with atomic_path(target.path) as temp:  # an earlier evaluation there is replaced only by a whole one
+        _write_files(ev, EvaluationFolder(make_dir(temp)), title, copy_rows, parts)
     ev.folder = target.path
     return target.path
 
@@ -130,10 +118,10 @@ def _write_files(ev: Evaluation, f: EvaluationFolder, title: str, copy_rows: lis
     if ev.by_patient is not None:
         write_key_predictions(f.patient_predictions, ev.by_patient, ev.classes, ev.patient_level["threshold"])
     if any(r["kind"] for r in copy_rows):
-        _write_csv(f.copies, ["path", "copy", "of_split", "hash_bits"],
+        write_csv(f.copies, ["path", "copy", "of_split", "hash_bits"],
                    [[ref, r["kind"], r["split"], r["bits"]] for ref, r in zip(s.refs, copy_rows) if r["kind"]])
     if ev.skipped:
-        _write_csv(f.skipped, ["path", "reason"], list(ev.skipped.items()))
+        write_csv(f.skipped, ["path", "reason"], list(ev.skipped.items()))
     plot_reliability(f.reliability, shown, title)
     plot_confusions(f.confusion, shown, ev.classes)
     plot_roc(f.roc, s.labels, s.probs, ev.classes, ev.threshold, title)
@@ -152,15 +140,7 @@ def _write_predictions(path: Path, ev: Evaluation, copy_rows: list[dict], parts:
         rows.append([ref, ev.classes[int(y)], ev.classes[int(k)], *[f"{v:.6f}" for v in table[i]],
                      copy_rows[i]["kind"], copy_rows[i]["split"], *([parts[i]] if parts else [])])
     head = ["path", "label", "predicted", *[f"prob_{c}" for c in ev.classes], "copy", "copy_of"]
-    _write_csv(path, head + (["part"] if parts else []), rows)
-
-
-def _write_csv(path: Path, header: list[str], rows: list) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    atomic_write(path, buf.getvalue())
+    write_csv(path, head + (["part"] if parts else []), rows)
 
 
 def as_plain(value: Any) -> Any:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from medtl.core.errors import MedtlError
-from medtl.core.io import sweep_temps, temp_name
+from medtl.core.io import atomic_path
 from medtl.core.runfolder import RunFolder
 from medtl.deploy.predictor import Predictor
 from medtl.models.engine import load_onnxruntime
@@ -80,18 +79,13 @@ def export(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None
     target = Path(out or RunFolder(run_dir).export(fmt))
     with torch.inference_mode():
         expected = module(x).numpy()
-    sweep_temps(target.parent, target.name)  # what a killed export left
-    tmp = temp_name(target)  # the real name only once parity holds
-    try:
+    with atomic_path(target) as tmp:  # the real name only once parity holds
         got = _onnx(module, pred, x, tmp) if fmt == "onnx" else _torchscript(module, pred, x, tmp)
         diff = float(np.abs(got - expected).max())
-        if diff <= tolerance:
-            os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if not diff <= tolerance:
-        raise MedtlError(f"{target}: exported outputs differ from PyTorch by {diff:.2e} (> tolerance {tolerance:g}) "
-                         f"on {len(x)} images; do not deploy it; report the backbone '{pred.backbone}' as a bug")
+        if not diff <= tolerance:
+            raise MedtlError(f"{target}: exported outputs differ from PyTorch by {diff:.2e} (> tolerance "
+                             f"{tolerance:g}) on {len(x)} images; do not deploy it; report the backbone "
+                             f"'{pred.backbone}' as a bug")
     log.info("exported %s; max |difference| to PyTorch %.2e on %d images", target, diff, len(x))
     return target, diff
 

@@ -4,13 +4,11 @@ conformal prediction set, refer); their CSV, and a one-line summary of a batch."
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import torch
 
-from medtl.core.io import atomic_write, make_dir
+from medtl.core.io import make_dir, write_csv
 from medtl.core.logs import progress as progress_of
 from medtl.data.images import READ_ERRORS
 from medtl.deploy.predictor import Predictor
@@ -50,17 +48,14 @@ def write_predictions(path: Path, pred: Predictor, rows: list[dict], failed: dic
     percentile and flag, the prediction set (classes joined by `|`) and refer at `coverage`, error (unreadable
     files too). The shift and referral cells are empty for a run made before medtl kept its feature reference."""
     make_dir(path.parent)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "predicted", *[f"prob_{c}" for c in pred.classes], "threshold", *EXTRA, "coverage", "error"])
     threshold = f"{pred.threshold:.6f}" if pred.binary else "argmax"
     coverage = f"{pred.coverage:g}" if pred.reference is not None else ""
-    for r in rows:
-        w.writerow([r["path"], r["predicted"], *[f"{p:.6f}" for p in r["probabilities"]], threshold,
-                    *_extra_cells(r), coverage, ""])
-    for p, reason in failed.items():
-        w.writerow([p, "", *[""] * len(pred.classes), threshold, *[""] * len(EXTRA), coverage, reason])
-    atomic_write(path, buf.getvalue())
+    cells = [[r["path"], r["predicted"], *[f"{p:.6f}" for p in r["probabilities"]], threshold, *_extra_cells(r),
+              coverage, ""] for r in rows]
+    cells += [[p, "", *[""] * len(pred.classes), threshold, *[""] * len(EXTRA), coverage, reason]
+              for p, reason in failed.items()]
+    write_csv(path, ["path", "predicted", *[f"prob_{c}" for c in pred.classes], "threshold", *EXTRA, "coverage",
+                     "error"], cells)
 
 
 EXTRA = ("unlike_percentile", "unlike_training", "prediction_set", "refer")  # CSV columns after threshold

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
-from medtl.core.io import atomic_write, clean
+from medtl.core.io import clean, write_csv
 from medtl.evaluation.metrics import class_table, decide
 
 log = logging.getLogger(__name__)
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(clean(history))
-    atomic_write(path, buf.getvalue())
+    if history:
+        write_csv(path, list(history[0]), clean(history))
 
 
 def format_metrics(name: str, m: dict) -> str:
@@ -60,21 +53,15 @@ def write_key_predictions(path: Path, scores, classes: list[str], threshold: flo
     images, its label, the predicted label, one probability column per class."""
     table = class_table(scores.probs)
     predicted = decide(table, threshold)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["patient", "images", "label", "predicted", *[f"prob_{c}" for c in classes]])
-    for key, n, y, k, row in zip(scores.keys, scores.images, scores.labels, predicted, table):
-        w.writerow([key, int(n), classes[int(y)], classes[int(k)], *[f"{v:.6f}" for v in row]])
-    atomic_write(path, buf.getvalue())
+    write_csv(path, ["patient", "images", "label", "predicted", *[f"prob_{c}" for c in classes]],
+              ([key, int(n), classes[int(y)], classes[int(k)], *[f"{v:.6f}" for v in row]]
+               for key, n, y, k, row in zip(scores.keys, scores.images, scores.labels, predicted, table)))
 
 
 def write_predictions(path: Path, refs: list[str], labels, probs, classes: list[str], threshold: float) -> None:
     """Per-image results of a split: path, true label, predicted label, one probability column per class."""
     table = class_table(probs)
     predicted = decide(table, threshold)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "predicted", *[f"prob_{c}" for c in classes]])
-    for ref, y, k, row in zip(refs, labels, predicted, table):
-        w.writerow([ref, classes[int(y)], classes[int(k)], *[f"{v:.6f}" for v in row]])
-    atomic_write(path, buf.getvalue())
+    write_csv(path, ["path", "label", "predicted", *[f"prob_{c}" for c in classes]],
+              ([ref, classes[int(y)], classes[int(k)], *[f"{v:.6f}" for v in row]]
+               for ref, y, k, row in zip(refs, labels, predicted, table)))

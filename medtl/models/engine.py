@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from medtl.core.config import ENGINES
-from medtl.core.io import atomic_write, make_dir, sweep_temps, temp_name
+from medtl.core.io import atomic_path, atomic_write, make_dir, sweep_temps
 from medtl.models.checkpoint import state_digest
 
 log = logging.getLogger(__name__)
@@ -278,21 +278,18 @@ def _exported(net: nn.Module, example: torch.Tensor, path: Path) -> bool:
         return True
     start = time.perf_counter()
     make_dir(path.parent)
-    sweep_temps(path.parent)  # what killed exports left
-    tmp = temp_name(path)
+    sweep_temps(path.parent)  # what killed exports of other networks left
     try:
-        sample = torch.cat([example[:2]] * 2)[:2].contiguous()  # two rows: a batch of one would fix the size
-        program = torch.onnx.export(net.eval(), (sample,), dynamo=True, input_names=["x"],
-                                    dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, verbose=False)
-        program.optimize()
-        program.save(str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            sample = torch.cat([example[:2]] * 2)[:2].contiguous()  # two rows: a batch of one would fix the size
+            program = torch.onnx.export(net.eval(), (sample,), dynamo=True, input_names=["x"],
+                                        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, verbose=False)
+            program.optimize()
+            program.save(str(tmp))
     except Exception as exc:  # the exporter raises many types; any of them means "run this pass on PyTorch"
         log.warning("engine: %s does not export to ONNX (%s: %s); the frozen pass runs on PyTorch",
                     type(net).__name__, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
         return False
-    finally:
-        tmp.unlink(missing_ok=True)
     atomic_write(path.with_suffix(".sha256"), _file_digest(path))  # after the model: no checksum means "again"
     log.info("engine: exported %s to ONNX in %.1f s (cached)", type(net).__name__, time.perf_counter() - start)
     return True

@@ -3,9 +3,7 @@ folder claimed (made, or found for --resume, and locked) and the run's inputs wr
 
 from __future__ import annotations
 
-import csv
 import fcntl
-import io
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -19,7 +17,7 @@ import torch
 import medtl.training.distributed as distributed
 from medtl.core.config import RunConfig, dump_yaml, run_budget
 from medtl.core.errors import MedtlError
-from medtl.core.io import atomic_write, cannot_write, make_dir
+from medtl.core.io import atomic_write, cannot_write, make_dir, write_csv
 from medtl.core.runfolder import RunFolder
 from medtl.models.strategies import Classifier, build_classifier, effective_weights
 from medtl.training import tracking
@@ -123,11 +121,7 @@ def write_inputs(p: Prepared, folder: RunFolder, resume: bool) -> None:
         atomic_write(folder.audit, "".join(f"warning: {n}\n" for n in p.audit_notes))
     skipped = {**p.splits.rejected, **p.store.failed}
     if skipped:  # CSV, quoted: a file name may hold a tab or a newline
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["path", "reason"])
-        writer.writerows(skipped.items())
-        atomic_write(folder.skipped, buf.getvalue())
+        write_csv(folder.skipped, ["path", "reason"], skipped.items())
 
 
 def _resume_dir(cfg: RunConfig) -> RunFolder:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from medtl.core import logs
-from medtl.core.io import atomic_write, clean
+from medtl.core.io import atomic_path, atomic_write, clean, temp_name, write_csv
 from medtl.core.runfolder import RunFolder
 
 
@@ -27,6 +27,39 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert target.read_bytes() == b"new"
 
 
+def test_atomic_path_replaces_a_file_or_a_folder_only_when_its_block_ends_well(tmp_path):
+    """The one helper for writers that take a path (an exporter, a folder filled file by file): the target
+    appears whole or not at all, an earlier folder is replaced, and what a killed writer left is swept."""
+    folder = tmp_path / "evaluation"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="refused"):
+        with atomic_path(folder) as temp:
+            temp.mkdir()
+            (temp / "metrics.json").write_text("{}")
+            raise RuntimeError("refused")  # a failed parity check, a full disk
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]  # no temporary left
+    assert [p.name for p in folder.iterdir()] == ["old.txt"]  # untouched
+    with atomic_path(folder) as temp:
+        temp.mkdir()
+        (temp / "metrics.json").write_text("{}")
+    assert [p.name for p in folder.iterdir()] == ["metrics.json"]  # replaced whole
+    left = tmp_path / ".model.onnx.999999999.tmp"  # a writer killed with -9 (no such process)
+    left.mkdir()
+    with atomic_path(tmp_path / "model.onnx") as temp:
+        assert temp == temp_name(tmp_path / "model.onnx") and not left.exists()
+        temp.write_bytes(b"onnx")
+    assert (tmp_path / "model.onnx").read_bytes() == b"onnx"
+
+
+def test_write_csv_quotes_what_must_be_and_reads_mappings_by_the_header(tmp_path):
+    import csv
+
+    path = write_csv(tmp_path / "p.csv", ["path", "reason"], [["a,b\n.png", "cut short"], {"reason": "x", "path": "c"}])
+    assert list(csv.reader(path.open(newline=""))) == [["path", "reason"], ["a,b\n.png", "cut short"], ["c", "x"]]
+    assert path.read_text().endswith("c,x\n")
+
+
 def test_clean_makes_undefined_values_null():
     import numpy as np
 
@@ -42,7 +75,7 @@ def test_run_folder_names_every_file_once(tmp_path):
     assert len({p.name for p in names}) == len(names) and all(p.parent == tmp_path / "r" for p in names)
     assert not folder.finished
     with pytest.raises(Exception, match="did not finish"):
-        folder.read_metrics()
+        folder.require_finished()
 
 
 def test_progress_is_log_lines_when_output_is_not_a_terminal(monkeypatch, caplog, capsys):

@@ -5,15 +5,13 @@ that section with content (not only placeholders), else it is "for the authors".
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from medtl.core.io import atomic_write
+from medtl.core.io import atomic_write, write_csv
 from medtl.experiments.card.render import Section
 
 CHECKLISTS = {"claim": "claim_2024.yaml", "tripod_ai": "tripod_ai.yaml"}
@@ -54,7 +52,7 @@ def write_checklists(folder: Path, sections: list[Section], card_name: str = "mo
     for key in CHECKLISTS:
         header, items = load_checklist(key)
         rows = fill(items, sections, card_name)
-        written.append(atomic_write(folder / f"checklist_{key}.csv", _csv(rows)))
+        written.append(write_csv(folder / f"checklist_{key}.csv", list(rows[0]), rows))
         written.append(atomic_write(folder / f"checklist_{key}.md", _markdown(header, rows)))
     return written
 
@@ -70,14 +68,6 @@ def checklists_section() -> Section:
         links += [(f"{name} checklist (checklist_{key}.md)", f"checklist_{key}.md"),
                   (f"{name} checklist as a table (checklist_{key}.csv)", f"checklist_{key}.csv")]
     return section.links(links)
-
-
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def _markdown(header: dict, rows: list[dict]) -> str:

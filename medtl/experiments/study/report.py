@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import math
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from medtl.experiments.study.compare import (BOOTSTRAP, METRICS, SCRATCH, Run, best_marks, by_group, is_reference, label, load_runs,  # noqa: E402
                                      paired_tests, summarize)
 from medtl.core.errors import MedtlError  # noqa: E402
-from medtl.core.io import atomic_write, make_dir  # noqa: E402
+from medtl.core.io import atomic_write, make_dir, write_csv  # noqa: E402
 from medtl.core.runfolder import RunFolder, StudyFolder  # noqa: E402
 from medtl.evaluation.figures import save_figure  # noqa: E402
 from medtl.evaluation.weighted import over_replicates, percentile_interval, weighted_metrics  # noqa: E402
@@ -47,7 +46,7 @@ def write_report(study_root: Path, command: str = "") -> Path:
     _metric_bars(rows, figures / "metrics.png")
     _rocs(runs, figures / "roc.png", reference)
     _confusions(runs, figures / "confusion.png")
-    _write_csv(rows, study_root / "report.csv")
+    write_csv(study_root / "report.csv", list(rows[0]), rows)
     tables = _tables(rows, tests)
     tables["subgroups"] = subgroup_table(runs)
     meta = {**meta, "reference": label(tuple(reference.items()))}
@@ -166,14 +165,6 @@ def _confusions(runs: list[Run], path: Path) -> None:
         ax.set_title(label(g), fontsize=8)
         ax.set(xlabel="predicted", ylabel="true")
     save_figure(fig, path, dpi=90)
-
-
-def _write_csv(rows: list[dict], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(path, buf.getvalue())
 
 
 def _tables(rows: list[dict], tests: list[dict]) -> dict:
