@@ -35,7 +35,7 @@ def measure(seconds: float, compile_: bool) -> dict:
     from medtl.models.strategies import Classifier, make_head
 
     if os.environ.get("MEDTL_BENCH_MALLOPT"):
-        from medtl.training.loop import tune_allocator
+        from medtl.training.runtime import tune_allocator
         assert tune_allocator()
     torch.manual_seed(0)
     net = build_backbone(get_spec("efficientnet_lite0"), "none").to(memory_format=torch.channels_last)

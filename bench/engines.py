@@ -34,7 +34,7 @@ def features(args, engine: str) -> dict:
     from medtl.data.preprocess import Preprocess
     from medtl.models.backbones import build_backbone, get_spec
     from medtl.models.engine import OnPixels, TorchRunner, frozen_runner, parity_error
-    from medtl.training.loop import tune_allocator
+    from medtl.training.runtime import tune_allocator
     tune_allocator()
     spec = get_spec(BACKBONE)
     pre = Preprocess(SIZE, 3, spec.mean, spec.std, Decoding(fast_jpeg=True))

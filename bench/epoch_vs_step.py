@@ -32,7 +32,8 @@ from medtl.core.config import make_config
 from medtl.data.datasets import train_transform
 from medtl.models.strategies import build_classifier, param_groups
 from medtl.training.fitstate import FitPlan
-from medtl.training.loop import _train_epoch, make_loss, make_optimizer, micro_batch, predict, tune_allocator
+from medtl.training.loop import _train_epoch, make_loss, make_optimizer, micro_batch, predict
+from medtl.training.runtime import tune_allocator
 from medtl.training.prepare import prepare
 
 BATCH = 32

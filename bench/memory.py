@@ -47,7 +47,8 @@ def measure(setting: str, seconds: float) -> dict:
     from medtl.models.backbones import build_backbone, get_spec
     from medtl.models.memory import recomputing
     from medtl.models.strategies import Classifier, apply_strategy, make_head, param_groups
-    from medtl.training.loop import FitPlan, _train_epoch, make_loss, make_optimizer, tune_allocator
+    from medtl.training.loop import FitPlan, _train_epoch, make_loss, make_optimizer
+    from medtl.training.runtime import tune_allocator
 
     strategy, micro, recompute = SETTINGS[setting]
     tune_allocator()

@@ -25,7 +25,7 @@ import medtl.training.distributed as distributed
 from medtl.training.features import cached, feature_key
 from medtl.training.fitstate import FitPlan, Hook
 from medtl.training.loop import extract, fit, predict
-from medtl.training.prepare import Prepared
+from medtl.training.prepared import Prepared
 from medtl.training.results import SplitScores, TrainResult
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ from medtl.data.image_keys import write_image_keys
 from medtl.evaluation.records import RunMetrics
 from medtl.evaluation.report import format_metrics, write_history, write_key_predictions, write_predictions
 from medtl.models.checkpoint import Checkpoint
+from medtl.training.prepared import Scored, Trained
 from medtl.training.reference import save_reference
 from medtl.training.run_reports import patient_results, plot_run, split_reports
-from medtl.training.scoring import Scored, score
-from medtl.training.train import Trained
+from medtl.training.scoring import score
 
 log = logging.getLogger(__name__)
 

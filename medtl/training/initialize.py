@@ -21,8 +21,9 @@ from medtl.core.io import atomic_write, cannot_write, make_dir, write_csv
 from medtl.core.runfolder import RunFolder
 from medtl.models.strategies import Classifier, build_classifier, effective_weights
 from medtl.training import tracking
-from medtl.training.loop import seed_everything
-from medtl.training.prepare import Prepared, prepare
+from medtl.training.runtime import seed_everything
+from medtl.training.prepare import prepare
+from medtl.training.prepared import Prepared
 
 
 @dataclass

@@ -6,15 +6,9 @@ end-to-end path (a whole classifier on images) share it.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import math
-import os
-import random
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -32,7 +26,9 @@ from medtl.evaluation.metrics import score
 from medtl.models.strategies import to_probs
 from medtl.training.fitstate import (  # noqa: F401  (FitPlan, EpochHook: imported from here by callers)
     BatchEnd, Deadline, EpochHook, Events, FitPlan, FitState, Hook, early_stop)
+from medtl.training.results import monitor_key
 from medtl.training.resume import load_state, rng_state, save_state, set_rng_state
+from medtl.training.runtime import seed_everything
 from medtl.training.step import Prepare, autocast, chunk_count, train_step  # noqa: F401  (imported from here)
 
 log = logging.getLogger(__name__)
@@ -43,64 +39,6 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 # images per forward/backward pass at 224 px on a CPU (bench/memory.py: Lite0 full fine-tuning at batch 32 peaks
 # at ~4.4 GiB RSS in one pass, ~2.5 GiB in two of 16, for ~8 % fewer images/s)
 MICRO_AT_224 = 16
-
-
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
-
-
-def tune_allocator() -> bool:
-    """glibc: serve large tensors from the heap and keep freed memory for reuse (no mmap, no trim).
-
-    By default every large tensor is a fresh mmap that the kernel zero-fills page by page and takes back
-    on free; `bench/cpu_settings.py` measured that this doubles Lite0's CPU forward speed on this machine
-    (the same as MALLOC_MMAP_MAX_=0 in the environment, or tcmalloc). Returns False where it does not apply.
-    """
-    libc = _glibc()
-    return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def _glibc():
-    """glibc, or None where the C library is another (not Linux, or musl: nothing to tune or trim)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def release_memory() -> bool:
-    """Give the heap's free memory back to the system (glibc `malloc_trim`) between phases of a run: the tuned
-    allocator keeps it otherwise, and the next phase (another image size, another strategy) would add its peak
-    to the last one's. Returns False where it does not apply."""
-    gc.collect()
-    libc = _glibc()
-    return libc is not None and bool(libc.malloc_trim(0))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def deterministic(on: bool):
-    """`runtime.deterministic`: deterministic kernels only (an error names any op that has none) and no cuDNN
-    autotuning, so a GPU run repeats bit for bit; restored afterwards. CPU runs repeat without it."""
-    if not on:
-        yield
-        return
-    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable matmuls
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0])
-        torch.backends.cudnn.benchmark = before[1]
 
 
 def make_loss(binary: bool, weights: torch.Tensor | None, smoothing: float = 0.0) -> Callable:
@@ -157,13 +95,6 @@ def extract(backbone: nn.Module | Callable[[torch.Tensor], torch.Tensor], batche
         with autocast(device):
             out.append(backbone(prepare(x)).float().cpu())
     return torch.cat(out).numpy()
-
-
-def monitor_key(val: dict, monitor: str) -> tuple[float, float]:
-    """Larger is better; AUC ties (common once validation is separable) go to the lower loss."""
-    if monitor == "auc" and not math.isnan(val["auc"]):
-        return (val["auc"], -val["loss"])
-    return (-val["loss"], 0.0) if monitor == "loss" else (-math.inf, -val["loss"])
 
 
 def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare, plan: FitPlan,

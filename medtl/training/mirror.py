@@ -15,11 +15,10 @@ import logging
 
 from medtl.evaluation.metrics import score
 from medtl.models.strategies import Classifier, Mirrored
-from medtl.training.auto.search import AUC_TIE, beats
 from medtl.training.cached import scores_from_cache
 from medtl.training.loop import predict
-from medtl.training.prepare import Prepared
-from medtl.training.results import SplitScores
+from medtl.training.prepared import Prepared
+from medtl.training.results import AUC_TIE, SplitScores, beats
 
 log = logging.getLogger(__name__)
 

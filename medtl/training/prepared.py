@@ -1,5 +1,7 @@
-"""The record of a prepared run: config, backbone, weights, data splits, the decoded image store and the
-preprocessing that travels with the weights; loaders over it, and the same data at another image size."""
+"""The records the run's phases hand each other: what initialize prepared (`Prepared`: config, backbone, weights,
+data splits, the decoded image store and the preprocessing that travels with the weights; loaders over it, and
+the same data at another image size), the run's control of its fits (`RunControl`), and what training hands to
+finalize (`Trained`) and the chosen model's final scores (`Scored`). The phases import these records, never each other."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from medtl.data.images import ImageStore, build_store, check_failures
 from medtl.data.preprocess import Preprocess
 from medtl.data.splits import DataSplits
 from medtl.models.backbones import BackboneSpec
+from medtl.models.strategies import Classifier
+from medtl.training.results import SplitScores, TrainResult
 from medtl.training import distributed
 
 
@@ -119,3 +123,35 @@ class Prepared:
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True)
+
+
+@dataclass
+class Trained:
+    """What the run phase hands to finalize: the Prepared and model of the strategy trained (auto: of the
+    candidate chosen), its fit, and auto's record ({} for a fixed strategy)."""
+
+    p: Prepared
+    model: Classifier
+    result: TrainResult
+    auto: dict = field(default_factory=dict)
+
+
+@dataclass
+class Scored:
+    """The chosen model's final scores.
+
+    Attributes:
+        trained: The run phase's result; its `p` has eval.tta resolved (hflip or none).
+        scores: `SplitScores` by split (val, and test when the data have one), calibrated.
+        temperature: The temperature applied (1.0: none).
+        uncalibrated: {split: calibration before the temperature}; {} without one.
+        threshold: The decision threshold chosen on validation (0.5 for a multiclass task).
+        tta: What test-time augmentation was applied, and why.
+    """
+
+    trained: Trained
+    scores: dict[str, SplitScores]
+    temperature: float
+    uncalibrated: dict
+    threshold: float
+    tta: dict

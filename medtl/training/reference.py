@@ -25,7 +25,8 @@ from medtl.models.checkpoint import Checkpoint
 from medtl.models.reference import logits_and_features
 from medtl.models.strategies import Classifier, to_probs
 from medtl.training.cached import backbone_features
-from medtl.training.prepare import Prepared, prepare
+from medtl.training.prepare import prepare
+from medtl.training.prepared import Prepared
 
 log = logging.getLogger(__name__)
 

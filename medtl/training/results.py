@@ -6,9 +6,12 @@ finalize phase, after every choice (strategy, mirror, calibration).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+AUC_TIE = 0.002  # validation AUCs this close count as equal; the lower validation loss wins
 
 
 @dataclass(frozen=True)
@@ -48,3 +51,18 @@ class TrainResult:
     def best(self) -> dict:
         """The history row of the kept epoch."""
         return self.history[self.best_epoch - 1]
+
+
+def monitor_key(val: dict, monitor: str) -> tuple[float, float]:
+    """Larger is better; AUC ties (common once validation is separable) go to the lower loss."""
+    if monitor == "auc" and not math.isnan(val["auc"]):
+        return (val["auc"], -val["loss"])
+    return (-val["loss"], 0.0) if monitor == "loss" else (-math.inf, -val["loss"])
+
+
+def beats(a: dict, b: dict, monitor: str) -> bool:
+    """Validation scores `a` ({auc, loss}) beat `b` by `monitor`, except that AUCs within AUC_TIE of each other
+    (a saturated validation AUC differs in its fourth decimal by chance) count as a tie, won by the lower loss."""
+    if monitor == "auc" and abs(a["auc"] - b["auc"]) <= AUC_TIE:
+        return a["loss"] < b["loss"]
+    return monitor_key(a, monitor) > monitor_key(b, monitor)

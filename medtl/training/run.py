@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 
@@ -21,13 +21,12 @@ import medtl.core.logs as logs
 import medtl.training.distributed as distributed
 from medtl.core.config import RunConfig
 from medtl.core.device import pick_device
-from medtl.core.errors import Interrupted, MedtlError
-from medtl.core.faults import memory_advice, out_of_memory
-from medtl.core.runfolder import RunFolder
 from medtl.training import tracking
 from medtl.training.finalize import finalize
 from medtl.training.initialize import check_early, claim, start, write_inputs
-from medtl.training.loop import EpochHook, deterministic, seed_everything
+from medtl.training.fitstate import EpochHook
+from medtl.training.guarded import guarded
+from medtl.training.runtime import deterministic, seed_everything
 from medtl.training.train import run_strategy
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
             trained = run_strategy(p, started.model, progress, on_epoch, started.prepare_seconds)
             finalize(trained, None, progress, 0.0)
             return folder.path
-        with logs.to_file(folder.log), _guarded(folder, cfg):
+        with logs.to_file(folder.log), guarded(folder, cfg):
             write_inputs(p, folder, resume)
             log.info("run folder %s; backbone %s (weights %s), strategy %s, %d px, device %s%s", folder,
                      p.spec.name, p.weights, cfg.model.strategy, p.size, p.device,
@@ -70,28 +69,3 @@ def _run(cfg: RunConfig, progress: bool, on_epoch: EpochHook | None, resume: boo
                 folder.remove_run_state()  # the run is complete: the checkpoint holds its result
                 trackers.after_run(folder, metrics)
     return folder.path
-
-
-@contextmanager
-def _guarded(folder: RunFolder, cfg: RunConfig) -> Iterator[None]:
-    """Ctrl-C, memory exhausted, or the run folder deleted under the run: one line saying how to go on (exit
-    130 after Ctrl-C) instead of a traceback or a silent exit. The lock is released by the caller either way."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if cfg.model.strategy_spec.chooses:  # training/auto/state.py: finished candidates, the current one's epochs
-            kept = "the finished candidates and epochs are kept" if folder.auto_progress.exists() else \
-                "no epoch had finished"
-        else:
-            kept = "the last finished epoch is kept" if folder.state.exists() else "no epoch had finished"
-        raise Interrupted(f"interrupted: {kept}; continue with `medtl train --resume {folder}`") from None
-    except MedtlError:
-        raise
-    except Exception as exc:
-        if not folder.path.is_dir():
-            raise MedtlError(f"the run folder {folder} was removed while training ({type(exc).__name__}); nothing "
-                             "of the run is kept: start it again") from exc
-        if out_of_memory(exc):
-            raise MedtlError(f"out of memory while training; the run in {folder} did not finish: "
-                             f"{memory_advice()}, and start it again with another --name") from exc
-        raise

@@ -10,8 +10,7 @@ from medtl.data.image_keys import ImageKeys, without_copies
 from medtl.evaluation.figures import plot_confusions, plot_curves, plot_reliability
 from medtl.evaluation.patient_level import KeyScores, aggregate, fit_rule, key_report
 from medtl.evaluation.splits_report import split_report
-from medtl.training.prepared import Prepared
-from medtl.training.scoring import Scored
+from medtl.training.prepared import Prepared, Scored
 
 
 def split_reports(p: Prepared, scored: Scored, threshold: float, keys: ImageKeys) -> dict:

@@ -4,37 +4,14 @@ threshold, both fitted on validation. Every process runs this (sharded loaders, 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from medtl.evaluation import operating
 from medtl.evaluation.uncertainty import apply_temperature, calibration, fit_temperature
 from medtl.training.mirror import mirrored, score_split
-from medtl.training.prepare import Prepared
+from medtl.training.prepared import Prepared, Scored, Trained
 from medtl.training.results import SplitScores
-from medtl.training.train import Trained
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Scored:
-    """The chosen model's final scores.
-
-    Attributes:
-        trained: The run phase's result; its `p` has eval.tta resolved (hflip or none).
-        scores: `SplitScores` by split (val, and test when the data have one), calibrated.
-        temperature: The temperature applied (1.0: none).
-        uncalibrated: {split: calibration before the temperature}; {} without one.
-        threshold: The decision threshold chosen on validation (0.5 for a multiclass task).
-        tta: What test-time augmentation was applied, and why.
-    """
-
-    trained: Trained
-    scores: dict[str, SplitScores]
-    temperature: float
-    uncalibrated: dict
-    threshold: float
-    tta: dict
 
 
 def score(trained: Trained, progress: bool) -> Scored:

@@ -4,7 +4,6 @@ scores only. Test is scored after every choice, once, by the finalize phase (tra
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -17,21 +16,10 @@ from medtl.training.auto.search import choose
 from medtl.training.cached import fit_plan, probe_head, train_head_on_features, train_top_on_activations
 from medtl.training.fitstate import EpochHook, Hook, calling
 from medtl.training.loop import fit, make_loss, micro_batch, predict
-from medtl.training.prepare import Prepared
+from medtl.training.prepared import Prepared, Trained  # noqa: F401  (Trained: imported from here before)
 from medtl.training.results import SplitScores, TrainResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Trained:
-    """What the run phase hands to finalize: the Prepared and model of the strategy trained (auto: of the
-    candidate chosen), its fit, and auto's record ({} for a fixed strategy)."""
-
-    p: Prepared
-    model: Classifier
-    result: TrainResult
-    auto: dict = field(default_factory=dict)
 
 
 def run_strategy(p: Prepared, model: Classifier | None, progress: bool, on_epoch: EpochHook | None,

@@ -101,7 +101,7 @@ def test_dicom_ct_is_read_through_the_modality_lut_and_scaled_to_8_bits(tmp_path
 def test_allocator_tuning_applies_on_glibc_linux():
     import platform
 
-    from medtl.training.loop import tune_allocator
+    from medtl.training.runtime import tune_allocator
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected
 

@@ -260,3 +260,26 @@ def test_no_record_is_built_with_more_than_five_positional_arguments():
                 if name in records:
                     bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {name} with {len(node.args)}")
     assert not bad, "name the fields past the fifth:\n" + "\n".join(bad)
+
+
+PHASES = ("medtl.training.initialize", "medtl.training.train", "medtl.training.finalize")
+
+
+def reachable(edges: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for t in edges.get(todo.pop(), ()):
+            if t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return seen
+
+
+def test_the_run_phases_stand_side_by_side():
+    """Issue 35: initialize, train and finalize hand each other records (training/prepared.py: Prepared,
+    Trained, Scored), never import each other, not even through another module; the run puts them together."""
+    edges = graph()
+    crossed = [f"{a} reaches {b}" for a in PHASES for b in PHASES if a != b and b in reachable(edges, a)]
+    assert not crossed, "\n".join(crossed)
+    assert set(PHASES) <= edges["medtl.training.run"]

@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 import urllib.error
+from types import SimpleNamespace
 
 import pytest
 
@@ -172,7 +173,8 @@ def test_old_out_spelling_still_works_with_a_deprecation_notice(monkeypatch, cap
 
     def fake_train(data, **kwargs):
         seen.update(kwargs, data=data)
-        return type("R", (), {"path": tmp_path / "runs" / "x", "metrics": {"splits": {}}})()
+        metrics = SimpleNamespace(splits={}, patient_level={})  # a RunMetrics with nothing scored
+        return type("R", (), {"path": tmp_path / "runs" / "x", "metrics": metrics})()
 
     monkeypatch.setattr(api, "train", fake_train)
     monkeypatch.setattr(sys, "argv", ["medtl", "train", "data", "--out", str(tmp_path / "runs"), "--quiet"])

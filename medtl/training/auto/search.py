@@ -33,10 +33,9 @@ from medtl.training.auto.clock import EpochClock
 from medtl.training.auto.plan import FT_BATCH, MIN_EPOCHS, Costs, fit, mirror_seconds, sizes
 from medtl.training.auto.plan import step_seconds as _step_seconds
 from medtl.training.auto.state import Keeper, Progress
-from medtl.training.loop import monitor_key, release_memory, seed_everything
 from medtl.training.prepared import Prepared
-from medtl.training.results import TrainResult
-from medtl.training.runtime import quicker_threads
+from medtl.training.results import AUC_TIE, TrainResult, beats
+from medtl.training.runtime import quicker_threads, release_memory, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ FEW = 1000  # training images below which the data count as few
 CLOSE = 0.90  # the linear probe's validation AUC from which the data count as close to ImageNet
 FIRST_SHARE = 0.65  # of the time left, for a fine-tuning candidate that another one of the rule follows
 RESERVE_S = 15.0  # kept for scoring, figures and the checkpoint after the last candidate
-AUC_TIE = 0.002  # validation AUCs this close count as equal; the lower validation loss wins
 TRY_FACTOR = 4.0  # when no candidate fits by the estimate, the cheapest still runs if its epoch is estimated at
 # most this many times the time left (a step timed on a busy machine was 4-20x slower than its later epochs)
 CONTINUED = "continued from"  # the note of a candidate continued in the time the others left
@@ -335,14 +333,6 @@ def _better(c: Candidate, best: Candidate, cfg: RunConfig) -> bool:
     """`c` beats `best` on validation (`beats`)."""
     return beats({"auc": c.val_auc, "loss": c.val_loss}, {"auc": best.val_auc, "loss": best.val_loss},
                  cfg.train.monitor)
-
-
-def beats(a: dict, b: dict, monitor: str) -> bool:
-    """Validation scores `a` ({auc, loss}) beat `b` by `monitor`, except that AUCs within AUC_TIE of each other
-    (a saturated validation AUC differs in its fourth decimal by chance) count as a tie, won by the lower loss."""
-    if monitor == "auc" and abs(a["auc"] - b["auc"]) <= AUC_TIE:
-        return a["loss"] < b["loss"]
-    return monitor_key(a, monitor) > monitor_key(b, monitor)
 
 
 def _fit(p: Prepared, strategy: str, seconds: float, prepare_seconds: float, step: float) -> tuple[int, int, str]:
