@@ -120,15 +120,24 @@ def train(data: PathLike | None = None, backbone: str | None = None, strategy: s
     return Run(run_training(cfg, progress=progress, resume=resume is not None))
 
 
-
-
-
-
-
-
 def evaluate(run_dir: PathLike, data: PathLike, split: str = "test", output: PathLike | None = None,
              progress: bool = False, **options: Any) -> "Evaluation":
-    """`Run.load(run_dir).evaluate(data, split, **options)`; `output`: also write its metrics JSON there."""
+    """Score a trained run on labelled data from anywhere: `Run.load(run_dir).evaluate(data, split, **options)`.
+
+    Args:
+        run_dir: A run folder written by `medtl train`.
+        data: Labelled data in any layout `train` takes (a plain class-folder tree is scored whole).
+        split: The split of `data` to score.
+        output: Also write the evaluation's metrics JSON to this file.
+        progress: Show progress.
+        **options: The fields of `EvaluateOptions`, as `Run.evaluate` takes them.
+
+    Returns:
+        The `Evaluation` (metrics with 95 % intervals, operating point, copies of training images).
+
+    Raises:
+        MedtlError: A run that did not finish, data that do not match its classes, a bad option.
+    """
     from medtl.core.io import write_json
 
     evaluation = Run.load(run_dir).evaluate(data, split, progress, **options)
@@ -137,15 +146,33 @@ def evaluate(run_dir: PathLike, data: PathLike, split: str = "test", output: Pat
     return evaluation
 
 
-
-
 def calibrate(run_dir: PathLike, data: PathLike, **options: Any) -> Run:
-    """`Run.load(run_dir).calibrate(data, **options)`: a new run with the threshold refitted on local images."""
+    """Refit a run's threshold (and temperature) on labelled local images: `Run.load(run_dir).calibrate(...)`.
+
+    Args:
+        run_dir: A run folder written by `medtl train`.
+        data: Labelled local images in any layout `train` takes.
+        **options: `split`, `output_dir`, `name`, `classes`, `threshold`, `temperature`, `progress`, as
+            `Run.calibrate` takes them.
+
+    Returns:
+        The new run (same weights, the refitted threshold and temperature).
+    """
     return Run.load(run_dir).calibrate(data, **options)
 
 
 def load_evaluation(folder: PathLike) -> "Evaluation":
-    """The `Evaluation` record `medtl evaluate` wrote into `folder`."""
+    """Read back an evaluation.
+
+    Args:
+        folder: An evaluation folder written by `medtl evaluate` (or `medtl.evaluate` with an output folder).
+
+    Returns:
+        Its `Evaluation` record.
+
+    Raises:
+        MedtlError: The folder holds no readable evaluation record.
+    """
     from medtl.deploy.evaluation_folder import Evaluation
 
     return Evaluation.load(folder)

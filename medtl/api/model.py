@@ -25,7 +25,15 @@ class Predictions(list):
         self._writer = writer
 
     def to_csv(self, path: PathLike) -> Path:
-        """path, predicted, one probability column per class, threshold, error (unreadable files too)."""
+        """Write the rows as CSV.
+
+        Args:
+            path: The file: path, predicted, one probability column per class, threshold, the shift and
+                referral columns, error (unreadable files too).
+
+        Returns:
+            `path`.
+        """
         self._writer(Path(path))
         return Path(path)
 

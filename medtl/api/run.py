@@ -17,6 +17,7 @@ from medtl.core.runfolder import RunFolder
 
 if TYPE_CHECKING:
     from medtl.deploy.evaluation_folder import Evaluation
+    from medtl.deploy.predictor import Predictor
     from medtl.evaluation.records import RunMetrics
 
 PathLike = str | Path
@@ -33,7 +34,17 @@ class Run:
 
     @classmethod
     def load(cls, path: PathLike) -> "Run":
-        """The run in the folder `path` (written by `medtl train` or `medtl.train`)."""
+        """Open a finished run.
+
+        Args:
+            path: A run folder written by `medtl train` or `medtl.train`.
+
+        Returns:
+            The run.
+
+        Raises:
+            MedtlError: The run there did not finish (and how to continue it), or it is no run folder.
+        """
         folder = RunFolder(path)
         folder.require_checkpoint()  # a killed run: "did not finish", and how to go on with it
         return cls(folder)
@@ -59,15 +70,25 @@ class Run:
         return load_config(self.folder.config)
 
     @functools.cached_property
-    def predictor(self):
+    def predictor(self) -> "Predictor":
         """The model with its classes, threshold and preprocessing, loaded once (checked against the digest
         its run recorded)."""
         from medtl.deploy.predictor import Predictor
 
         return Predictor.from_run(self.path)
 
-    def predictor_on(self, engine: str):
-        """`predictor`, its network run by `engine` (auto | torch | openvino | onnxruntime) from the next batch."""
+    def predictor_on(self, engine: str) -> "Predictor":
+        """The run's predictor, its network run by another engine from the next batch.
+
+        Args:
+            engine: auto (the fastest measured here), torch, openvino or onnxruntime.
+
+        Returns:
+            The run's `predictor`.
+
+        Raises:
+            MedtlError: An unknown engine (checked before the model loads).
+        """
         engine = api_model.check_engine(engine)  # before the model loads
         return api_model.with_engine(self.predictor, engine)
 
@@ -94,17 +115,46 @@ class Run:
 
     def explain(self, images: Sequence[PathLike] | PathLike, out: PathLike = "explain",
                 method: str = "gradcam") -> tuple[list[Path], dict[str, str]]:
-        """Grad-CAM overlay PNGs in `out`; returns (written files, {unreadable path: reason})."""
+        """Grad-CAM heat maps over images, as overlay PNGs.
+
+        Args:
+            images: Files, or folders searched recursively for images and DICOM files.
+            out: The folder for the overlays.
+            method: gradcam, gradcam++ or eigencam.
+
+        Returns:
+            (the overlays written, {unreadable path: reason}).
+        """
         return api_model.explain(self.predictor, images, out, method)
 
     def cam_grid(self, method: str = "gradcam") -> Path:
-        """cam_grid.png in the run folder: CAM overlays of test true/false positives and false negatives."""
+        """Write cam_grid.png in the run folder: CAM overlays of test true positives, false positives and false
+        negatives, for the run's report.
+
+        Args:
+            method: The CAM method, as `explain` takes it.
+
+        Returns:
+            The file.
+        """
         return api_model.cam_grid(self.path, method)
 
     def export(self, format: str = "onnx", output: PathLike | None = None,
                images: Sequence[PathLike] | None = None, tolerance: float = 1e-4) -> tuple[Path, float]:
-        """ONNX or TorchScript with the preprocessing in its metadata, kept only when it agrees with PyTorch;
-        returns (file, max |difference| of probabilities)."""
+        """Export the model for deployment, with its preprocessing in the file's metadata.
+
+        Args:
+            format: onnx or torchscript.
+            output: The file (default: model.onnx or model.torchscript.pt in the run folder).
+            images: Images to check the export on (default: 8 seeded random images).
+            tolerance: The largest |difference| of probabilities against PyTorch that is accepted.
+
+        Returns:
+            (the file, the max |difference| of probabilities against PyTorch).
+
+        Raises:
+            MedtlError: The export disagrees with PyTorch by more than `tolerance` (nothing is kept then).
+        """
         return api_model.export(self.path, format, output, images, tolerance)
 
     def evaluate(self, data: PathLike, split: str = "test", progress: bool = False, **options: Any) -> "Evaluation":
@@ -142,6 +192,17 @@ class Run:
                   temperature: bool = False, progress: bool = False) -> "Run":
         """Refit the threshold (and with `temperature` the temperature) on labelled local images.
 
+        Args:
+            data: Labelled local images in any layout `train` takes.
+            split: The split of `data` to fit on.
+            output_dir: The parent folder of the new run (default: beside this one).
+            name: The new run folder's name (default: `<run>-calibrated`).
+            classes: The data's class names mapped onto the run's, "0=NORMAL,1=PNEUMONIA" or a dict.
+            threshold: The operating point to fit (youden, f1, a number, "sensitivity>=0.95", ...); default
+                the run's own rule.
+            temperature: Also refit the temperature.
+            progress: Show progress.
+
         Returns:
             A new run (same weights; new threshold and temperature; `metrics["calibrated_from"]` says from what),
             in `output_dir` (default: beside this one) named `name` (default: `<run>-calibrated`).
@@ -153,7 +214,14 @@ class Run:
         return Run(calibrate(self.path, data, split, options, progress))
 
     def card(self, **options: Any) -> dict[str, Path]:
-        """model_card.md/.html and the checklists in the run folder; `options` as `medtl.card` takes them."""
+        """Write the run's model card (model_card.md and .html) and the reporting checklists.
+
+        Args:
+            **options: As `medtl.card` takes them: intended_use, evaluations, output_dir, rescan, target_width.
+
+        Returns:
+            {"card_md", "card_html", "checklist_claim_md", ...: path}.
+        """
         return card(self.path, **options)
 
     def __repr__(self) -> str:

@@ -36,9 +36,9 @@ def audit(
     _setup_logging(False)
     report_ = api.audit(data, perceptual, output, target_width, **parse_set(set_ or []))
     cli_output.print_audit(report_)
-    for line in (report_.get("patients") or {}).get("notes", []):
+    for line in report_.patients.get("notes", []):
         cli_output.say(line)
-    for line in describe_split(report_.get("sample_size")):
+    for line in describe_split(report_.sample_size or None):
         cli_output.say(line)
     for line in warnings_for(report_):
         cli_output.console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from medtl.data.audit import AuditReport
     from medtl.evaluation.records import RunMetrics
 
 console = Console()
@@ -60,14 +61,14 @@ def show_table(title: str, header: list[str], rows: list[list[str]], caption: st
     print("\n".join(line.rstrip() for line in captured.get().splitlines()) + (f"\n{caption}" if caption else ""))
 
 
-def print_audit(r: dict) -> None:
+def print_audit(r: "AuditReport") -> None:
     """The audit's class balance table and its findings, one line each."""
-    rows = [[split, *[str(counts[c]) for c in r["classes"]]] for split, counts in r["balance"].items()]
-    show_table(f"audit: {r['images']} images", ["split", *r["classes"]], rows, right=True)
-    dup = r["exact_duplicates"]
+    rows = [[split, *[str(counts[c]) for c in r.classes]] for split, counts in r.balance.items()]
+    show_table(f"audit: {r.images} images", ["split", *r.classes], rows, right=True)
+    dup = r.exact_duplicates
     cross = sum(len(g["splits"]) > 1 for g in dup)
-    near_cross = sum(len(p["splits"]) > 1 for p in r["near_duplicates"])
-    say(f"unreadable: {len(r['unreadable'])}; byte-identical groups: {len(dup)} ({cross} across splits); "
-        f"near-duplicate pairs: {len(r['near_duplicates'])} ({near_cross} across splits)")
-    for s in r["shortcuts"]:
+    near_cross = sum(len(p["splits"]) > 1 for p in r.near_duplicates)
+    say(f"unreadable: {len(r.unreadable)}; byte-identical groups: {len(dup)} ({cross} across splits); "
+        f"near-duplicate pairs: {len(r.near_duplicates)} ({near_cross} across splits)")
+    for s in r.shortcuts:
         say(f"class-correlated {s['property']}: {s['by_class']}")

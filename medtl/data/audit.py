@@ -11,8 +11,8 @@ import logging
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterator
 
 import imagehash
 import numpy as np
@@ -189,32 +189,82 @@ def _size_shortcut(ok: list[Facts], classes: list[str]) -> list[dict]:
     return [{"property": "size", "size_alone_balanced_accuracy": score, "by_class": sides}]
 
 
-def audit(splits: DataSplits, perceptual: bool = True, facts: list[Facts] | None = None) -> dict:
-    """The whole audit as a JSON-able dict (of `facts` when already collected)."""
+@dataclass(frozen=True)
+class AuditReport:
+    """What `medtl audit` found in a data set (and what `--output` writes as JSON: `to_dict`).
+
+    Attributes:
+        classes: Class names, in label order.
+        images: Images looked at.
+        balance: Images per class, by split.
+        unreadable: {path: reason} of the files that could not be read.
+        exact_duplicates: Groups of byte-identical images (`refs`, their `splits` and `classes`).
+        near_duplicates: Pairs within `NEAR_BITS` bits of perceptual hash (`refs`, `splits`, `classes`, `bits`).
+        shortcuts: Image properties whose distribution differs by class (`property`, `by_class`, ...).
+        patients: Keys per split and where they came from, or `notes` on why none were found.
+        sample_size: Expected 95 % interval widths of the test split ({}: no test split, or not asked).
+    """
+
+    classes: list[str]
+    images: int
+    balance: dict[str, dict[str, int]]
+    unreadable: dict[str, str]
+    exact_duplicates: list[dict]
+    near_duplicates: list[dict] = field(default_factory=list)
+    shortcuts: list[dict] = field(default_factory=list)
+    patients: dict[str, Any] = field(default_factory=dict)
+    sample_size: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object (`sample_size` only when there is one, as before the record)."""
+        out = asdict(self)
+        if not out["sample_size"]:
+            del out["sample_size"]
+        return out
+
+    def with_sample_size(self, sizes: dict[str, Any]) -> "AuditReport":
+        """This report with the test split's expected interval widths.
+
+        Args:
+            sizes: `evaluation.sample_size.for_labels` of the test split.
+
+        Returns:
+            A new report (this one is not changed).
+        """
+        return replace(self, sample_size=sizes)
+
+    def __getitem__(self, key: str) -> Any:
+        """`report["unreadable"]`: a key of the JSON object, as the report was read before it was a record."""
+        return self.to_dict()[key]
+
+
+def audit(splits: DataSplits, perceptual: bool = True, facts: list[Facts] | None = None) -> AuditReport:
+    """The whole audit (of `facts` when already collected)."""
     facts = collect(splits, perceptual) if facts is None else facts
     classes = splits.classes
     balance = {s: {c: int((splits.labels[s] == k).sum()) for k, c in enumerate(classes)} for s in splits.refs}
-    return {"classes": classes, "images": len(facts), "balance": balance,
-            "unreadable": {f.ref: f.error for f in facts if f.error},
-            "exact_duplicates": exact_duplicates(facts, classes),
-            "near_duplicates": near_duplicates(facts, classes) if perceptual else [],
-            "shortcuts": shortcuts(facts, classes), "patients": splits.patients() or {"notes": splits.patient_notes()}}
+    return AuditReport(classes=classes, images=len(facts), balance=balance,
+                       unreadable={f.ref: f.error for f in facts if f.error},
+                       exact_duplicates=exact_duplicates(facts, classes),
+                       near_duplicates=near_duplicates(facts, classes) if perceptual else [],
+                       shortcuts=shortcuts(facts, classes),
+                       patients=splits.patients() or {"notes": splits.patient_notes()})
 
 
-def warnings_for(report: dict) -> list[str]:
+def warnings_for(report: AuditReport) -> list[str]:
     """The audit's findings as sentences a user should read before trusting a model."""
     out = []
-    cross = [g for g in report["exact_duplicates"] if len(g["splits"]) > 1]
+    cross = [g for g in report.exact_duplicates if len(g["splits"]) > 1]
     if cross:
         out.append(f"{len(cross)} groups of byte-identical images span splits (e.g. {', '.join(cross[0]['refs'][:2])}):"
                    " a model is scored on images it trained on")
-    conflict = [g for g in report["exact_duplicates"] if len(g["classes"]) > 1]
+    conflict = [g for g in report.exact_duplicates if len(g["classes"]) > 1]
     if conflict:
         out.append(f"{len(conflict)} groups of byte-identical images carry different labels")
-    near = [p for p in report["near_duplicates"] if len(p["splits"]) > 1]
+    near = [p for p in report.near_duplicates if len(p["splits"]) > 1]
     if near:
         out.append(f"{len(near)} near-duplicate pairs span splits (perceptual hash within {NEAR_BITS} bits)")
-    for s in report["shortcuts"]:
+    for s in report.shortcuts:
         detail = (", ".join(f"{v} only in {c}" for v, c in s.get("only_in_one_class", {}).items())
                   or f"by class: {s['by_class']}")
         if s["property"] == "size":
@@ -223,7 +273,7 @@ def warnings_for(report: dict) -> list[str]:
         out.append(f"image {s['property']} differs by class ({detail}): a model may learn this shortcut instead "
                    "of the anatomy" + ("; --set data.convert_mode=RGB (or L) removes a mode difference"
                                        if s["property"] == "mode" else ""))
-    return out + _small_test(report.get("sample_size") or {})
+    return out + _small_test(report.sample_size)
 
 
 def _small_test(sizes: dict) -> list[str]:

@@ -77,12 +77,23 @@ class Evaluation:
         return self.metrics[key]
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as its metrics.json holds it (with its schema name)."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in UNSAVED}
         return {"schema": SCHEMA, **out}
 
     @classmethod
     def load(cls, folder: str | Path | EvaluationFolder) -> "Evaluation":
-        """The evaluation `medtl evaluate` wrote into `folder`."""
+        """Read back an evaluation.
+
+        Args:
+            folder: An evaluation folder written by `medtl evaluate`.
+
+        Returns:
+            Its record (`folder` set to where it was read).
+
+        Raises:
+            MedtlError: The folder holds no readable evaluation record.
+        """
         where = folder if isinstance(folder, EvaluationFolder) else EvaluationFolder(folder)
         try:
             data = json.loads(where.metrics.read_text())

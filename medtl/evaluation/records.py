@@ -12,10 +12,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medtl.core.errors import MedtlError
 from medtl.core.io import write_json
+
+if TYPE_CHECKING:
+    from medtl.core.runfolder import RunFolder
 
 SCHEMA_VERSION = 1
 # metrics.json's keys in the order they are written; `REQUIRED` must be there, the others are written when set
@@ -81,12 +84,27 @@ class RunMetrics:
         return out
 
     def write(self, path: Path) -> None:
-        """Written atomically (temp file and rename): a finished run is one whose metrics.json exists."""
+        """Write metrics.json atomically (temp file and rename): a finished run is one whose metrics.json exists.
+
+        Args:
+            path: The file.
+        """
         write_json(Path(path), self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any, path: Path | str = "metrics.json") -> "RunMetrics":
-        """The record of a parsed `metrics.json` (`path` names it in errors)."""
+        """The record of a parsed `metrics.json`.
+
+        Args:
+            data: The parsed JSON object.
+            path: The file it came from, named in errors.
+
+        Returns:
+            The record; keys this version does not know are kept in `extra`.
+
+        Raises:
+            MedtlError: Not an object, a later schema, or a required key missing.
+        """
         if not isinstance(data, dict):
             raise MedtlError(f"metrics file {path} holds {type(data).__name__}, not a JSON object; train the run "
                              "again (its metrics.json is damaged)")
@@ -105,7 +123,17 @@ class RunMetrics:
 
     @classmethod
     def read(cls, path: Path | str) -> "RunMetrics":
-        """`metrics.json` at `path`; one line when it is unreadable, damaged or from a later schema."""
+        """Read a metrics.json.
+
+        Args:
+            path: The file.
+
+        Returns:
+            Its record.
+
+        Raises:
+            MedtlError: The file is missing, unreadable, damaged or from a later schema (one line each).
+        """
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -117,9 +145,18 @@ class RunMetrics:
         return cls.from_dict(data, path)
 
     @classmethod
-    def of_run(cls, folder) -> "RunMetrics":
-        """The metrics of the run in `folder` (a `RunFolder`); one line when the run did not finish, and how to
-        go on with it."""
+    def of_run(cls, folder: "RunFolder") -> "RunMetrics":
+        """The metrics of a run: the one reader of a run folder's metrics.json.
+
+        Args:
+            folder: The run's `RunFolder`.
+
+        Returns:
+            Its record.
+
+        Raises:
+            MedtlError: The run did not finish (and how to go on with it), or its metrics.json is damaged.
+        """
         return cls.read(folder.require_finished())
 
     def __getitem__(self, key: str) -> Any:
@@ -128,5 +165,13 @@ class RunMetrics:
         return self.to_dict()[key]
 
     def get(self, key: str, default: Any = None) -> Any:
-        """A key of `metrics.json`, or `default`."""
+        """A key of `metrics.json`, as a dict's `get`.
+
+        Args:
+            key: The JSON key.
+            default: What a key the file does not hold gives.
+
+        Returns:
+            Its value, or `default`.
+        """
         return self.to_dict().get(key, default)

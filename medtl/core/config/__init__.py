@@ -99,6 +99,19 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 
 def make_config(data: str | Path | None = None, *, config: str | Path | None = None, **settings: Any) -> RunConfig:
-    """The resolved run config: defaults, then the YAML file `config`, then `data` and `settings`."""
+    """The resolved run config, checked completely (nothing is written).
+
+    Args:
+        data: The data (`data.path`), in any layout `train` takes.
+        config: A YAML run config, read over the defaults.
+        **settings: Settings over it: a flag name (`epochs=5`), a field found in one section (`batch_size=32`)
+            or a dotted key (`**{"train.lr": 0.01}`).
+
+    Returns:
+        The `RunConfig`: defaults, then the file, then `data` and `settings`.
+
+    Raises:
+        MedtlError: An unknown key (with the close matches), or a value of the wrong type or out of range.
+    """
     return apply_overrides(load_config(config), overrides_of({"data.path": str(data) if data else None,
                                                              **settings}))

@@ -142,7 +142,7 @@ def data_facts(cfg: RunConfig, metrics: RunMetrics) -> tuple[dict | None, str]:
     report = audit(splits, perceptual=True)
     recorded = metrics.split_sizes or {}
     now = {s: len(r) for s, r in splits.refs.items()}
-    changed = {s for s in now if s in recorded and recorded[s] != now[s] - sum(r in report["unreadable"]
+    changed = {s for s in now if s in recorded and recorded[s] != now[s] - sum(r in report.unreadable
                                                                                  for r in splits.refs[s])}
     note = (f"the data at {cfg.data.path} were read again; split sizes differ from the run's ({sorted(changed)}): "
             "the data changed since training" if changed else f"the data at {cfg.data.path} were read again")

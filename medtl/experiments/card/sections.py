@@ -26,7 +26,7 @@ def interval(ci) -> str:
 def class_counts(f: RunFacts) -> dict[str, dict[str, int]]:
     """{split: {class: images}}: from the data read again, else the scored splits' confusion matrices."""
     if f.data is not None:
-        return f.data["audit"]["balance"]
+        return f.data["audit"].balance
     classes = f.metrics.classes
     out = {}
     for split, m in f.metrics.splits.items():
@@ -76,14 +76,14 @@ def _quality(f: RunFacts) -> Section:
         "No image was left out as unreadable.")
     if f.data is not None:
         a = f.data["audit"]
-        cross = [g for g in a["exact_duplicates"] if len(g["splits"]) > 1]
-        near = [p for p in a["near_duplicates"] if len(p["splits"]) > 1]
+        cross = [g for g in a.exact_duplicates if len(g["splits"]) > 1]
+        near = [p for p in a.near_duplicates if len(p["splits"]) > 1]
         distinct = f.data.get("distinct")
-        s.ul([f"{a['images']} images; {len(a['exact_duplicates'])} groups of byte-identical copies "
-              f"({len(cross)} spanning splits); {len(a['near_duplicates'])} near-copy pairs "
+        s.ul([f"{a.images} images; {len(a.exact_duplicates)} groups of byte-identical copies "
+              f"({len(cross)} spanning splits); {len(a.near_duplicates)} near-copy pairs "
               f"({len(near)} spanning splits)"
               + (f"; {distinct} distinct contents" if distinct else ""),
-              f"{len(a['unreadable'])} unreadable files in the data now"])
+              f"{len(a.unreadable)} unreadable files in the data now"])
     s.p("The audit's findings when the run started:" if f.audit_lines else
         "The audit found nothing to warn about when the run started (or data.audit was off).")
     return s.ul(f.audit_lines)

@@ -183,8 +183,8 @@ def _copies(f: RunFacts) -> list[str]:
     if f.data is None:
         return []
     a = f.data["audit"]
-    cross = sum(len(g["splits"]) > 1 for g in a["exact_duplicates"])
-    near = sum(len(p["splits"]) > 1 for p in a["near_duplicates"])
+    cross = sum(len(g["splits"]) > 1 for g in a.exact_duplicates)
+    near = sum(len(p["splits"]) > 1 for p in a.near_duplicates)
     out = [f"{cross} groups of byte-identical images span splits: test scores may be optimistic"] if cross else []
     return out + ([f"{near} near-copy pairs span splits (perceptual hash): test scores may be optimistic; "
                    "data.group=near_duplicates keeps them together"] if near else [])
