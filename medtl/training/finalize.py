@@ -8,7 +8,6 @@ import logging
 import time
 
 from medtl.core.environment import environment
-from medtl.core.io import write_json
 from medtl.core.runfolder import RunFolder
 from medtl.data.image_keys import write_image_keys
 from medtl.evaluation.records import RunMetrics
@@ -26,8 +25,8 @@ def finalize(trained: Trained, folder: RunFolder | None, progress: bool, began: 
     """Score the chosen model (every process takes its share) and, with `folder` (rank 0), write the run's
     results there; returns its metrics (None without a folder). `began`: `time.perf_counter()` when training
     began (train_seconds counts to the end of scoring)."""
-    if folder is not None and trained.auto:
-        write_json(folder.auto, trained.auto)
+    if folder is not None and trained.auto is not None:
+        trained.auto.write(folder.auto)
     scored = score(trained, progress)
     if folder is None:
         return None
@@ -58,7 +57,7 @@ def _write(scored: Scored, folder: RunFolder, seconds: float) -> RunMetrics:
                          classes=classes, image_size=p.size, split_sizes={s: len(r) for s, r in p.splits.refs.items()},
                          splits=splits,
                          temperature=scored.temperature, weights_sha256=digest,
-                         uncalibrated=scored.uncalibrated, auto=scored.trained.auto, tta=scored.tta,
+                         uncalibrated=scored.uncalibrated, auto=scored.trained.auto.to_dict() if scored.trained.auto else {}, tta=scored.tta,
                          environment=environment("when the run was trained"), patients=p.splits.patients(),
                          patient_level=by_patient)
     metrics.write(folder.metrics)  # last: its presence marks a finished run (studies resume on it)

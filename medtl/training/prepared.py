@@ -24,6 +24,7 @@ from medtl.data.preprocess import Preprocess
 from medtl.data.splits import DataSplits
 from medtl.models.backbones import BackboneSpec
 from medtl.models.strategies import Classifier
+from medtl.training.auto.record import AutoRecord
 from medtl.training.results import SplitScores, TrainResult
 from medtl.training import distributed
 
@@ -133,7 +134,7 @@ class Trained:
     p: Prepared
     model: Classifier
     result: TrainResult
-    auto: dict = field(default_factory=dict)
+    auto: AutoRecord | None = None
 
 
 @dataclass

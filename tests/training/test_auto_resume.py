@@ -289,3 +289,24 @@ def test_time_left_when_the_last_candidate_stops_early_continues_the_one_still_i
     assert full[1]["note"].startswith("continued from its epoch 3")
     assert outcome.record["chosen"] == "full" and full[1]["val_auc"] > full[0]["val_auc"]
     assert any(r["epoch"] == "continue" for r in outcome.record["replans"])
+
+
+def test_auto_record_reads_back_and_reads_an_older_file(tmp_path):
+    """Issue 35: auto.json has one reader (`AutoRecord.read`), which gives back what was written, reads a file an
+    older medtl wrote (fewer keys), and refuses a damaged one in one line."""
+    from medtl.core.errors import MedtlError
+    from medtl.training.auto.record import ORDER, AutoRecord
+
+    record = AutoRecord(chosen="full", candidates=[{"strategy": "linear"}, {"strategy": "full"}], reason="why",
+                        budget_seconds=900.0, train_images=4471, rule="many images")
+    path = tmp_path / "auto.json"
+    record.write(path)
+    assert list(json.loads(path.read_text())) == list(ORDER)
+    assert AutoRecord.read(path) == record and record["chosen"] == "full"
+    path.write_text(json.dumps({"chosen": "linear", "candidates": [], "reason": "old", "unknown_key": 1}))
+    old = AutoRecord.read(path)
+    assert old.chosen == "linear" and old.replans == [] and old.threads == {}
+    assert AutoRecord.read(tmp_path / "none.json") is None  # a fixed strategy's run
+    path.write_text("[1, 2]")
+    with pytest.raises(MedtlError, match="not strategy auto's record"):
+        AutoRecord.read(path)

@@ -17,6 +17,7 @@ from medtl.core.config import RunConfig, load_config
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder
 from medtl.evaluation.records import RunMetrics
+from medtl.training.auto.record import AutoRecord
 
 log = logging.getLogger(__name__)
 @dataclass
@@ -26,7 +27,7 @@ class RunFacts:
     folder: RunFolder
     cfg: RunConfig
     metrics: RunMetrics
-    auto: dict | None
+    auto: AutoRecord | None
     audit_lines: list[str]
     skipped: int
     preprocess: dict
@@ -45,7 +46,7 @@ def run_facts(run_dir: str | Path, evaluations: list[str | Path] = (), rescan: b
                          "(or a study folder written by `medtl study`)")
     metrics = RunMetrics.of_run(folder)
     cfg = load_config(folder.config)
-    facts = RunFacts(folder, cfg, metrics, _json(folder.auto), _audit_lines(folder), skipped=_skipped(folder),
+    facts = RunFacts(folder, cfg, metrics, AutoRecord.read(folder.auto), _audit_lines(folder), skipped=_skipped(folder),
                      preprocess=_preprocess(folder, cfg), pretrained=pretrained(cfg),
                      environment=metrics.environment or environment("when the card was written"))
     facts.evaluations = [(Path(d), evaluation_metrics(d)) for d in [*evaluations, *recorded_evaluations(folder)]]

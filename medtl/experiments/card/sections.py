@@ -91,7 +91,7 @@ def _quality(f: RunFacts) -> Section:
 
 def model_sections(f: RunFacts) -> list[Section]:
     cfg, m, pre = f.cfg, f.metrics, f.preprocess
-    strategy = cfg.model.strategy + (f" (auto chose {f.auto['chosen']})" if f.auto else "")
+    strategy = cfg.model.strategy + (f" (auto chose {f.auto.chosen})" if f.auto else "")
     model = Section("model", "Model").table(["", ""], [
         ["kind", "deep learning: a convolutional image classifier, transfer learning with medtl"],
         ["backbone", pre["backbone"]], ["strategy", strategy],
@@ -124,10 +124,10 @@ def _training(f: RunFacts) -> Section:
         ["test-time augmentation", (m.tta or {}).get("applied", f.cfg.eval.tta)],
         ["ensembling", "none: one model"], ["training time", f"{num(m.train_seconds, 1)} s"]])
     if f.auto:
-        s.p(f"Strategy auto: {f.auto.get('reason', '')}")
+        s.p(f"Strategy auto: {f.auto.reason}")
         s.table(["candidate", "validation AUC", "validation loss"],
                 [[c.get("strategy"), num(c.get("val_auc")), num(c.get("val_loss"))]
-                 for c in f.auto.get("candidates", [])])
+                 for c in f.auto.candidates])
     return s
 
 
@@ -137,7 +137,7 @@ def _selection(f: RunFacts) -> Section:
     s.p(f"The weights of epoch {m.best_epoch} (best validation {t.monitor}) were kept; the test split was "
         "scored once, after every choice.")
     if f.auto:
-        s.p(f"Strategy: {f.auto.get('chosen')} by validation ({f.auto.get('rule', '')}).")
+        s.p(f"Strategy: {f.auto.chosen} by validation ({f.auto.rule}).")
     if m.tta:
         s.p(f"Test-time augmentation: {m.tta.get('reason', '')}")
     return s

@@ -32,6 +32,7 @@ from medtl.models.strategies import Classifier, build_classifier
 from medtl.training.auto.clock import EpochClock
 from medtl.training.auto.plan import FT_BATCH, MIN_EPOCHS, Costs, fit, mirror_seconds, sizes
 from medtl.training.auto.plan import step_seconds as _step_seconds
+from medtl.training.auto.record import AutoRecord
 from medtl.training.auto.state import Keeper, Progress
 from medtl.training.prepared import Prepared
 from medtl.training.results import AUC_TIE, TrainResult, beats
@@ -69,7 +70,7 @@ class Outcome:
     p: Prepared  # the chosen candidate's (its config, image size)
     model: Classifier
     result: TrainResult  # validation scores only: test is scored by the run's finalize phase
-    record: dict
+    record: AutoRecord | None  # set when the choice is made
 
 
 def plan(n_train: int, similarity: float) -> tuple[list[str], str]:
@@ -248,7 +249,7 @@ class _Session:
         log.info("auto: %s val AUC %.4f, val loss %.4f (best epoch %d of %d) in %.0f s", strategy, cand.val_auc,
                  cand.val_loss, cand.best_epoch, cand.epochs_run, cand.seconds)
         hook.measure_candidate(result.history, cand.seconds)
-        outcome = Outcome(cand_p, model, result, {})
+        outcome = Outcome(cand_p, model, result, None)
         if self.best is None or _better(cand, self.best[1], self.p.cfg):
             self.best = (outcome, cand)  # the other candidates' models are let go
             self.keeper.save_best(dataclasses.asdict(cand), model, result)
@@ -314,13 +315,13 @@ class _Session:
         model = build_classifier(cand_p.cfg.model, 1 if self.p.binary else len(self.p.splits.classes),
                                  self.p.in_chans, "none").to(self.p.device)
         model.load_state_dict(weights)
-        return Outcome(cand_p.with_control(state_path=None), model, result, {}), cand
+        return Outcome(cand_p.with_control(state_path=None), model, result, None), cand
 
     def outcome(self) -> Outcome:
         outcome, chosen = self.best
         outcome.p = outcome.p.with_control(state_path=None, resume=False)
         outcome.record = _record(self.p, self.tried, chosen, self.state)
-        log.info("auto: chose %s (%s)", chosen.strategy, outcome.record["reason"])
+        log.info("auto: chose %s (%s)", chosen.strategy, outcome.record.reason)
         return outcome
 
 
@@ -340,15 +341,13 @@ def _fit(p: Prepared, strategy: str, seconds: float, prepare_seconds: float, ste
     return fit(Costs.of(p, step), strategy, seconds, prepare_seconds, p.cfg.train.epochs)
 
 
-def _record(p: Prepared, tried: list[Candidate], chosen: Candidate, state: Progress) -> dict:
+def _record(p: Prepared, tried: list[Candidate], chosen: Candidate, state: Progress) -> AutoRecord:
     ran = [c for c in tried if c.image_size]
-    return {"budget_seconds": run_budget(p.cfg),
-            "train_images": len(p.splits.refs["train"]),
-            "similarity": {"linear_probe_val_auc": tried[0].val_auc, "close_from": CLOSE}, "few_below": FEW,
-            "rule": state.rule, "candidates": [dataclasses.asdict(c) for c in tried], "chosen": chosen.strategy,
-            "reason": f"best validation {p.cfg.train.monitor} of {len(ran)} candidates tried (AUCs within {AUC_TIE} "
-                      f"tie, the lower loss wins): " + ", ".join(f"{c.strategy} AUC {c.val_auc:.4f} loss "
-                                                                 f"{c.val_loss:.4f}" for c in ran)
-                      + "; test was not looked at",
-            "replans": state.replans, "resumed": state.resumed, "threads": state.threads,
-            "elapsed_seconds": round(state.elapsed, 1)}
+    reason = (f"best validation {p.cfg.train.monitor} of {len(ran)} candidates tried (AUCs within {AUC_TIE} tie, the "
+              "lower loss wins): " + ", ".join(f"{c.strategy} AUC {c.val_auc:.4f} loss {c.val_loss:.4f}" for c in ran)
+              + "; test was not looked at")
+    return AutoRecord(budget_seconds=run_budget(p.cfg), train_images=len(p.splits.refs["train"]),
+                      similarity={"linear_probe_val_auc": tried[0].val_auc, "close_from": CLOSE}, few_below=FEW,
+                      rule=state.rule, candidates=[dataclasses.asdict(c) for c in tried], chosen=chosen.strategy,
+                      reason=reason, replans=state.replans, resumed=state.resumed, threads=state.threads,
+                      elapsed_seconds=round(state.elapsed, 1))
