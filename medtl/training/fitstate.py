@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,7 +22,6 @@ from typing import Any, Callable, Sequence
 import torch
 
 from medtl.core.config import TrainConfig
-from medtl.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -192,30 +190,3 @@ def early_stop(cfg: TrainConfig) -> Hook:
             log.info("early stop: val %s has not improved for %d epochs (best epoch %d)", cfg.monitor,
                      cfg.patience, state.best_epoch)
     return hook
-
-
-class Deadline(FitHook):
-    """train.budget's time limit, `at` (a `time.monotonic()` value; None: no limit). Past it, the epoch in
-    progress ends after its batch: an epoch far slower than planned (a busy machine) cannot overrun the budget
-    by more than a batch and the validation pass. After an epoch, training stops when another as long would
-    end past it. Rank 0 decides for every process, so all stop at one batch (no collective without a
-    deadline). Not recorded in the saved state: a resumed run goes on."""
-
-    def __init__(self, at: float | None, world: distributed.World):
-        self.at, self.world = at, world
-
-    def after_batch(self, state: FitState, batch: BatchEnd) -> None:
-        if self.at is None:
-            return
-        if bool(distributed.broadcast(time.monotonic() > self.at, self.world)):
-            log.info("budget: the deadline has passed; the epoch ends after batch %d", batch.index + 1)
-            state.end_epoch = True
-
-    def after_epoch(self, state: FitState) -> None:
-        if state.stopped:  # decided already (the same on every process): no collective
-            return
-        seconds = time.perf_counter() - state.epoch_began
-        late = self.at is not None and time.monotonic() + seconds > self.at
-        if bool(distributed.broadcast(late, self.world)):
-            log.info("budget: stopping after epoch %d (another would end past the budget)", state.epoch)
-            state.stopped = True

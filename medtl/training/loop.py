@@ -25,7 +25,7 @@ from medtl.data.datasets import in_background
 from medtl.evaluation.metrics import score
 from medtl.models.strategies import to_probs
 from medtl.training.fitstate import (  # noqa: F401  (FitPlan, EpochHook: imported from here by callers)
-    BatchEnd, Deadline, EpochHook, Events, FitPlan, FitState, Hook, early_stop)
+    BatchEnd, EpochHook, Events, FitHook, FitPlan, FitState, Hook, early_stop)
 from medtl.training.results import monitor_key
 from medtl.training.resume import load_state, rng_state, save_state, set_rng_state
 from medtl.training.runtime import seed_everything
@@ -95,6 +95,33 @@ def extract(backbone: nn.Module | Callable[[torch.Tensor], torch.Tensor], batche
         with autocast(device):
             out.append(backbone(prepare(x)).float().cpu())
     return torch.cat(out).numpy()
+
+
+class Deadline(FitHook):
+    """train.budget's time limit, `at` (a `time.monotonic()` value; None: no limit). Past it, the epoch in
+    progress ends after its batch: an epoch far slower than planned (a busy machine) cannot overrun the budget
+    by more than a batch and the validation pass. After an epoch, training stops when another as long would
+    end past it. Rank 0 decides for every process, so all stop at one batch (no collective without a
+    deadline). Not recorded in the saved state: a resumed run goes on."""
+
+    def __init__(self, at: float | None, world: distributed.World):
+        self.at, self.world = at, world
+
+    def after_batch(self, state: FitState, batch: BatchEnd) -> None:
+        if self.at is None:
+            return
+        if bool(distributed.broadcast(time.monotonic() > self.at, self.world)):
+            log.info("budget: the deadline has passed; the epoch ends after batch %d", batch.index + 1)
+            state.end_epoch = True
+
+    def after_epoch(self, state: FitState) -> None:
+        if state.stopped:  # decided already (the same on every process): no collective
+            return
+        seconds = time.perf_counter() - state.epoch_began
+        late = self.at is not None and time.monotonic() + seconds > self.at
+        if bool(distributed.broadcast(late, self.world)):
+            log.info("budget: stopping after epoch %d (another would end past the budget)", state.epoch)
+            state.stopped = True
 
 
 def fit(model: nn.Module, train_batches: Iterable, val_batches: Iterable, prepare: Prepare, plan: FitPlan,
