@@ -207,5 +207,7 @@ def by_group(runs: list[Run]) -> dict[tuple, list[Run]]:
 
 
 def label(group) -> str:
+    """A configuration's name in tables and legends: its grid values (backbone and strategy bare); "the base
+    config" for a grid that varies the seed only (an empty name is no legend entry)."""
     return " ".join(f"{v}" if k in ("model.backbone", "model.strategy") else f"{k.split('.')[-1]}={v}"
-                    for k, v in group)
+                    for k, v in group) or "the base config"
