@@ -40,7 +40,7 @@ Strategy = Annotated[Optional[str], typer.Option(help=" | ".join(STRATEGIES))]
 Epochs = Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping may end sooner)")]
 ImageSize = Annotated[Optional[int], typer.Option(help="Input size in px (default: the backbone's)")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config; flags override it")]
-# Quiet, Sets, OldOut (and RunDir, Engine, Coverage): medtl/cli/options.py, shared with the cli_<area> modules
+# Quiet, Sets, OldOut (and RunDir, Engine, Coverage): medtl/cli/options.py, shared with the other medtl/cli/ modules
 
 
 def train(
