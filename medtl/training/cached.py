@@ -56,8 +56,9 @@ def train_head_on_features(p: Prepared, model: Classifier, loss_fn, progress: bo
 
 def fit_plan(p: Prepared, loss_fn, groups: list[dict] | None = None, micro: int | None = None) -> FitPlan:
     """The run's fit (every strategy's, built here only): its settings, budget, resume file and label."""
-    return FitPlan(p.cfg.train, loss_fn, p.device, p.splits.classes, groups, micro=micro,
-                   deadline=p.control.deadline, state_path=p.control.state_path, resume=p.control.resume, label=f"{p.cfg.model.strategy} {p.size} px")
+    control = p.control
+    return FitPlan(p.cfg.train, loss_fn, p.device, p.splits.classes, groups, micro=micro, deadline=control.deadline,
+                   state_path=control.state_path, resume=control.resume, label=f"{p.cfg.model.strategy} {p.size} px")
 
 
 def probe_head(p: Prepared, model: Classifier, loss_fn, progress: bool) -> None:

@@ -57,7 +57,8 @@ def _write(scored: Scored, folder: RunFolder, seconds: float) -> RunMetrics:
                          classes=classes, image_size=p.size, split_sizes={s: len(r) for s, r in p.splits.refs.items()},
                          splits=splits,
                          temperature=scored.temperature, weights_sha256=digest,
-                         uncalibrated=scored.uncalibrated, auto=scored.trained.auto.to_dict() if scored.trained.auto else {}, tta=scored.tta,
+                         uncalibrated=scored.uncalibrated,
+                         auto=scored.trained.auto.to_dict() if scored.trained.auto else {}, tta=scored.tta,
                          environment=environment("when the run was trained"), patients=p.splits.patients(),
                          patient_level=by_patient)
     metrics.write(folder.metrics)  # last: its presence marks a finished run (studies resume on it)

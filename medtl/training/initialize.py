@@ -55,7 +55,8 @@ def start(cfg: RunConfig, progress: bool, resume: bool, device: torch.device, wo
     prepare_seconds = time.monotonic() - started
     num_out = 1 if p.binary else len(p.splits.classes)
     auto = cfg.model.strategy_spec.chooses  # then each candidate builds its own model
-    model = None if auto else build_classifier(cfg.model, num_out, p.in_chans, p.weights).to(p.device)  # same on every process
+    # the same on every process; the weights as prepare resolved them
+    model = None if auto else build_classifier(cfg.model, num_out, p.in_chans, p.weights).to(p.device)
     if world.rank:  # other augmentations (and dropout) than rank 0's; rank 0 draws as one process would
         seed_everything(cfg.train.seed + world.rank)
     p = p.with_control(deadline=None if budget is None else started + budget, resume=resume)

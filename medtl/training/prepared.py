@@ -1,7 +1,8 @@
 """The records the run's phases hand each other: what initialize prepared (`Prepared`: config, backbone, weights,
 data splits, the decoded image store and the preprocessing that travels with the weights; loaders over it, and
 the same data at another image size), the run's control of its fits (`RunControl`), and what training hands to
-finalize (`Trained`) and the chosen model's final scores (`Scored`). The phases import these records, never each other."""
+finalize (`Trained`) and the chosen model's final scores (`Scored`). The phases import these records, never
+each other."""
 
 from __future__ import annotations
 
@@ -129,7 +130,7 @@ class Prepared:
 @dataclass
 class Trained:
     """What the run phase hands to finalize: the Prepared and model of the strategy trained (auto: of the
-    candidate chosen), its fit, and auto's record ({} for a fixed strategy)."""
+    candidate chosen), its fit, and auto's record (None for a fixed strategy)."""
 
     p: Prepared
     model: Classifier

@@ -26,6 +26,13 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return _lists(out)
 
 
+def dotted_value(tree: dict, dotted: str) -> Any:
+    """The value at a dotted key ('train.lr') of a config as a dict (a run's config.yaml, or `to_dict`)."""
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
 def _lists(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _lists(v) for k, v in value.items()}

@@ -57,10 +57,6 @@ def run_facts(run_dir: str | Path, evaluations: list[str | Path] = (), rescan: b
     return facts
 
 
-def _json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def _audit_lines(folder: RunFolder) -> list[str]:
     if not folder.audit.is_file():
         return []

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from medtl.core.config import RunConfig
 from medtl.core.config.yaml_io import parse_yaml
 from medtl.core.config.renames import renamed_key
+from medtl.core.config.values import dotted_value
 from medtl.core.errors import MedtlError
 from medtl.core.runfolder import RunFolder, StudyFolder
 from medtl.evaluation.records import RunMetrics
@@ -189,13 +190,6 @@ def _auc_difference(pairs: list[tuple[Run, Run]], rng: np.random.Generator) -> d
     boots = np.array([diff(np.concatenate([rng.choice(m, len(m)) for m in by_class])) for _ in range(BOOTSTRAP)])
     lo, hi = np.nanpercentile(boots, [2.5, 97.5])
     return {"auc_difference": point, "auc_ci_low": float(lo), "auc_ci_high": float(hi)}
-
-
-def dotted_value(tree: dict, dotted: str):
-    """The value at a dotted key ('train.lr') of a config as a dict (a run's config.yaml, or `to_dict`)."""
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
 
 
 def by_group(runs: list[Run]) -> dict[tuple, list[Run]]:

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from medtl.models.backbones import get_spec, weights_available_offline
 from medtl.core.config import RunConfig, apply_overrides, dotted_key, run_config_from, to_dict
+from medtl.core.config.values import dotted_value
 from medtl.core.config.yaml_io import parse_yaml
 from medtl.core.errors import Interrupted, MedtlError
 from medtl.core.io import atomic_write, write_json
@@ -228,11 +229,8 @@ def _resolved(base: RunConfig, key: str, value: Any) -> str:
 
 
 def _value_of(cfg: RunConfig, key: str) -> str:
-    """(Not evaluation.compare.dotted_value: importing it would load scipy into every study's start.)"""
-    value: Any = to_dict(cfg)
-    for part in key.split("."):
-        value = value[part]
-    return str(value)
+    """The value of the dotted `key` in `cfg`, as text (as the report reads it from a run's config.yaml)."""
+    return str(dotted_value(to_dict(cfg), key))
 
 
 def write_spec(study: Study) -> StudyFolder:

@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from medtl.experiments.study.compare import (BOOTSTRAP, METRICS, SCRATCH, Run, best_marks, by_group, is_reference, label, load_runs,  # noqa: E402
-                                     paired_tests, summarize)
+from medtl.experiments.study.compare import (BOOTSTRAP, METRICS, SCRATCH, Run, best_marks, by_group,  # noqa: E402
+                                             is_reference, label, load_runs, paired_tests, summarize)
 from medtl.core.errors import MedtlError  # noqa: E402
 from medtl.core.io import atomic_write, make_dir, write_csv  # noqa: E402
 from medtl.core.runfolder import RunFolder, StudyFolder  # noqa: E402

@@ -86,9 +86,9 @@ def plan(n_train: int, similarity: float) -> tuple[list[str], str]:
 
 
 def choose(p: Prepared, train_fn: TrainFn, progress: bool, prepare_seconds: float) -> Outcome:
-    """Run the candidates within `p.control.deadline` and keep the best on validation; with `p.control.resume`, continue the
-    candidates a killed run left (finished ones kept, the one in progress from its last epoch, the budget
-    what was left)."""
+    """Run the candidates within `p.control.deadline` and keep the best on validation; with
+    `p.control.resume`, continue the candidates a killed run left (finished ones kept, the one in progress from
+    its last epoch, the budget what was left)."""
     run = _Session(p, train_fn, progress, prepare_seconds)
     if run.state.current and not get_strategy(run.state.current["strategy"]).fine_tunes:  # the probe
         run.resume_current()
